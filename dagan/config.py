@@ -1,0 +1,380 @@
+"""The YAML schema: nested dataclasses, loaded with ``yaml.safe_load``.
+
+Section and key names are those of the official DaGAN ``config/vox-adv-256.yaml`` so that an official
+file loads unchanged; every default below is the official value. Keys this project adds are marked
+``# dagan addition`` and have defaults that reproduce the official behaviour.
+
+    config = load_config("configs/vox-adv-256.yaml", overrides=["model_params.common_params.num_kp=15"])
+
+An unknown key or a bad value raises :class:`ConfigError` naming the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+import yaml
+
+GENERATOR_TYPES = ("DepthAwareGenerator", "SPADEDepthAwareGenerator")
+KP_DETECTOR_INPUTS = {"rgbd": 4, "rgb": 3, "depth": 1}  # input name -> number of channels
+RESNET_DEPTHS = (18, 34, 50, 101, 152)
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is invalid; the message names the dotted key."""
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+# Dataset section.
+@dataclass
+class FlipParams:
+    horizontal_flip: bool = True
+    time_flip: bool = True
+
+
+_JITTER = "dataset_params.augmentation_params.jitter_param"
+
+
+@dataclass
+class JitterParams:
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+    hue: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "saturation"):
+            _check(getattr(self, name) >= 0, f"{_JITTER}.{name}", "must be >= 0")
+        _check(0 <= self.hue <= 0.5, f"{_JITTER}.hue", "must be in [0, 0.5]")
+
+
+@dataclass
+class AugmentationParams:
+    flip_param: FlipParams = field(default_factory=FlipParams)
+    jitter_param: JitterParams = field(default_factory=JitterParams)
+
+
+@dataclass
+class DatasetParams:
+    root_dir: str = "data/vox"
+    frame_shape: list[int] = field(default_factory=lambda: [256, 256, 3])
+    id_sampling: bool = True
+    pairs_list: Optional[str] = None
+    augmentation_params: AugmentationParams = field(default_factory=AugmentationParams)
+
+    def __post_init__(self) -> None:
+        _check(len(self.frame_shape) == 3 and self.frame_shape[2] == 3 and min(self.frame_shape) > 0,
+               "dataset_params.frame_shape", f"must be [height, width, 3], got {self.frame_shape}")
+
+
+# Model section.
+@dataclass
+class CommonParams:
+    num_kp: int = 10
+    num_channels: int = 3
+    estimate_jacobian: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.num_kp >= 1, "model_params.common_params.num_kp", f"must be >= 1, got {self.num_kp}")
+        _check(self.num_channels >= 1, "model_params.common_params.num_channels", "must be >= 1")
+
+
+def _check_scale_factor(key: str, scale_factor: float) -> None:
+    inverse = 1.0 / scale_factor if scale_factor > 0 else 0.0
+    _check(0 < scale_factor <= 1 and abs(inverse - round(inverse)) < 1e-6, key,
+           f"must be 1/n for an integer n >= 1 (e.g. 0.25), got {scale_factor}")
+
+
+@dataclass
+class KPDetectorParams:
+    temperature: float = 0.1
+    block_expansion: int = 32
+    max_features: int = 1024
+    scale_factor: float = 0.25
+    num_blocks: int = 5
+    single_jacobian_map: bool = False
+    pad: int = 0
+
+    def __post_init__(self) -> None:
+        prefix = "model_params.kp_detector_params"
+        _check(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
+        _check(self.num_blocks >= 1, f"{prefix}.num_blocks", "must be >= 1")
+        _check_scale_factor(f"{prefix}.scale_factor", self.scale_factor)
+
+
+@dataclass
+class DenseMotionParams:
+    block_expansion: int = 64
+    max_features: int = 1024
+    num_blocks: int = 5
+    scale_factor: float = 0.25
+    kp_variance: float = 0.01
+
+    def __post_init__(self) -> None:
+        prefix = "model_params.generator_params.dense_motion_params"
+        _check(self.kp_variance > 0, f"{prefix}.kp_variance", "must be > 0")
+        _check_scale_factor(f"{prefix}.scale_factor", self.scale_factor)
+
+
+@dataclass
+class GeneratorParams:
+    block_expansion: int = 64
+    max_features: int = 512
+    num_down_blocks: int = 2
+    num_bottleneck_blocks: int = 6
+    estimate_occlusion_map: bool = True
+    dense_motion_params: DenseMotionParams = field(default_factory=DenseMotionParams)
+
+
+@dataclass
+class DiscriminatorParams:
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    block_expansion: int = 32
+    max_features: int = 512
+    num_blocks: int = 4
+    use_kp: bool = True
+    sn: bool = False
+    kp_variance: float = 0.01
+
+
+@dataclass
+class DepthParams:  # dagan addition: the self-supervised face depth network
+    num_layers: int = 18
+    checkpoint_dir: Optional[str] = None  # folder with the official encoder.pth and depth.pth
+
+    def __post_init__(self) -> None:
+        _check(self.num_layers in RESNET_DEPTHS, "model_params.depth_params.num_layers",
+               f"must be one of {RESNET_DEPTHS}, got {self.num_layers}")
+
+
+@dataclass
+class ModelParams:
+    common_params: CommonParams = field(default_factory=CommonParams)
+    kp_detector_params: KPDetectorParams = field(default_factory=KPDetectorParams)
+    generator_params: GeneratorParams = field(default_factory=GeneratorParams)
+    discriminator_params: DiscriminatorParams = field(default_factory=DiscriminatorParams)
+    generator: str = "DepthAwareGenerator"  # dagan addition (the reference's --generator)
+    kp_detector_input: str = "rgbd"  # dagan addition (the reference's --rgbd / --use_depth)
+    depth_params: DepthParams = field(default_factory=DepthParams)  # dagan addition
+
+    def __post_init__(self) -> None:
+        _check(self.generator in GENERATOR_TYPES, "model_params.generator",
+               f"must be one of {', '.join(GENERATOR_TYPES)}, got {self.generator!r}")
+        _check(self.kp_detector_input in KP_DETECTOR_INPUTS, "model_params.kp_detector_input",
+               f"must be one of {', '.join(KP_DETECTOR_INPUTS)}, got {self.kp_detector_input!r}")
+        if self.generator == "SPADEDepthAwareGenerator":
+            params = self.generator_params
+            _check(min(params.max_features, params.block_expansion * 2 ** params.num_down_blocks) == 256,
+                   "model_params.generator_params",
+                   "SPADEDepthAwareGenerator's decoder has fixed widths: it needs 256 encoder channels "
+                   "(block_expansion 64, num_down_blocks 2)")
+
+    @property
+    def kp_detector_channels(self) -> int:
+        """Input channels of the keypoint detector (4 for the released RGB-D detector)."""
+        return KP_DETECTOR_INPUTS[self.kp_detector_input]
+
+
+# Training section.
+@dataclass
+class TransformParams:
+    sigma_affine: float = 0.05
+    sigma_tps: float = 0.005
+    points_tps: int = 5
+
+
+@dataclass
+class LossWeights:
+    generator_gan: float = 1.0
+    discriminator_gan: float = 1.0
+    feature_matching: list[float] = field(default_factory=lambda: [10.0, 10.0, 10.0, 10.0])
+    perceptual: list[float] = field(default_factory=lambda: [10.0, 10.0, 10.0, 10.0, 10.0])
+    equivariance_value: float = 10.0
+    equivariance_jacobian: float = 10.0
+    kp_distance: float = 10.0
+    kp_prior: float = 0.0
+    kp_scale: float = 0.0
+    depth_constraint: float = 0.0
+
+
+@dataclass
+class TrainParams:
+    num_epochs: int = 150
+    num_repeats: int = 75
+    epoch_milestones: list[int] = field(default_factory=list)
+    lr_generator: float = 2.0e-4
+    lr_discriminator: float = 2.0e-4
+    lr_kp_detector: float = 2.0e-4
+    batch_size: int = 4
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
+    checkpoint_freq: int = 10
+    transform_params: TransformParams = field(default_factory=TransformParams)
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    vgg19_weights: Optional[str] = None  # dagan addition: torchvision-format VGG19 file for the perceptual loss
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "train_params.batch_size", "must be >= 1")
+        for name in ("lr_generator", "lr_discriminator", "lr_kp_detector"):
+            _check(getattr(self, name) > 0, f"train_params.{name}", "must be > 0")
+
+
+# Evaluation / animation / visualisation sections (kept for compatibility with official files).
+@dataclass
+class ReconstructionParams:
+    num_videos: int = 1000
+    format: str = ".mp4"
+
+
+@dataclass
+class NormalizationParams:
+    adapt_movement_scale: bool = False
+    use_relative_movement: bool = True
+    use_relative_jacobian: bool = True
+
+
+@dataclass
+class AnimateParams:
+    num_pairs: int = 50
+    format: str = ".mp4"
+    normalization_params: NormalizationParams = field(default_factory=NormalizationParams)
+
+
+@dataclass
+class VisualizerParams:
+    kp_size: int = 5
+    draw_border: bool = True
+    colormap: str = "gist_rainbow"
+
+
+@dataclass
+class Config:
+    """A whole configuration file. Every section is optional in YAML; missing ones take defaults."""
+
+    dataset_params: DatasetParams = field(default_factory=DatasetParams)
+    model_params: ModelParams = field(default_factory=ModelParams)
+    train_params: TrainParams = field(default_factory=TrainParams)
+    reconstruction_params: ReconstructionParams = field(default_factory=ReconstructionParams)
+    animate_params: AnimateParams = field(default_factory=AnimateParams)
+    visualizer_params: VisualizerParams = field(default_factory=VisualizerParams)
+
+
+# Loading: dict -> dataclasses with type checks.
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field annotation; return it (ints become floats for float fields)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, arguments[0], key)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key)
+    if origin is list:
+        _check(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_coerce(item, item_type, f"{key}[{index}]") for index, item in enumerate(value)]
+    if annotation is bool:
+        _check(isinstance(value, bool), key, f"expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported annotation {annotation!r}")
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, naming the dotted key of any problem."""
+    where = prefix or "the top level"
+    if values is None:
+        values = {}
+    _check(isinstance(values, dict), where, f"expected a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    arguments = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in known:
+            close = difflib.get_close_matches(str(name), sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{key}: unknown key (valid keys: {', '.join(sorted(known))}){hint}")
+        arguments[name] = _coerce(value, hints[name], key)
+    return cls(**arguments)
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build a :class:`Config` from nested dicts (as ``yaml.safe_load`` returns them)."""
+    return _build(Config, values, "")
+
+
+def config_to_dict(config: Config) -> dict:
+    """Nested plain dicts/lists, suitable for YAML and for ``torch.save(weights_only=True)``."""
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(values: dict, overrides: Iterable[str]) -> dict:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to nested dicts, in place."""
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r}: expected dotted.key=value")
+        dotted_key, raw_value = override.split("=", 1)
+        parts = dotted_key.strip().split(".")
+        node = values
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            _check(isinstance(child, dict), ".".join(parts[: depth + 1]), "is a value, not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw_value) if raw_value.strip() else None
+    return values
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
+    values: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {str(path)!r} does not exist (see the configs/ folder)")
+        with open(path, "r", encoding="utf-8") as handle:
+            try:
+                values = yaml.safe_load(handle) or {}
+            except yaml.YAMLError as error:
+                raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    return config_from_dict(apply_overrides(values, overrides))
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, suffix=".yaml.tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            yaml.safe_dump(config_to_dict(config), stream, sort_keys=False)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise

@@ -1,0 +1,50 @@
+"""Cross-modal (depth -> appearance) attention (DaGAN Sec. 3.3, Eq. 7-8).
+
+Queries come from the *source depth* features, keys and values from the *warped appearance* features; all
+three 1x1 projections are followed by ReLU, the softmax has no 1/sqrt(d) scaling (scale 1), and the result is
+added back with a learned gate: out = gamma * softmax(Q K^T) V + warped.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DepthAwareAttention(nn.Module):
+    """(B, C, h, w) depth features + (B, C, h, w) warped features -> refined (B, C, h, w) features.
+
+    ``scaled_dot_product_attention`` never materialises the (B, hw, hw) attention matrix (64 MiB per image at
+    64x64); pass ``return_attention=True`` to get it anyway (visualisation, parity checks).
+    """
+
+    def __init__(self, in_dim: int):
+        super().__init__()
+        self.query_conv = nn.Conv2d(in_dim, in_dim // 8, kernel_size=1)
+        self.key_conv = nn.Conv2d(in_dim, in_dim // 8, kernel_size=1)
+        self.value_conv = nn.Conv2d(in_dim, in_dim, kernel_size=1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def project(self, depth_features: torch.Tensor, warped_features: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, N, C/8), keys (B, N, C/8) and values (B, N, C) with N = h*w."""
+        query = F.relu(self.query_conv(depth_features)).flatten(2).transpose(1, 2)
+        key = F.relu(self.key_conv(warped_features)).flatten(2).transpose(1, 2)
+        value = F.relu(self.value_conv(warped_features)).flatten(2).transpose(1, 2)
+        return query, key, value
+
+    def forward(self, depth_features: torch.Tensor, warped_features: torch.Tensor, return_attention: bool = False
+                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        batch, channels, height, width = warped_features.shape
+        query, key, value = self.project(depth_features, warped_features)
+        attention = None
+        if return_attention:
+            attention = torch.softmax(query @ key.transpose(1, 2), dim=-1)  # (B, N, N)
+            attended = attention @ value
+        else:
+            attended = F.scaled_dot_product_attention(query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1),
+                                                      scale=1.0).squeeze(1)  # (B, N, C)
+        attended = attended.transpose(1, 2).reshape(batch, channels, height, width)
+        return self.gamma * attended + warped_features, attention
