@@ -44,6 +44,9 @@ class DepthAwareAttention(nn.Module):
             attention = torch.softmax(query @ key.transpose(1, 2), dim=-1)  # (B, N, N)
             attended = attention @ value
         else:
+            # Fused kernels need equal query and value widths; zero-padding Q and K leaves Q K^T unchanged.
+            padding = value.shape[-1] - query.shape[-1]
+            query, key = F.pad(query, (0, padding)), F.pad(key, (0, padding))
             attended = F.scaled_dot_product_attention(query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1),
                                                       scale=1.0).squeeze(1)  # (B, N, C)
         attended = attended.transpose(1, 2).reshape(batch, channels, height, width)

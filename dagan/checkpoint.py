@@ -1,0 +1,260 @@
+"""Checkpoints: this project's format, and import/export of the official DaGAN release files.
+
+Our format is a plain dict loadable with ``torch.load(..., weights_only=True)``::
+
+    {"format": "dagan", "version": 1, "config": <nested dict>, "step": int,
+     "networks": {"generator": state_dict, "kp_detector": ..., "discriminator": ...,
+                  "depth_encoder": ..., "depth_decoder": ...},
+     ...training extras (optimizers, schedulers, RNG states)}
+
+The official release is a main file (``DaGAN_vox_adv_256.pth.tar`` or ``SPADE_DaGAN_vox_adv_256.pth.tar``: dicts of
+``generator``, ``kp_detector``, ``discriminator`` state_dicts, keys possibly prefixed ``module.``) plus a depth folder
+(``encoder.pth`` with extra non-tensor entries, and ``depth.pth``). Every write is atomic: a temporary file in the
+same folder, then ``os.replace``; a failed save never damages the previous file.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections import OrderedDict
+from typing import Any, Optional
+
+import torch
+
+from dagan.config import Config, load_config
+
+FORMAT_NAME = "dagan"
+FORMAT_VERSION = 1
+MAIN_NETWORKS = ("generator", "kp_detector", "discriminator")
+ENCODER_EXTRAS = {"height": 256, "width": 256, "use_stereo": False}  # what the release's encoder.pth also holds
+BASIC_BLOCK_DEPTHS = {2: 18, 6: 34}  # blocks in layer3 -> ResNet depth (BasicBlock)
+BOTTLENECK_DEPTHS = {6: 50, 23: 101, 36: 152}  # blocks in layer3 -> ResNet depth (Bottleneck)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or does not fit the model; the message says what to do."""
+
+
+# Atomic I/O.
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file next to ``path``, then rename it into place."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(handle)
+    try:
+        torch.save(obj, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def read_file(path: str | os.PathLike, map_location: str = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors for missing or unreadable files."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} file {path!r} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{what} file {path!r} could not be read as a torch file "
+                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+
+
+# Our format.
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write ``state`` (config, step, networks, extras) in our format, atomically."""
+    atomic_save({"format": FORMAT_NAME, "version": FORMAT_VERSION, **state}, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
+    """Read a checkpoint of our format; an official release file gets a pointer to the importer."""
+    state = read_file(path, map_location)
+    if isinstance(state, dict) and state.get("format") == FORMAT_NAME:
+        return state
+    if isinstance(state, dict) and "generator" in state and "kp_detector" in state:
+        raise CheckpointError(f"{os.fspath(path)!r} is an official DaGAN release file; load it with "
+                              "DaGAN.from_official(checkpoint, depth_dir) (demo.py does this automatically)")
+    raise CheckpointError(f"{os.fspath(path)!r} is not a dagan checkpoint")
+
+
+# Official release: reading and diagnosing.
+def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """Remove the ``module.`` that DistributedDataParallel training puts in front of every key."""
+    return OrderedDict((re.sub(r"(^|\.)module\.", r"\1", key), value) for key, value in state_dict.items())
+
+
+def read_official_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, dict]:
+    """The main release file's ``generator``, ``kp_detector`` and (when present) ``discriminator`` state dicts."""
+    state = read_file(path, map_location, "DaGAN checkpoint")
+    if not isinstance(state, dict) or "generator" not in state or "kp_detector" not in state:
+        keys = list(state)[:3] if isinstance(state, dict) else []
+        if any(str(key).startswith("encoder.") for key in keys):
+            raise CheckpointError(f"{os.fspath(path)!r} is a depth encoder file (encoder.pth), not the DaGAN "
+                                  "checkpoint; pass its folder as --depth_checkpoint / depth_dir")
+        if any(str(key).startswith("decoder.") for key in keys):
+            raise CheckpointError(f"{os.fspath(path)!r} is a depth decoder file (depth.pth), not the DaGAN "
+                                  "checkpoint; pass its folder as --depth_checkpoint / depth_dir")
+        raise CheckpointError(f"{os.fspath(path)!r} has no 'generator' and 'kp_detector' entries: it is not a "
+                              "DaGAN release checkpoint")
+    return {name: strip_module_prefix(state[name]) for name in MAIN_NETWORKS if isinstance(state.get(name), dict)}
+
+
+def read_official_depth(depth_dir: str | os.PathLike, map_location: str = "cpu") -> tuple[dict, dict]:
+    """Tensor entries of ``encoder.pth`` (its ``height``/``width``/``use_stereo`` are dropped) and ``depth.pth``."""
+    depth_dir = os.fspath(depth_dir)
+    if not os.path.isdir(depth_dir):
+        raise CheckpointError(f"depth folder {depth_dir!r} does not exist; it must hold encoder.pth and depth.pth "
+                              "(the release's depth/models/weights_19)")
+    encoder = read_file(os.path.join(depth_dir, "encoder.pth"), map_location, "depth encoder")
+    decoder = read_file(os.path.join(depth_dir, "depth.pth"), map_location, "depth decoder")
+    encoder = OrderedDict((key, value) for key, value in strip_module_prefix(encoder).items()
+                          if isinstance(value, torch.Tensor))
+    return encoder, strip_module_prefix(decoder)
+
+
+def resnet_depth_of(encoder_state: dict[str, torch.Tensor]) -> Optional[int]:
+    """ResNet depth (18/34/50/101/152) of a depth-encoder state dict, from its block type and layer3 length."""
+    blocks = {int(match.group(1)) for key in encoder_state
+              if (match := re.match(r"encoder\.layer3\.(\d+)\.", key))}
+    if not blocks:
+        return None
+    table = BOTTLENECK_DEPTHS if "encoder.layer1.0.conv3.weight" in encoder_state else BASIC_BLOCK_DEPTHS
+    return table.get(max(blocks) + 1)
+
+
+def generator_type_of(generator_state: dict[str, torch.Tensor]) -> str:
+    """Which released generator a state dict belongs to."""
+    return "SPADEDepthAwareGenerator" if any(key.startswith("decoder.") for key in generator_state) \
+        else "DepthAwareGenerator"
+
+
+def infer_model_settings(networks: dict[str, dict], encoder_state: Optional[dict] = None) -> dict[str, Any]:
+    """Dotted config overrides implied by official state dicts (keypoint count, generator, detector input, depth
+    encoder); ``networks`` may hold any of the main networks, or none."""
+    settings: dict[str, Any] = {}
+    if "generator" in networks:
+        settings["model_params.generator"] = generator_type_of(networks["generator"])
+    kp_state = networks.get("kp_detector")
+    if kp_state is not None:
+        settings["model_params.common_params.num_kp"] = int(kp_state["kp.weight"].shape[0])
+        settings["model_params.common_params.estimate_jacobian"] = "jacobian.weight" in kp_state
+        channels = int(kp_state["predictor.encoder.down_blocks.0.conv.weight"].shape[1])
+        inputs = {4: "rgbd", 3: "rgb", 1: "depth"}
+        if channels in inputs:
+            settings["model_params.kp_detector_input"] = inputs[channels]
+    if encoder_state is not None and resnet_depth_of(encoder_state) is not None:
+        settings["model_params.depth_params.num_layers"] = resnet_depth_of(encoder_state)
+    return settings
+
+
+def check_fits(config: Config, networks: dict[str, dict], encoder_state: Optional[dict] = None) -> None:
+    """Raise a :class:`CheckpointError` that says which setting to change when files and config disagree."""
+    params = config.model_params
+    found = infer_model_settings(networks, encoder_state)
+    if found.get("model_params.generator", params.generator) != params.generator:
+        raise CheckpointError(
+            f"the checkpoint holds a {found['model_params.generator']} but the config builds a {params.generator}: "
+            f"use --generator {found['model_params.generator']} (model_params.generator"
+            + ("; or configs/vox-adv-256-spade.yaml)" if found["model_params.generator"].startswith("SPADE") else ")"))
+    if found.get("model_params.common_params.num_kp", params.common_params.num_kp) != params.common_params.num_kp:
+        value = found["model_params.common_params.num_kp"]
+        raise CheckpointError(f"the checkpoint holds {value} keypoints but the config has "
+                              f"{params.common_params.num_kp}: use --kp_num {value} "
+                              f"(model_params.common_params.num_kp={value})")
+    jacobian = found.get("model_params.common_params.estimate_jacobian", params.common_params.estimate_jacobian)
+    if jacobian != params.common_params.estimate_jacobian:
+        value = found["model_params.common_params.estimate_jacobian"]
+        raise CheckpointError(f"the checkpoint {'has' if value else 'has no'} keypoint Jacobians: set "
+                              f"model_params.common_params.estimate_jacobian={str(value).lower()}")
+    if found.get("model_params.kp_detector_input", params.kp_detector_input) != params.kp_detector_input:
+        value = found["model_params.kp_detector_input"]
+        raise CheckpointError(f"the keypoint detector in the checkpoint takes {value!r} input but the config says "
+                              f"{params.kp_detector_input!r}: set model_params.kp_detector_input={value}")
+    layers = found.get("model_params.depth_params.num_layers")
+    if layers is not None and layers != params.depth_params.num_layers:
+        raise CheckpointError(f"the depth files hold a ResNet-{layers} encoder but the config builds "
+                              f"ResNet-{params.depth_params.num_layers}: set model_params.depth_params.num_layers="
+                              f"{layers} (the release's weights_19 folder is ResNet-18, "
+                              "depth_face_model_Voxceleb2_10w is ResNet-50)")
+
+
+def load_strict(network: torch.nn.Module, state_dict: dict, name: str) -> None:
+    """Strict load whose error lists the first differing keys and shapes instead of a wall of text."""
+    own = network.state_dict()
+    missing = [key for key in own if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in own]
+    wrong = [f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}" for key in own
+             if key in state_dict and state_dict[key].shape != own[key].shape]
+    if missing or unexpected or wrong:
+        details = "; ".join(part for part in (
+            f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"shape (file vs model) {wrong[:3]}" if wrong else "") if part)
+        raise CheckpointError(f"{name} weights do not fit the config ({details}); the file was trained with other "
+                              "model_params (e.g. block_expansion, max_features, num_blocks)")
+    network.load_state_dict(state_dict, strict=True)
+
+
+def _resolve_config(config: Config | str | os.PathLike | None, networks: dict, encoder_state: Optional[dict]) -> Config:
+    if isinstance(config, Config):
+        return config
+    if config is not None:
+        return load_config(config)
+    overrides = [f"{key}={value}" for key, value in infer_model_settings(networks, encoder_state).items()]
+    return load_config(None, overrides)
+
+
+def load_official(checkpoint: str | os.PathLike | None, depth_dir: str | os.PathLike | None = None,
+                  config: Config | str | os.PathLike | None = None, map_location: str = "cpu"):
+    """Build a :class:`~dagan.model.DaGAN` from the official release.
+
+    checkpoint: the main ``.pth.tar`` (generator and keypoint detector loaded strictly, discriminator when present).
+    depth_dir: folder with ``encoder.pth`` and ``depth.pth``; ``None`` uses ``model_params.depth_params.checkpoint_dir``.
+    config: a Config, a YAML path, or None to use the official vox-adv-256 defaults with the keypoint count,
+    generator, detector input and depth-encoder depth read from the files.
+    """
+    from dagan.model import DaGAN
+
+    networks = read_official_checkpoint(checkpoint, map_location) if checkpoint is not None else {}
+    if depth_dir is None and isinstance(config, Config):
+        depth_dir = config.model_params.depth_params.checkpoint_dir
+    encoder_state, decoder_state = read_official_depth(depth_dir, map_location) if depth_dir else (None, None)
+    resolved = _resolve_config(config, networks, encoder_state)
+    check_fits(resolved, networks, encoder_state)
+    model = DaGAN(resolved)
+    for name, state_dict in networks.items():
+        load_strict(getattr(model, name), state_dict, name)
+    if encoder_state is not None:
+        load_strict(model.depth_encoder, encoder_state, "depth encoder (encoder.pth)")
+        load_strict(model.depth_decoder, decoder_state, "depth decoder (depth.pth)")
+    model.loaded_networks = tuple(networks) + (("depth_encoder", "depth_decoder") if encoder_state is not None else ())
+    return model.eval()
+
+
+# Official release: writing.
+def export_official(model, out_dir: str | os.PathLike, name: str = "checkpoint.pth.tar",
+                    epoch: int = 0) -> dict[str, str]:
+    """Write ``out_dir/<name>`` and ``out_dir/depth/{encoder,depth}.pth`` in the release layout (unprefixed keys),
+    usable by the reference demo (``--checkpoint``; copy the depth files to its depth/models/weights_19)."""
+    out_dir = os.fspath(out_dir)
+    paths = {"checkpoint": os.path.join(out_dir, name),
+             "encoder": os.path.join(out_dir, "depth", "encoder.pth"),
+             "decoder": os.path.join(out_dir, "depth", "depth.pth")}
+    main = {network: model_state(getattr(model, network)) for network in MAIN_NETWORKS}
+    main.update({"optimizer_generator": {}, "optimizer_kp_detector": {}, "optimizer_discriminator": {}, "epoch": epoch})
+    atomic_save(main, paths["checkpoint"])
+    encoder = model_state(model.depth_encoder)
+    encoder.update(ENCODER_EXTRAS)
+    atomic_save(encoder, paths["encoder"])
+    atomic_save(model_state(model.depth_decoder), paths["decoder"])
+    return paths
+
+
+def model_state(network: torch.nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """A CPU copy of a network's state dict."""
+    return OrderedDict((key, value.detach().cpu().clone()) for key, value in network.state_dict().items())
+

