@@ -24,7 +24,7 @@ setup(
         "tqdm>=4.60",
         "pillow>=10.0",
         "imageio>=2.31",
-        "imageio-ffmpeg>=0.4.9",
+        "imageio-ffmpeg>=0.6.0",  # ffmpeg 7+: -fps_mode, -display_rotation
         "scikit-image>=0.22",
     ],
     extras_require=EXTRAS,

@@ -34,7 +34,7 @@ def sparse_motions(kp_source: Keypoints, kp_driving: Keypoints, height: int, wid
     if kp_driving.jacobian is not None:
         jacobian = torch.matmul(kp_source.jacobian, torch.inverse(kp_driving.jacobian))  # (B, K, 2, 2)
         relative = torch.matmul(jacobian.view(batch, num_kp, 1, 1, 2, 2), relative.unsqueeze(-1)).squeeze(-1)
-    driving_to_source = relative + kp_source.value.view(batch, num_kp, 1, 1, 2)
+    driving_to_source = relative + kp_source.value.view(-1, num_kp, 1, 1, 2)  # a batch-1 source broadcasts
     return torch.cat([identity.expand(batch, 1, height, width, 2), driving_to_source], dim=1)
 
 

@@ -1,0 +1,153 @@
+"""Still images: reading (any format Pillow opens), resizing to the model, PNG writing.
+
+Every image enters the project through `read_image`, which returns float32 RGB in [0, 1]:
+EXIF orientation applied, transparency composited on a background, grayscale/palette/16-bit
+expanded to three channels. `MediaError` is the single error type of `dagan.io`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Tuple, Union
+
+import numpy as np
+import skimage.transform
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+PathLike = Union[str, os.PathLike]
+RGB = Tuple[int, int, int]
+
+WHITE: RGB = (255, 255, 255)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+class MediaError(ValueError):
+    """A media file is missing, unreadable, empty, or an output would overwrite an input.
+
+    The message is one line: the path, the problem, and what to do about it.
+    """
+
+
+def read_image(path: PathLike, background: RGB = WHITE) -> np.ndarray:
+    """Read an image file as RGB.
+
+    Args:
+        path: any image Pillow reads (PNG, JPEG, BMP, WebP, TIFF, GIF: first frame, ...).
+        background: RGB colour that transparent pixels are composited onto.
+    Returns:
+        (H, W, 3) float32 in [0, 1], upright according to the EXIF orientation tag.
+    Raises:
+        MediaError: the file is missing, is a directory, or is not a readable image.
+    """
+    array = _decode_rgb(Path(path), background)
+    return array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)
+
+
+def read_image_uint8(path: PathLike, background: RGB = WHITE) -> np.ndarray:
+    """Read an image file like `read_image`, returning (H, W, 3) uint8 in [0, 255]."""
+    array = _decode_rgb(Path(path), background)
+    if array.dtype == np.uint16:  # Round 16-bit values to the nearest 8-bit level.
+        array = ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return array
+
+
+def resize_to_model(image: np.ndarray, size: Tuple[int, int] = (256, 256)) -> np.ndarray:
+    """Resize an image exactly as the reference DaGAN demo prepares its inputs.
+
+    The demo does `skimage.transform.resize(image, (256, 256))[..., :3]`: bilinear interpolation
+    (order 1) with Gaussian anti-aliasing when shrinking, reflect padding, and a float result in
+    [0, 1] (uint8 input is rescaled to [0, 1] first; float input is taken as already in [0, 1]).
+    The aspect ratio is not kept: crop to a square first.
+
+    Args:
+        image: (H, W, C) uint8 or float in [0, 1], C >= 3 (extra channels such as alpha are dropped).
+        size: (height, width) of the result, in skimage's (rows, columns) order.
+    Returns:
+        (height, width, 3) float32 in [0, 1].
+    """
+    if image.ndim != 3 or image.shape[2] < 3:
+        raise ValueError(f"resize_to_model expects an (H, W, C>=3) image, got shape {image.shape}")
+    resized = skimage.transform.resize(image, size)
+    return resized[..., :3].astype(np.float32)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Convert a float image in [0, 1] to uint8 in [0, 255] (values outside are clipped, then rounded).
+
+    Args:
+        image: (..., 3) float array in [0, 1].
+    Returns:
+        array of the same shape, uint8.
+    """
+    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def write_png(path: PathLike, image: np.ndarray) -> None:
+    """Write a (H, W, 3) uint8 image as a lossless PNG, atomically (temp file, then `os.replace`).
+
+    On any error the temp file is removed and a pre-existing `path` is left untouched.
+    """
+    path = Path(path)
+    check_frame(image)
+    temporary = path.with_name(f".{path.stem}.partial-{secrets.token_hex(4)}.png")
+    try:
+        Image.fromarray(image).save(temporary, format="PNG")
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def check_frame(frame: np.ndarray) -> None:
+    """Raise ValueError unless `frame` is an (H, W, 3) uint8 array (use `to_uint8` for float images)."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+        kind = frame.dtype if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ValueError(f"frames must be uint8 numpy arrays, got {kind}; convert float images with to_uint8")
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frames must have shape (H, W, 3), got {frame.shape}")
+
+
+def is_image_file(path: Path) -> bool:
+    """True when `path` has one of the image suffixes read as video frames (case-insensitive)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+# Decoding.
+
+
+def _decode_rgb(path: Path, background: RGB) -> np.ndarray:
+    """Open, orient and convert an image: (H, W, 3) uint8, or uint16 for 16-bit grayscale files."""
+    image = _open_upright(path)
+    if image.mode in SIXTEEN_BIT_MODES:
+        gray = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)  # (H, W)
+        return np.repeat(gray[:, :, None], 3, axis=2)  # (H, W, 3)
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        image = _composite(image.convert("RGBA"), background)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _open_upright(path: Path) -> Image.Image:
+    """Open and fully decode an image with Pillow, rotated/flipped as its EXIF orientation says."""
+    if not path.exists():
+        raise MediaError(f"image '{path}' does not exist; check the path")
+    if path.is_dir():
+        raise MediaError(f"image '{path}' is a directory; give the path of an image file")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return ImageOps.exif_transpose(opened)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise MediaError(
+            f"image '{path}' could not be read ({reason}); use a valid PNG, JPEG, BMP or WebP file"
+        ) from error
+
+
+def _composite(rgba: Image.Image, background: RGB) -> Image.Image:
+    """Alpha-composite an RGBA image over an opaque background colour; returns RGB."""
+    base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+    return Image.alpha_composite(base, rgba).convert("RGB")

@@ -1,0 +1,661 @@
+"""Video input and output through the ffmpeg binary bundled with imageio-ffmpeg.
+
+Reading: `open_video(path)` returns a `VideoSource` for a video file (anything ffmpeg decodes:
+mp4, mov, webm, avi, gif, ...) or for a directory of image frames. Iterating a `VideoSource` yields
+(H, W, 3) uint8 RGB frames one at a time from an ffmpeg pipe, so memory holds one frame whatever
+the length of the video. Rotation metadata is honoured (ffmpeg autorotates).
+
+Writing: `open_writer` picks `VideoWriter` (H.264 MP4, optionally with AAC audio taken from another
+file) or `FrameDirectoryWriter` (lossless PNG frames). Both write under a temporary name in the
+destination directory and rename only when the result is complete, so an interrupted run never
+leaves a half-written result and never damages an older one. Neither will overwrite an input.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import weakref
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import IO, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import imageio_ffmpeg
+import numpy as np
+from PIL import Image
+
+from dagan.io.images import IMAGE_SUFFIXES, MediaError, PathLike, check_frame, is_image_file, read_image_uint8
+
+DEFAULT_DIRECTORY_FPS = 25.0
+FALLBACK_FPS = 25.0  # Used when a file states no frame rate (ffmpeg assumes the same).
+CONTAINER_BY_SUFFIX = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}
+FRAME_FILE_NAME = re.compile(r"^\d{6,}\.png$")
+VIDEO_HINT = "give a video file ffmpeg can decode (mp4, mov, webm, avi, gif) or a directory of frames"
+
+Size = Tuple[int, int]  # (width, height)
+
+
+def ffmpeg_executable() -> str:
+    """Path of the static ffmpeg binary shipped in the imageio-ffmpeg wheel."""
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+# Probing.
+
+
+class VideoInfo(NamedTuple):
+    """What `probe` finds in a video file.
+
+    fps: frames per second (NTSC rates such as 23.98 are returned exactly, e.g. 24000/1001).
+    num_frames: number of video frames (counted by demuxing the stream), None if ffmpeg did not say.
+    size: (width, height) of the frames as displayed, i.e. after rotation metadata is applied.
+    has_audio: whether the file has at least one audio stream.
+    """
+
+    fps: float
+    num_frames: Optional[int]
+    size: Size
+    has_audio: bool
+
+
+def probe(path: PathLike) -> VideoInfo:
+    """Read frame rate, frame count, displayed size and audio presence of a video file.
+
+    Runs `ffmpeg -i path -map 0:V:0 -c copy -f null -` (`V`: the first video stream that is not cover
+    art), which demuxes without decoding (fast), and parses its verbose log; the frame count is the
+    number of video packets (one per frame in every common container). Raises MediaError for a
+    missing or unreadable file or one with no video stream.
+    """
+    path = _existing_file(Path(path), "video")
+    returncode, log = _run_ffmpeg(
+        ["-nostats", "-loglevel", "verbose", "-i", _ffmpeg_url(path), "-map", "0:V:0", "-c", "copy", "-f", "null", "-"]
+    )
+    header = _input_section(log)
+    if "Input #0" not in header:
+        raise MediaError(f"video '{path}' could not be read by ffmpeg ({_reason(log)}); {VIDEO_HINT}")
+    video_line, video_block = _first_video_stream(header)
+    if video_line is None:
+        raise MediaError(f"'{path}' contains no video stream; {VIDEO_HINT}")
+    if returncode != 0:
+        raise MediaError(f"video '{path}' could not be read by ffmpeg ({_reason(log)}); {VIDEO_HINT}")
+    frame_counts = re.findall(r"Output stream #0:0 \(video\): (\d+) packets muxed", log)
+    return VideoInfo(
+        fps=_parse_fps(video_line),
+        num_frames=int(frame_counts[-1]) if frame_counts else None,
+        size=_parse_displayed_size(path, video_line, video_block),
+        has_audio=_has_audio_line(header),
+    )
+
+
+def has_audio_stream(path: PathLike) -> bool:
+    """Whether a media file (video or audio-only) has an audio stream. MediaError if unreadable."""
+    path = _existing_file(Path(path), "media file")
+    _, log = _run_ffmpeg(["-i", _ffmpeg_url(path)])  # No output given: ffmpeg prints the header and stops.
+    header = _input_section(log)
+    if "Input #0" not in header:
+        raise MediaError(
+            f"media file '{path}' could not be read by ffmpeg ({_reason(log)}); give an audio or video file"
+        )
+    return _has_audio_line(header)
+
+
+def _run_ffmpeg(arguments: Sequence[str]) -> Tuple[int, str]:
+    """Run ffmpeg to completion; returns (exit status, stderr log as text)."""
+    command = [ffmpeg_executable(), "-hide_banner", "-nostdin", *arguments]
+    result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True)
+    return result.returncode, result.stderr.decode("utf-8", "replace")
+
+
+def _input_section(log: str) -> str:
+    """The part of an ffmpeg log that describes the inputs (before the output/mapping lines)."""
+    end = len(log)
+    for marker in ("Stream mapping:", "Output #0", "At least one output file"):
+        position = log.find(marker)
+        if position >= 0:
+            end = min(end, position)
+    return log[:end]
+
+
+def _first_video_stream(header: str) -> Tuple[Optional[str], str]:
+    """(line of the first video stream, that line plus its metadata/side-data lines) or (None, '')."""
+    lines = header.splitlines()
+    for index, line in enumerate(lines):
+        if re.search(r"Stream #\d+:\d+.*: Video: ", line) and "(attached pic)" not in line:  # Not cover art.
+            block = [line]
+            for following in lines[index + 1 :]:
+                if re.search(r"^\s*Stream #", following):
+                    break
+                block.append(following)
+            return line, "\n".join(block)
+    return None, ""
+
+
+def _has_audio_line(header: str) -> bool:
+    return re.search(r"Stream #\d+:\d+.*: Audio: ", header) is not None
+
+
+def _parse_fps(video_line: str) -> float:
+    """Frame rate from a stream line ('23.98 fps', else '25 tbr'), NTSC rates made exact."""
+    match = re.search(r"([\d.]+)(k?) fps", video_line) or re.search(r"([\d.]+)(k?) tbr", video_line)
+    if match is None:
+        return FALLBACK_FPS
+    fps = float(match.group(1)) * (1000.0 if match.group(2) else 1.0)
+    for base in (24, 30, 48, 60, 120):  # ffmpeg prints 24000/1001 as 23.98: undo the rounding.
+        if abs(fps - base * 1000 / 1001) < 0.006:
+            return base * 1000 / 1001
+    return fps if fps > 0 else FALLBACK_FPS
+
+
+def _parse_displayed_size(path: Path, video_line: str, video_block: str) -> Size:
+    """(width, height) after autorotation: coded size, swapped for a +-90 degree display matrix."""
+    match = re.search(r"\s(\d+)x(\d+)(?=[\s,\[]|$)", video_line)
+    if match is None or int(match.group(1)) == 0 or int(match.group(2)) == 0:
+        raise MediaError(f"video '{path}' has no frame size in its header; {VIDEO_HINT}")
+    width, height = int(match.group(1)), int(match.group(2))
+    rotation = re.search(r"rotation of (-?[\d.]+) degrees", video_block)
+    if rotation is not None and round(float(rotation.group(1))) % 180 == 90:
+        width, height = height, width
+    return width, height
+
+
+def _reason(log: str) -> str:
+    """The last meaningful line of an ffmpeg log, without its '[component @ 0x...]' prefix."""
+    lines = [line.strip() for line in log.replace("\r", "\n").splitlines() if line.strip()]
+    noise = ("frame=", "size=", "Press [q]", "Exiting with exit code", "[AVIOContext")
+    lines = [line for line in lines if not line.startswith(noise)]
+    if not lines:
+        return "no error message"
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", lines[-1])
+    if reason.startswith("Error opening input file"):
+        reason = reason.split(": ", 1)[-1]
+    return reason
+
+
+def _existing_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise MediaError(f"{what} '{path}' does not exist; check the path")
+    if path.is_dir():
+        raise MediaError(f"{what} '{path}' is a directory; give the path of a file")
+    return path
+
+
+def _ffmpeg_url(path: Path) -> str:
+    """An ffmpeg URL that is always read as a local file (names with ':' or a leading '-' are safe)."""
+    return "file:" + os.path.abspath(path)
+
+
+# Reading.
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """A video file or a directory of frames, opened lazily by `open_video`.
+
+    Iterating yields (H, W, 3) uint8 RGB frames one at a time; each `iter()` starts from frame 0 with
+    its own decoder. A partly consumed iterator can be stopped with `.close()` (or by dropping it);
+    the ffmpeg process is then ended.
+
+    path: the file or directory.
+    fps: frames per second (for a directory, the rate given to `open_video`, default 25).
+    num_frames: number of frames, None if unknown.
+    size: (width, height) of the frames, rotation applied.
+    has_audio: whether the file has an audio stream (always False for a directory).
+    frame_paths: the frame files in reading order, for a directory; None for a video file.
+    """
+
+    path: Path
+    fps: float
+    num_frames: Optional[int]
+    size: Size
+    has_audio: bool
+    frame_paths: Optional[Tuple[Path, ...]] = field(default=None, repr=False)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self.frame_paths is not None:
+            return _iterate_frame_files(self.frame_paths, self.size)
+        return _iterate_video_file(self.path, self.size)
+
+    def read_all(self) -> np.ndarray:
+        """All frames as one (T, H, W, 3) uint8 array. Holds the whole video in memory: short clips only."""
+        return np.stack(list(self))
+
+
+def open_video(path: PathLike, directory_fps: float = DEFAULT_DIRECTORY_FPS) -> VideoSource:
+    """Open a video file or a directory of frames for lazy reading.
+
+    Args:
+        path: a video file, or a directory of png/jpg/jpeg/bmp/webp frames read in natural name order
+            (frame2 before frame10; hidden files and other suffixes are ignored).
+        directory_fps: frame rate reported for a directory of frames (files carry no timing).
+    Raises:
+        MediaError: missing path, unreadable/corrupt file, no video stream, zero frames, empty directory.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _open_frame_directory(path, directory_fps)
+    info = probe(path)
+    if info.num_frames == 0:
+        raise MediaError(f"video '{path}' has no frames; {VIDEO_HINT}")
+    return VideoSource(path=path, fps=info.fps, num_frames=info.num_frames, size=info.size, has_audio=info.has_audio)
+
+
+def natural_sort_key(path: Path) -> Tuple[Union[int, str], ...]:
+    """Sort key that orders embedded numbers by value: 'frame2.png' < 'frame10.png'."""
+    parts = re.split(r"(\d+)", path.name)  # Strings at even positions, digit runs at odd positions.
+    return tuple(int(part) if index % 2 else part.lower() for index, part in enumerate(parts))
+
+
+def _open_frame_directory(directory: Path, fps: float) -> VideoSource:
+    candidates = [path for path in directory.iterdir() if not path.name.startswith(".")]
+    frame_paths = sorted((path for path in candidates if path.is_file() and is_image_file(path)), key=natural_sort_key)
+    if not frame_paths:
+        raise MediaError(
+            f"frame directory '{directory}' contains no image files ({', '.join(IMAGE_SUFFIXES)}); "
+            "put the frames there or give a video file"
+        )
+    height, width = read_image_uint8(frame_paths[0]).shape[:2]
+    return VideoSource(
+        path=directory,
+        fps=float(fps),
+        num_frames=len(frame_paths),
+        size=(width, height),
+        has_audio=False,
+        frame_paths=tuple(frame_paths),
+    )
+
+
+def _iterate_frame_files(frame_paths: Sequence[Path], size: Size) -> Iterator[np.ndarray]:
+    """Yield each frame file as (H, W, 3) uint8, checking that all have the first frame's size."""
+    for frame_path in frame_paths:
+        frame = read_image_uint8(frame_path)
+        height, width = frame.shape[:2]
+        if (width, height) != size:
+            raise MediaError(
+                f"frame '{frame_path}' is {width}x{height} but the first frame is {size[0]}x{size[1]}; "
+                "all frames in a directory must have the same size"
+            )
+        yield frame
+
+
+def _iterate_video_file(path: Path, size: Size) -> Iterator[np.ndarray]:
+    """Decode with an ffmpeg subprocess piping raw rgb24; yield (H, W, 3) uint8 frames one at a time."""
+    width, height = size
+    command = [
+        ffmpeg_executable(), "-hide_banner", "-nostdin", "-loglevel", "error",
+        "-i", _ffmpeg_url(path), "-map", "0:V:0", "-fps_mode", "passthrough",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
+    ]  # fmt: skip
+    with tempfile.TemporaryFile() as log:  # A file, not a pipe: a full stderr pipe could block ffmpeg.
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+        try:
+            count = 0
+            while True:
+                frame = np.empty((height, width, 3), dtype=np.uint8)
+                filled = _read_into(process.stdout, memoryview(frame).cast("B"))
+                if filled == 0:
+                    break
+                if filled < frame.nbytes:
+                    raise MediaError(
+                        f"video '{path}' stopped in the middle of frame {count}; the file may be truncated"
+                    )
+                count += 1
+                yield frame
+            if process.wait() != 0 or count == 0:
+                problem = _reason(_read_log(log)) if process.returncode else "no frame could be decoded"
+                raise MediaError(f"video '{path}' could not be decoded after {count} frames ({problem}); {VIDEO_HINT}")
+        finally:
+            _stop_process(process)
+
+
+def _read_into(stream: IO[bytes], buffer: memoryview) -> int:
+    """Fill `buffer` from `stream`; returns the number of bytes read (less than its size only at EOF)."""
+    filled = 0
+    while filled < len(buffer):
+        count = stream.readinto(buffer[filled:])
+        if not count:
+            break
+        filled += count
+    return filled
+
+
+def _read_log(log: IO[bytes]) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read().decode("utf-8", "replace")
+
+
+def _stop_process(process: subprocess.Popen) -> None:
+    """End an ffmpeg child process we started (if still running) and close its pipes."""
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:  # A broken pipe while flushing the last bytes: ffmpeg is gone anyway.
+                pass
+
+
+# Writing.
+
+
+def refuse_to_overwrite_inputs(
+    output: PathLike, inputs: Iterable[Optional[PathLike]], output_is_directory: bool = False
+) -> None:
+    """Raise MediaError if writing `output` would replace one of `inputs` (None entries are skipped).
+
+    For a frame directory, an input is at risk when it is the directory itself or a file in it named
+    like an output frame (000000.png, ...).
+    """
+    output_real = os.path.realpath(output)
+    for item in inputs:
+        if item is None:
+            continue
+        input_real = os.path.realpath(item)
+        same = input_real == output_real or _same_file(output, item)
+        in_directory = output_is_directory and os.path.dirname(input_real) == output_real
+        if same or (in_directory and FRAME_FILE_NAME.match(os.path.basename(input_real))):
+            raise MediaError(
+                f"refusing to write the result to '{output}': that would overwrite the input '{item}'; "
+                "choose a different output path"
+            )
+
+
+def _same_file(first: PathLike, second: PathLike) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # One of them does not exist.
+        return False
+
+
+def _temporary_sibling(path: Path) -> Path:
+    """A hidden, unique name in the same directory as `path` (so `os.replace` is an atomic rename)."""
+    return path.with_name(f".{path.stem}.partial-{secrets.token_hex(4)}{path.suffix}")
+
+
+def _remove_if_exists(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _discard_encoder(process: subprocess.Popen, temporary: Path) -> None:
+    """Kill an unfinished encoder and delete its partial output (also run if a writer is garbage-collected)."""
+    _stop_process(process)
+    _remove_if_exists(temporary)
+
+
+class VideoWriter:
+    """Write uint8 RGB frames to an H.264 (libx264, yuv420p) MP4, atomically, optionally with audio.
+
+    Usage:
+        with VideoWriter("result.mp4", fps=25, audio_from="driving.mp4") as writer:
+            for frame in frames:  # (H, W, 3) uint8
+                writer.write(frame)
+
+    Frames are piped to ffmpeg, which writes a hidden temporary file next to `path`; leaving the
+    `with` block normally renames it to `path` (`os.replace`). If the block raises, or ffmpeg fails,
+    the temporary file is deleted and a pre-existing `path` stays byte-identical.
+
+    Args:
+        path: output file ending in .mp4 (.m4v and .mov also accepted). Parent directories are created.
+        fps: frame rate; NTSC rates such as 24000/1001 are written exactly.
+        audio_from: a media file whose first audio stream is muxed in (AAC 128 kb/s), padded with
+            silence or cut so that it lasts exactly as long as the video. Ignored if it has no audio.
+        size: (width, height) every frame must have; None takes it from the first frame.
+            yuv420p needs even sizes: an odd width/height is padded by one replicated edge pixel.
+        crf: x264 constant rate factor (18: visually lossless; 23: x264's default).
+        protected_paths: further inputs that must not be overwritten (`audio_from` always is).
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        fps: float,
+        audio_from: Optional[PathLike] = None,
+        size: Optional[Size] = None,
+        crf: int = 18,
+        protected_paths: Iterable[Optional[PathLike]] = (),
+    ) -> None:
+        self.path = Path(path)
+        self.fps = float(fps)
+        self.size: Optional[Size] = None if size is None else (int(size[0]), int(size[1]))
+        self.crf = int(crf)
+        self.frames_written = 0
+        if not self.fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self._container = _container_format(self.path)
+        refuse_to_overwrite_inputs(self.path, [audio_from, *protected_paths])
+        if self.path.is_dir():
+            raise MediaError(f"video output '{self.path}' is an existing directory; give a .mp4 file path")
+        self.audio_path = Path(audio_from) if audio_from is not None and has_audio_stream(audio_from) else None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._temporary = _temporary_sibling(self.path)
+        self._process: Optional[subprocess.Popen] = None
+        self._log: Optional[IO[bytes]] = None
+        self._finalizer: Optional[weakref.finalize] = None
+        self._closed = False
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one (H, W, 3) uint8 RGB frame."""
+        check_frame(frame)
+        if self._closed:
+            raise ValueError(f"VideoWriter for '{self.path}' is already closed")
+        height, width = frame.shape[:2]
+        self.size = self.size or (width, height)
+        if (width, height) != self.size:
+            raise ValueError(f"frame is {width}x{height} but the video is {self.size[0]}x{self.size[1]}")
+        if self._process is None:
+            self._start()
+        try:
+            self._process.stdin.write(np.ascontiguousarray(_pad_to_even(frame)).data)
+        except OSError as error:  # Broken pipe: ffmpeg exited.
+            message = f"ffmpeg stopped while writing '{self.path}' ({self._failure_reason()})"
+            self.abort()
+            raise MediaError(message) from error
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish encoding and rename the temporary file to `path`. MediaError if no frame was written."""
+        if self._closed:
+            return
+        if self._process is None:
+            self._closed = True
+            raise MediaError(f"no frames were written to '{self.path}'; nothing was saved")
+        try:
+            try:
+                self._process.stdin.close()
+            except OSError:  # ffmpeg already exited; its exit status below says so.
+                pass
+            returncode = self._process.wait()
+            if returncode != 0:
+                raise MediaError(f"ffmpeg failed to write '{self.path}' ({self._failure_reason()})")
+            os.replace(self._temporary, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        self._finalizer.detach()
+        self._log.close()
+
+    def abort(self) -> None:
+        """Stop without saving: end ffmpeg and delete the temporary file; `path` is left as it was."""
+        self._closed = True
+        if self._finalizer is not None:
+            self._finalizer()  # Runs `_discard_encoder` once.
+        _remove_if_exists(self._temporary)
+        if self._log is not None:
+            self._log.close()
+
+    def _start(self) -> None:
+        self._log = tempfile.TemporaryFile()
+        self._process = subprocess.Popen(
+            self._command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log
+        )
+        self._finalizer = weakref.finalize(self, _discard_encoder, self._process, self._temporary)
+
+    def _command(self) -> List[str]:
+        width, height = _even_size(self.size)
+        command = [
+            ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-video_size", f"{width}x{height}",
+            "-framerate", _rational(self.fps), "-i", "pipe:0",
+        ]  # fmt: skip
+        if self.audio_path is not None:
+            command += ["-i", _ffmpeg_url(self.audio_path)]
+        command += ["-map", "0:v:0", "-c:v", "libx264", "-preset", "medium", "-crf", str(self.crf)]
+        command += ["-pix_fmt", "yuv420p"]
+        if self.audio_path is not None:  # apad + shortest: the audio lasts exactly as long as the video.
+            command += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "128k", "-af", "apad", "-shortest"]
+        command += ["-movflags", "+faststart", "-f", self._container, _ffmpeg_url(self._temporary)]
+        return command
+
+    def _failure_reason(self) -> str:
+        """ffmpeg's last log line, or its exit status when it logged nothing."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.wait(timeout=10)
+        log = _read_log(self._log) if self._log is not None and not self._log.closed else ""
+        return _reason(log) if log.strip() else f"ffmpeg exit status {self._process.returncode}"
+
+
+def _container_format(path: Path) -> str:
+    container = CONTAINER_BY_SUFFIX.get(path.suffix.lower())
+    if container is None:
+        raise MediaError(
+            f"cannot write video '{path}': use a .mp4 file name, or a directory path ending with '/' for PNG frames"
+        )
+    return container
+
+
+def _rational(fps: float) -> str:
+    """Frame rate as an exact ffmpeg rational: 25.0 -> '25/1', 23.976... -> '24000/1001'."""
+    fraction = Fraction(fps).limit_denominator(1001)
+    return f"{fraction.numerator}/{fraction.denominator}"
+
+
+def _even_size(size: Size) -> Size:
+    width, height = size
+    return width + width % 2, height + height % 2
+
+
+def _pad_to_even(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 3) -> (H + H%2, W + W%2, 3) by replicating the last row/column (yuv420p needs even sizes)."""
+    pad_rows, pad_columns = frame.shape[0] % 2, frame.shape[1] % 2
+    if pad_rows or pad_columns:
+        return np.pad(frame, ((0, pad_rows), (0, pad_columns), (0, 0)), mode="edge")
+    return frame
+
+
+def frame_file_name(index: int) -> str:
+    """Name of output frame `index`: 000000.png, 000001.png, ..."""
+    return f"{index:06d}.png"
+
+
+class FrameDirectoryWriter:
+    """Write uint8 RGB frames as lossless PNG files 000000.png, 000001.png, ... in a directory.
+
+    Frames are staged in a hidden temporary directory inside `directory`; closing moves each one
+    into place with `os.replace` (an atomic rename per frame) and deletes numbered frames left by an
+    older, longer result (only files named like 000123.png; other files are never touched). If the
+    `with` block raises, the staged frames are deleted and the directory is left as it was.
+
+    Args:
+        directory: created (with parents) if missing.
+        protected_paths: inputs that must not be overwritten.
+    """
+
+    def __init__(self, directory: PathLike, protected_paths: Iterable[Optional[PathLike]] = ()) -> None:
+        self.directory = Path(directory)
+        self.size: Optional[Size] = None
+        self.frames_written = 0
+        refuse_to_overwrite_inputs(self.directory, protected_paths, output_is_directory=True)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise MediaError(f"frame output '{self.directory}' is an existing file; give a directory path")
+        self._created = not self.directory.exists()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._staging = Path(tempfile.mkdtemp(prefix=".partial-frames-", dir=self.directory))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self._staging, ignore_errors=True)
+        self._closed = False
+
+    def __enter__(self) -> "FrameDirectoryWriter":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one (H, W, 3) uint8 RGB frame (all frames must have the same size)."""
+        check_frame(frame)
+        if self._closed:
+            raise ValueError(f"FrameDirectoryWriter for '{self.directory}' is already closed")
+        height, width = frame.shape[:2]
+        self.size = self.size or (width, height)
+        if (width, height) != self.size:
+            raise ValueError(f"frame is {width}x{height} but earlier frames are {self.size[0]}x{self.size[1]}")
+        Image.fromarray(frame).save(self._staging / frame_file_name(self.frames_written), format="PNG")
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Move the staged frames into `directory`. MediaError if no frame was written."""
+        if self._closed:
+            return
+        if self.frames_written == 0:
+            self.abort()
+            raise MediaError(f"no frames were written to '{self.directory}'; nothing was saved")
+        try:
+            for index in range(self.frames_written):
+                name = frame_file_name(index)
+                os.replace(self._staging / name, self.directory / name)
+            self._remove_stale_frames()
+        finally:
+            self._closed = True
+            self._finalizer()
+
+    def abort(self) -> None:
+        """Delete the staged frames; the directory keeps its previous content (removed if we created it empty)."""
+        self._closed = True
+        self._finalizer()
+        if self._created and not any(self.directory.iterdir()):
+            self.directory.rmdir()
+
+    def _remove_stale_frames(self) -> None:
+        for path in self.directory.iterdir():
+            if FRAME_FILE_NAME.match(path.name) and int(path.stem) >= self.frames_written:
+                path.unlink()
+
+
+def open_writer(
+    result_path: PathLike,
+    fps: float,
+    audio_from: Optional[PathLike] = None,
+    protected_paths: Iterable[Optional[PathLike]] = (),
+) -> Union[VideoWriter, FrameDirectoryWriter]:
+    """Open the writer that `result_path` asks for.
+
+    An existing directory, or a path ending with '/' (os.sep), gives a `FrameDirectoryWriter`
+    (PNG frames; `fps` and audio do not apply); anything else gives an MP4 `VideoWriter`.
+    `audio_from` and `protected_paths` are never overwritten.
+    """
+    text = os.fspath(result_path)
+    if os.path.isdir(text) or text.endswith(("/", os.sep)):
+        return FrameDirectoryWriter(text, protected_paths=[*protected_paths, audio_from])
+    return VideoWriter(text, fps, audio_from=audio_from, protected_paths=protected_paths)
