@@ -258,3 +258,26 @@ def model_state(network: torch.nn.Module) -> "OrderedDict[str, torch.Tensor]":
     """A CPU copy of a network's state dict."""
     return OrderedDict((key, value.detach().cpu().clone()) for key, value in network.state_dict().items())
 
+
+
+def is_our_checkpoint(path: str | os.PathLike) -> bool:
+    """True for files written by this project (checked by loading them; they are plain tensors and dicts)."""
+    state = read_file(path)
+    return isinstance(state, dict) and state.get("format") == FORMAT_NAME
+
+
+def load_checkpoint_or_official(checkpoint: str | os.PathLike, depth_dir: str | os.PathLike | None = None,
+                                config: Config | str | os.PathLike | None = None, map_location: str = "cpu"):
+    """A :class:`~dagan.model.DaGAN` from either of our checkpoints (``depth_dir`` and ``config`` must then be
+    None: ours hold everything) or from the official release (main file + depth folder)."""
+    from dagan.model import DaGAN
+
+    if is_our_checkpoint(checkpoint):
+        if depth_dir is not None:
+            raise CheckpointError(f"{os.fspath(checkpoint)!r} is a dagan checkpoint that already holds the depth "
+                                  "network; drop --depth_checkpoint")
+        return DaGAN.from_checkpoint(checkpoint, map_location=map_location)
+    if depth_dir is None and not (isinstance(config, Config) and config.model_params.depth_params.checkpoint_dir):
+        raise CheckpointError(f"{os.fspath(checkpoint)!r} is an official DaGAN checkpoint: it needs the depth "
+                              "network too; pass --depth_checkpoint DIR (the folder with encoder.pth and depth.pth)")
+    return load_official(checkpoint, depth_dir, config, map_location=map_location)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 from dagan.config import Config, load_config
+from dagan.io import ffmpeg_executable
 from dagan.model import DaGAN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,3 +48,19 @@ def images() -> torch.Tensor:
 def require_shared(path: Path) -> None:
     if not path.exists():
         pytest.skip(f"{path} is absent (the shared fixtures live next to the repository in ../shared)")
+
+
+def ffmpeg(*arguments: str) -> None:
+    """Run the ffmpeg binary that imageio-ffmpeg ships (quietly; raises on failure)."""
+    command = [ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *arguments]
+    subprocess.run(command, check=True)
+
+
+def make_test_clip(path: Path, width: int = 64, height: int = 64, seconds: float = 1.2, fps: float = 10,
+                   audio: bool = False) -> Path:
+    """A synthetic H.264 clip (ffmpeg testsrc2), optionally with a 440 Hz tone as audio."""
+    inputs = ["-f", "lavfi", "-i", f"testsrc2=s={width}x{height}:r={fps}:d={seconds}"]
+    if audio:
+        inputs += ["-f", "lavfi", "-i", f"sine=frequency=440:d={seconds}", "-shortest"]
+    ffmpeg(*inputs, "-pix_fmt", "yuv420p", str(path))
+    return Path(path)

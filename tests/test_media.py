@@ -16,6 +16,7 @@ import pytest
 import skimage.transform
 from PIL import Image
 
+from conftest import ffmpeg, make_test_clip
 from dagan.io import (
     FrameDirectoryWriter,
     MediaError,
@@ -34,19 +35,10 @@ NUM_FRAMES = 12
 FPS = 10
 
 
-def ffmpeg(*arguments: str) -> None:
-    command = [ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *arguments]
-    subprocess.run(command, check=True)
-
-
 def make_clip(
     path: Path, width: int = 64, height: int = 64, seconds: float = NUM_FRAMES / FPS, audio: bool = False
 ) -> Path:
-    inputs = ["-f", "lavfi", "-i", f"testsrc2=s={width}x{height}:r={FPS}:d={seconds}"]
-    if audio:
-        inputs += ["-f", "lavfi", "-i", f"sine=frequency=440:d={seconds}", "-shortest"]
-    ffmpeg(*inputs, "-pix_fmt", "yuv420p", str(path))
-    return path
+    return make_test_clip(path, width, height, seconds, FPS, audio)
 
 
 def ffmpeg_children() -> List[int]:

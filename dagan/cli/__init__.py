@@ -1,0 +1,1 @@
+"""Command-line entry points; the scripts at the repository root call these."""

@@ -1,0 +1,180 @@
+"""``demo.py``: animate one portrait with a driving video. Accepts the reference demo's flags unchanged."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import traceback
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dagan.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint_or_official
+from dagan.config import ConfigError, load_config
+from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother
+from dagan.io import MediaError, open_video, open_writer, read_image
+from dagan.io.images import resize_to_model
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "vox-adv-256.yaml")
+
+EXAMPLE = """\
+example (the official release; relative motion with scale adaptation, as the DaGAN README runs it):
+  python demo.py --config configs/vox-adv-256.yaml \\
+      --checkpoint checkpoints/DaGAN_vox_adv_256.pth.tar --depth_checkpoint checkpoints/depth_face_model \\
+      --source_image data/samples/source.png --driving_video data/samples/driving.mp4 \\
+      --result_video result.mp4 --relative --adapt_scale
+
+  --result_video out_frames/   writes lossless PNG frames 000000.png, 000001.png, ... instead of an mp4.
+Images not at the model's resolution are resized to it (256x256) with anti-aliasing, as the reference demo does.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="demo.py", description="Animate a source portrait with a driving video "
+                                     "(DaGAN, depth-aware talking-head generation).", epilog=EXAMPLE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="model config (ignored for this project's "
+                        "checkpoints, which hold their own); default: configs/vox-adv-256.yaml")
+    parser.add_argument("--checkpoint", required=True, help="official DaGAN .pth.tar or a dagan checkpoint")
+    parser.add_argument("--depth_checkpoint", default=None, help="folder with the official encoder.pth and depth.pth "
+                        "(needed with an official checkpoint)")
+    parser.add_argument("--source_image", required=True, help="portrait image (any format Pillow reads)")
+    parser.add_argument("--driving_video", required=True, help="driving video (any format ffmpeg reads) or a folder "
+                        "of frames sorted by name")
+    parser.add_argument("--result_video", default="result.mp4", help="output .mp4 (H.264 + the driving audio), or a "
+                        "folder (existing, or ending in /) for PNG frames")
+    parser.add_argument("--relative", action="store_true", help="transfer relative motion (recommended)")
+    parser.add_argument("--adapt_scale", action="store_true", help="adapt motion scale to the source face size")
+    parser.add_argument("--find_best_frame", action="store_true", help="anchor the relative motion at the driving "
+                        "frame whose face is most aligned with the source (needs the [faces] extra)")
+    parser.add_argument("--best_frame", type=int, default=None, help="anchor frame index (skips the search)")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU (same as --device cpu)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="reduced precision runs on CUDA only")
+    parser.add_argument("--batch_size", type=int, default=8, help="driving frames per forward pass")
+    parser.add_argument("--kp_num", type=int, default=None, help="number of keypoints (default: the config's)")
+    parser.add_argument("--generator", default=None, choices=["DepthAwareGenerator", "SPADEDepthAwareGenerator"],
+                        help="generator class (default: the config's)")
+    parser.add_argument("--smooth", nargs="?", type=float, const=1.0, default=None, metavar="MIN_CUTOFF",
+                        help="One-Euro smoothing of the driving keypoints against jitter (optional minimum cutoff "
+                        "in Hz, default 1.0; lower is smoother)")
+    parser.add_argument("--visualize", action="store_true", help="also write <result>_visualization.mp4: source, "
+                        "driving, result (with keypoints) and both depth maps side by side")
+    parser.add_argument("--no_audio", action="store_true", help="do not copy the driving video's audio")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. model_params.common_params.num_kp=15")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser
+
+
+def load_pipeline(args: argparse.Namespace) -> DaGANPipeline:
+    overrides = list(args.overrides)
+    if args.kp_num is not None and args.kp_num != -1:
+        overrides.append(f"model_params.common_params.num_kp={args.kp_num}")
+    if args.generator is not None:
+        overrides.append(f"model_params.generator={args.generator}")
+    device = "cpu" if args.cpu else args.device
+    if is_our_checkpoint(args.checkpoint):
+        model = load_checkpoint_or_official(args.checkpoint, args.depth_checkpoint)
+        if overrides:
+            wanted = load_config(None, overrides).model_params
+            stored = model.config.model_params
+            if args.kp_num not in (None, -1) and wanted.common_params.num_kp != stored.common_params.num_kp:
+                raise CheckpointError(f"the checkpoint holds {stored.common_params.num_kp} keypoints; "
+                                      f"drop --kp_num or use --kp_num {stored.common_params.num_kp}")
+            if args.generator is not None and wanted.generator != stored.generator:
+                raise CheckpointError(f"the checkpoint holds a {stored.generator}; drop --generator")
+    else:
+        model = load_checkpoint_or_official(args.checkpoint, args.depth_checkpoint, load_config(args.config, overrides))
+    return DaGANPipeline(model, device=device, precision=args.precision, batch_size=args.batch_size)
+
+
+def model_frames(video, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    """Driving frames resized to the model's resolution (float [0, 1]), lazily."""
+    for frame in video:
+        yield resize_to_model(frame.astype(np.float32) / 255.0, size)
+
+
+def anchor_frame(args, pipeline: DaGANPipeline, source: np.ndarray, video) -> Optional[np.ndarray]:
+    """The driving frame that anchors relative motion: --best_frame N, the best-aligned face, or the first."""
+    index = args.best_frame
+    if args.find_best_frame and index is None:
+        from dagan.faces import find_best_frame, get_face_analyzer
+
+        analyzer = get_face_analyzer("auto")
+        print("finding the driving frame best aligned with the source...", file=sys.stderr)
+        index = find_best_frame(to_uint8(source), (to_uint8(f) for f in model_frames(video, pipeline.image_size)),
+                                analyzer)
+        print(f"best frame: {index}", file=sys.stderr)
+    if index is None:
+        return None
+    for position, frame in enumerate(video):
+        if position == index:
+            return frame
+    raise MediaError(f"--best_frame {index} is past the end of the driving video ({position + 1} frames)")
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+
+
+def visualization_path(result: str) -> str:
+    stripped = result.rstrip("/\\")
+    if result.endswith(("/", os.sep)) or os.path.isdir(result):
+        return stripped + "_visualization" + os.sep
+    stem, extension = os.path.splitext(stripped)
+    return f"{stem}_visualization{extension or '.mp4'}"
+
+
+def run(args: argparse.Namespace) -> int:
+    source = read_image(args.source_image)
+    video = open_video(args.driving_video)
+    pipeline = load_pipeline(args)
+    smoother = KeypointSmoother(video.fps, min_cutoff=args.smooth) if args.smooth is not None else None
+    anchor = anchor_frame(args, pipeline, source, video)
+    audio = None if args.no_audio or not video.has_audio else args.driving_video
+    inputs = [args.source_image, args.driving_video, args.checkpoint]
+    frames = pipeline.animate(source, video, relative=args.relative, adapt_scale=args.adapt_scale,
+                              driving_initial=anchor, smooth=smoother, visualize=args.visualize)
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(open_writer(args.result_video, video.fps, audio_from=audio,
+                                                 protected_paths=inputs))
+        panels = stack.enter_context(open_writer(visualization_path(args.result_video), video.fps, audio_from=audio,
+                                                 protected_paths=inputs)) if args.visualize else None
+        for animated in tqdm(frames, total=video.num_frames, unit="frame", desc="animating", dynamic_ncols=True):
+            writer.write(animated.frame)
+            if panels is not None:
+                panels.write(animated.visualization)
+    print(f"wrote {args.result_video}" + (f" and {visualization_path(args.result_video)}" if args.visualize else ""),
+          file=sys.stderr)
+    return 0
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted; no output was written", file=sys.stderr)
+        return 130
+    except Exception as error:  # one clear line per known problem; tracebacks only with --debug
+        if args.debug:
+            traceback.print_exc()
+        known = (MediaError, CheckpointError, ConfigError, InferenceError, ImportError, ValueError)
+        if is_out_of_memory(error):
+            message = f"out of memory with --batch_size {args.batch_size}; try a smaller --batch_size (e.g. 1)"
+        elif isinstance(error, known):
+            message = str(error)
+        else:
+            message = f"{type(error).__name__}: {error} (rerun with --debug for the traceback)"
+        print(f"error: {message}", file=sys.stderr)
+        return 1

@@ -1,0 +1,249 @@
+"""The animation pipeline shared by ``demo.py``, the web app and the evaluator.
+
+    pipeline = DaGANPipeline.load("DaGAN_vox_adv_256.pth.tar", depth_checkpoint="depth_face_model")
+    for frame in pipeline.animate(source_image, open_video("driving.mp4")):
+        ...   # (256, 256, 3) uint8 frames, one per driving frame, produced lazily
+
+Work on the source (disparity, keypoints, encoded features) is done once per source; driving frames are pulled
+lazily from any iterable, processed ``batch_size`` at a time, and results are yielded one by one, so memory
+stays bounded for videos of any length. Batching does not change the results (beyond float rounding).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator, NamedTuple, Optional
+
+import numpy as np
+import torch
+
+from dagan.config import Config
+from dagan.geometry import Keypoints, adapt_movement_scale, normalize_keypoints
+from dagan.io.images import resize_to_model, to_uint8
+from dagan.model import DaGAN
+from dagan.networks.generator import SourceFeatures
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class InferenceError(RuntimeError):
+    """A problem with the request (device, precision, inputs); the message says what to do."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then MPS, then the CPU; asking for an absent accelerator is an error."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InferenceError("CUDA was asked for but no CUDA GPU is available to this torch build; use --device cpu")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise InferenceError("MPS was asked for but is not available; use --device cpu")
+    return torch.device(device)
+
+
+class OneEuroFilter:
+    """Speed-adaptive low-pass filter (Casiez et al., CHI 2012) for keypoint trajectories.
+
+    x_hat_t = a x_t + (1 - a) x_hat_{t-1}, a = 1 / (1 + tau / T), tau = 1 / (2 pi f_c),
+    f_c = min_cutoff + beta |dx_hat/dt|: slow motion is smoothed strongly (no jitter), fast motion barely (no lag).
+    """
+
+    def __init__(self, frequency: float, min_cutoff: float = 1.0, beta: float = 0.05, derivative_cutoff: float = 1.0):
+        self.period = 1.0 / frequency
+        self.min_cutoff, self.beta, self.derivative_cutoff = min_cutoff, beta, derivative_cutoff
+        self.previous: Optional[torch.Tensor] = None
+        self.previous_derivative: Optional[torch.Tensor] = None
+
+    def _alpha(self, cutoff: torch.Tensor | float) -> torch.Tensor | float:
+        tau = 1.0 / (2 * math.pi * cutoff)
+        return 1.0 / (1.0 + tau / self.period)
+
+    def __call__(self, value: torch.Tensor) -> torch.Tensor:
+        if self.previous is None:
+            self.previous, self.previous_derivative = value, torch.zeros_like(value)
+            return value
+        derivative = (value - self.previous) / self.period
+        alpha_derivative = self._alpha(self.derivative_cutoff)
+        derivative = alpha_derivative * derivative + (1 - alpha_derivative) * self.previous_derivative
+        alpha = self._alpha(self.min_cutoff + self.beta * derivative.abs())
+        smoothed = alpha * value + (1 - alpha) * self.previous
+        self.previous, self.previous_derivative = smoothed, derivative
+        return smoothed
+
+
+class KeypointSmoother:
+    """One-Euro filtering of keypoint positions and Jacobians, frame after frame (one video at a time)."""
+
+    def __init__(self, fps: float, min_cutoff: float = 1.0, beta: float = 0.05):
+        self.value_filter = OneEuroFilter(fps, min_cutoff, beta)
+        self.jacobian_filter = OneEuroFilter(fps, min_cutoff, beta)
+
+    def __call__(self, kp: Keypoints) -> Keypoints:
+        """kp: a batch of consecutive frames (B, K, ...); filtered in time order."""
+        values, jacobians = [], []
+        for index in range(kp.value.shape[0]):
+            values.append(self.value_filter(kp.value[index]))
+            if kp.jacobian is not None:
+                jacobians.append(self.jacobian_filter(kp.jacobian[index]))
+        return Keypoints(torch.stack(values), torch.stack(jacobians) if jacobians else None)
+
+
+@dataclass
+class SourceState:
+    """Everything computed once per source image: image (1, 3, H, W), disparity (1, 1, H, W), keypoints,
+    and the encoded generator features."""
+
+    image: torch.Tensor
+    disparity: torch.Tensor
+    keypoints: Keypoints
+    features: SourceFeatures
+
+
+class AnimatedFrame(NamedTuple):
+    """One result: the frame (H, W, 3) uint8, the transferred keypoints that drove it (batch of 1) and, when
+    asked for, the visualisation panel row (uint8)."""
+
+    frame: np.ndarray
+    keypoints: Keypoints
+    visualization: Optional[np.ndarray]
+
+
+def chunks(iterable: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of ``size`` items (the last may be shorter), pulling items lazily."""
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class DaGANPipeline:
+    """Inference wrapper around :class:`~dagan.model.DaGAN`: preprocessing, batching, relative motion, smoothing."""
+
+    def __init__(self, model: DaGAN, device: str | torch.device = "auto", precision: str = "fp32",
+                 batch_size: int = 8, channels_last: bool = False):
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        if precision not in PRECISIONS:
+            raise InferenceError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision != "fp32" and self.device.type != "cuda":
+            raise InferenceError(f"--precision {precision} needs a CUDA GPU; on {self.device.type} use fp32")
+        if batch_size < 1:
+            raise InferenceError(f"batch_size must be >= 1, got {batch_size}")
+        self.precision, self.batch_size = precision, batch_size
+        self.model = model.eval().to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        frame_shape = model.config.dataset_params.frame_shape
+        self.image_size = (frame_shape[0], frame_shape[1])
+
+    # Construction.
+    @classmethod
+    def load(cls, checkpoint: str, depth_checkpoint: Optional[str] = None, config: Config | str | None = None,
+             **kwargs) -> "DaGANPipeline":
+        """From our checkpoint (config inside) or the official release (main file + depth folder)."""
+        from dagan.checkpoint import load_checkpoint_or_official
+
+        return cls(load_checkpoint_or_official(checkpoint, depth_checkpoint, config), **kwargs)
+
+    # Preprocessing.
+    def to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
+        """HxWx3 images (uint8, or float in [0, 1]) -> (B, 3, H, W) float32 on the device, resized to the
+        model's resolution the way the reference demo does (skimage, anti-aliased) when they differ."""
+        arrays = []
+        for image in images:
+            if image.dtype == np.uint8:
+                image = image.astype(np.float32) / 255.0
+            if tuple(image.shape[:2]) != self.image_size:
+                image = resize_to_model(image, self.image_size)
+            arrays.append(np.ascontiguousarray(image[..., :3], dtype=np.float32))
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    # Source and driving work.
+    @torch.no_grad()
+    def prepare_source(self, source_image: np.ndarray) -> SourceState:
+        """Disparity, keypoints and generator features of the source, computed once."""
+        image = self.to_tensor([source_image])
+        with self.autocast():
+            disparity = self.model.depth(image)
+            keypoints = self.model.keypoints(image, disparity)
+            features = self.model.encode_source(image, disparity)
+        return SourceState(image, disparity, _float(keypoints), features)
+
+    @torch.no_grad()
+    def driving_keypoints(self, frames: torch.Tensor) -> tuple[Keypoints, torch.Tensor]:
+        """Keypoints and disparities of driving frames (B, 3, H, W)."""
+        with self.autocast():
+            disparity = self.model.depth(frames)
+            keypoints = self.model.keypoints(frames, disparity)
+        return _float(keypoints), disparity
+
+    @torch.no_grad()
+    def animate(self, source_image: np.ndarray, driving_frames: Iterable[np.ndarray], relative: bool = True,
+                adapt_scale: bool = True, driving_initial: Optional[np.ndarray] = None,
+                smooth: Optional[KeypointSmoother] = None, visualize: bool = False) -> Iterator[AnimatedFrame]:
+        """Yield one :class:`AnimatedFrame` per driving frame, consuming ``driving_frames`` lazily.
+
+        relative / adapt_scale: DaGAN's relative motion transfer (see :func:`~dagan.geometry.normalize_keypoints`),
+        anchored at ``driving_initial`` (default: the first driving frame; ``find_best_frame`` picks a better one).
+        smooth: a :class:`KeypointSmoother` applied to the driving keypoints before the transfer.
+        """
+        source = self.prepare_source(source_image)
+        anchor: Optional[Keypoints] = None
+        scale: Optional[float] = None
+        if driving_initial is not None:
+            anchor = self.driving_keypoints(self.to_tensor([driving_initial]))[0]
+        for batch in chunks(driving_frames, self.batch_size):
+            frames = self.to_tensor(batch)
+            kp_driving, disparity = self.driving_keypoints(frames)
+            if smooth is not None:
+                kp_driving = smooth(kp_driving)
+            if anchor is None:
+                anchor = kp_driving.index(slice(0, 1))
+            if relative and adapt_scale and scale is None:
+                scale = adapt_movement_scale(source.keypoints, anchor)
+            kp_norm = normalize_keypoints(source.keypoints, kp_driving, anchor, use_relative_movement=relative,
+                                          use_relative_jacobian=relative, movement_scale=scale if adapt_scale else 1.0)
+            output = self.generate(source, kp_norm, visualize)
+            predictions = to_uint8_batch(output.prediction)
+            for index, prediction in enumerate(predictions):
+                one = slice(index, index + 1)
+                panel = None
+                if visualize:
+                    from dagan.visualization import visualization_row
+
+                    panel = visualization_row(source, frames[index], output.prediction[index], disparity[index],
+                                              kp_driving.index(one), kp_norm.index(one))
+                yield AnimatedFrame(prediction, kp_norm.index(one), panel)
+
+    @torch.no_grad()
+    def generate(self, source: SourceState, kp_norm: Keypoints, return_deformed: bool = False):
+        """Render the prepared source with transferred keypoints (B, K, ...) -> GeneratorOutput."""
+        batch = kp_norm.value.shape[0]
+        with self.autocast():
+            return self.model.generate(source.image.expand(batch, -1, -1, -1), source.keypoints, kp_norm,
+                                       source_features=source.features.expand(batch), return_deformed=return_deformed)
+
+
+def _float(keypoints: Keypoints) -> Keypoints:
+    """Keypoints in float32 (matrix inverses and hull areas stay accurate under autocast)."""
+    return Keypoints(keypoints.value.float(), None if keypoints.jacobian is None else keypoints.jacobian.float())
+
+
+def to_uint8_batch(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, rounded like ``skimage.img_as_ubyte``."""
+    return to_uint8(images.float().permute(0, 2, 3, 1).cpu().numpy())
+
+
