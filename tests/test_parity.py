@@ -62,6 +62,9 @@ class Checker:
             self.failures.append(f"{name}: max abs diff {diff:.3g} > {bound:g}")
 
     def assert_ok(self):
+        print(f"\n{self.mode} parity (max abs diff / bound):")  # shown with pytest -s
+        for name, diff in self.diffs.items():
+            print(f"  {name:40s} {diff:9.2e} / {self.tolerances[name][self.mode]:g}")
         assert not self.failures, "; ".join(self.failures)
 
 
