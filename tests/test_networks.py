@@ -127,3 +127,18 @@ def test_backbones_have_torchvision_keys(tmp_path):
     torch.save(state, path)
     load_vgg19_weights(vgg, str(path))
     assert torch.equal(vgg.features[0].weight, state["features.0.weight"])
+
+
+def test_fused_attention_never_allocates_the_full_matrix():
+    from torch.profiler import ProfilerActivity, profile
+
+    from dagan.networks.attention import fused_attention
+    generator = torch.Generator().manual_seed(0)
+    query, key = torch.rand(1, 4096, 8, generator=generator), torch.rand(1, 4096, 8, generator=generator)
+    value = torch.rand(1, 4096, 64, generator=generator)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        attended = fused_attention(query, key, value)
+    largest = max(event.cpu_memory_usage for event in profiler.events())
+    assert largest < 4096 * 4096 * 4 // 2  # a full float32 4096x4096 matrix would be 64 MiB
+    reference = torch.softmax(query @ key.transpose(1, 2), dim=-1) @ value
+    assert torch.allclose(attended, reference, atol=1e-5)

@@ -13,11 +13,31 @@ import torch.nn.functional as F
 from torch import nn
 
 
+QUERY_CHUNK = 1024  # CPU: queries per scaled_dot_product_attention call (bounds memory at B x 1024 x N floats)
+
+
+def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """softmax(Q K^T) V with scale 1 through ``scaled_dot_product_attention``, never forming the (B, N, N) matrix.
+
+    query, key: (B, N, Cq); value: (B, N, Cv) -> (B, N, Cv). Fused GPU kernels need Cq == Cv, so on CUDA the
+    queries and keys are zero-padded (Q K^T is unchanged). The CPU's fused kernel would then do 8x the Q K^T
+    work, so on the CPU the queries go through in chunks instead, each materialising only (B, 1024, N).
+    """
+    query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)  # (B, 1, N, C): one head
+    if query.device.type == "cuda":
+        padding = value.shape[-1] - query.shape[-1]
+        query, key = F.pad(query, (0, padding)), F.pad(key, (0, padding))
+        return F.scaled_dot_product_attention(query, key, value, scale=1.0).squeeze(1)
+    chunks = [F.scaled_dot_product_attention(query[:, :, start:start + QUERY_CHUNK], key, value, scale=1.0)
+              for start in range(0, query.shape[2], QUERY_CHUNK)]
+    return torch.cat(chunks, dim=2).squeeze(1)
+
+
 class DepthAwareAttention(nn.Module):
     """(B, C, h, w) depth features + (B, C, h, w) warped features -> refined (B, C, h, w) features.
 
-    ``scaled_dot_product_attention`` never materialises the (B, hw, hw) attention matrix (64 MiB per image at
-    64x64); pass ``return_attention=True`` to get it anyway (visualisation, parity checks).
+    :func:`fused_attention` never materialises the (B, hw, hw) attention matrix (64 MiB per image at 64x64);
+    pass ``return_attention=True`` to get it anyway (visualisation, parity checks).
     """
 
     def __init__(self, in_dim: int):
@@ -44,10 +64,6 @@ class DepthAwareAttention(nn.Module):
             attention = torch.softmax(query @ key.transpose(1, 2), dim=-1)  # (B, N, N)
             attended = attention @ value
         else:
-            # Fused kernels need equal query and value widths; zero-padding Q and K leaves Q K^T unchanged.
-            padding = value.shape[-1] - query.shape[-1]
-            query, key = F.pad(query, (0, padding)), F.pad(key, (0, padding))
-            attended = F.scaled_dot_product_attention(query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1),
-                                                      scale=1.0).squeeze(1)  # (B, N, C)
+            attended = fused_attention(query, key, value)
         attended = attended.transpose(1, 2).reshape(batch, channels, height, width)
         return self.gamma * attended + warped_features, attention
