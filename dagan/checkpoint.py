@@ -229,10 +229,34 @@ def load_official(checkpoint: str | os.PathLike | None, depth_dir: str | os.Path
     for name, state_dict in networks.items():
         load_strict(getattr(model, name), state_dict, name)
     if encoder_state is not None:
-        load_strict(model.depth_encoder, encoder_state, "depth encoder (encoder.pth)")
-        load_strict(model.depth_decoder, decoder_state, "depth decoder (depth.pth)")
+        load_depth_states(model, encoder_state, decoder_state)
     model.loaded_networks = tuple(networks) + (("depth_encoder", "depth_decoder") if encoder_state is not None else ())
     return model.eval()
+
+
+def load_depth_states(model, encoder_state: dict, decoder_state: dict) -> None:
+    """Strictly load depth encoder/decoder state dicts into ``model`` (a DaGAN)."""
+    load_strict(model.depth_encoder, encoder_state, "depth encoder (encoder.pth)")
+    load_strict(model.depth_decoder, decoder_state, "depth decoder (depth.pth)")
+
+
+def load_official_depth_into(model, depth_dir: str | os.PathLike) -> None:
+    """Load an official-layout depth folder (encoder.pth + depth.pth) into an existing DaGAN, checking that its
+    ResNet depth fits the model's config."""
+    encoder_state, decoder_state = read_official_depth(depth_dir)
+    check_fits(model.config, {}, encoder_state)
+    load_depth_states(model, encoder_state, decoder_state)
+
+
+def export_official_depth(model, depth_dir: str | os.PathLike) -> dict[str, str]:
+    """Write ``encoder.pth`` (with the release's extra entries) and ``depth.pth`` into ``depth_dir``."""
+    paths = {"encoder": os.path.join(os.fspath(depth_dir), "encoder.pth"),
+             "decoder": os.path.join(os.fspath(depth_dir), "depth.pth")}
+    encoder = model_state(model.depth_encoder)
+    encoder.update(ENCODER_EXTRAS)
+    atomic_save(encoder, paths["encoder"])
+    atomic_save(model_state(model.depth_decoder), paths["decoder"])
+    return paths
 
 
 # Official release: writing.
@@ -241,16 +265,11 @@ def export_official(model, out_dir: str | os.PathLike, name: str = "checkpoint.p
     """Write ``out_dir/<name>`` and ``out_dir/depth/{encoder,depth}.pth`` in the release layout (unprefixed keys),
     usable by the reference demo (``--checkpoint``; copy the depth files to its depth/models/weights_19)."""
     out_dir = os.fspath(out_dir)
-    paths = {"checkpoint": os.path.join(out_dir, name),
-             "encoder": os.path.join(out_dir, "depth", "encoder.pth"),
-             "decoder": os.path.join(out_dir, "depth", "depth.pth")}
+    paths = {"checkpoint": os.path.join(out_dir, name)}
     main = {network: model_state(getattr(model, network)) for network in MAIN_NETWORKS}
     main.update({"optimizer_generator": {}, "optimizer_kp_detector": {}, "optimizer_discriminator": {}, "epoch": epoch})
     atomic_save(main, paths["checkpoint"])
-    encoder = model_state(model.depth_encoder)
-    encoder.update(ENCODER_EXTRAS)
-    atomic_save(encoder, paths["encoder"])
-    atomic_save(model_state(model.depth_decoder), paths["decoder"])
+    paths.update(export_official_depth(model, os.path.join(out_dir, "depth")))
     return paths
 
 

@@ -207,6 +207,11 @@ class LossWeights:
     depth_constraint: float = 0.0
 
 
+TRAINING_STAGES = ("gan", "depth")
+MIXED_PRECISION = ("no", "bf16")
+KP_DISTANCE_FORMS = ("hinge", "sign")
+
+
 @dataclass
 class TrainParams:
     num_epochs: int = 150
@@ -215,17 +220,69 @@ class TrainParams:
     lr_generator: float = 2.0e-4
     lr_discriminator: float = 2.0e-4
     lr_kp_detector: float = 2.0e-4
-    batch_size: int = 4
+    batch_size: int = 4  # global (all ranks together); the reference's was per GPU
     scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
     checkpoint_freq: int = 10
     transform_params: TransformParams = field(default_factory=TransformParams)
     loss_weights: LossWeights = field(default_factory=LossWeights)
-    vgg19_weights: Optional[str] = None  # dagan addition: torchvision-format VGG19 file for the perceptual loss
+    # dagan additions (defaults reproduce the reference's training where it had an equivalent):
+    stage: str = "gan"  # "depth" (stage 1, self-supervised depth) or "gan" (stage 2)
+    num_steps: Optional[int] = None  # optimizer steps; None = num_epochs epochs of num_repeats passes
+    vgg19_weights: Optional[str] = None  # torchvision vgg19-dcbb9e9d.pth; "random" = untrained (smoke tests only)
+    kp_distance_form: str = "hinge"  # "hinge" pushes close keypoints apart; "sign" is the reference (no gradient)
+    kp_distance_margin: float = 0.2
+    seed: int = 0
+    num_workers: int = 2
+    grad_accumulation: int = 1
+    mixed_precision: str = "no"  # "bf16": autocast on CUDA (ignored on the CPU)
+    compile: bool = False  # torch.compile the networks
+    sync_batchnorm: bool = False  # SyncBatchNorm across DDP ranks
+    log_every: int = 10  # steps between stats.jsonl / TensorBoard records
+    image_every: int = 500  # steps between PNG grids
+    checkpoint_every: Optional[int] = None  # steps between checkpoints; None = every checkpoint_freq epochs
+    keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train_params.batch_size", "must be >= 1")
         for name in ("lr_generator", "lr_discriminator", "lr_kp_detector"):
             _check(getattr(self, name) > 0, f"train_params.{name}", "must be > 0")
+        _check(self.stage in TRAINING_STAGES, "train_params.stage", f"must be one of {TRAINING_STAGES}, got {self.stage!r}")
+        _check(self.mixed_precision in MIXED_PRECISION, "train_params.mixed_precision",
+               f"must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        _check(self.kp_distance_form in KP_DISTANCE_FORMS, "train_params.kp_distance_form",
+               f"must be one of {KP_DISTANCE_FORMS}, got {self.kp_distance_form!r}")
+        _check(self.num_steps is None or self.num_steps >= 1, "train_params.num_steps", "must be >= 1")
+        _check(self.grad_accumulation >= 1, "train_params.grad_accumulation", "must be >= 1")
+        _check(self.keep_checkpoints >= 1, "train_params.keep_checkpoints", "must be >= 1")
+        _check(self.checkpoint_every is None or self.checkpoint_every >= 1, "train_params.checkpoint_every",
+               "must be >= 1")
+        _check(self.log_every >= 1 and self.image_every >= 1, "train_params.log_every", "log_every and "
+               "image_every must be >= 1")
+
+
+@dataclass
+class DepthTrainParams:  # dagan addition: stage 1, self-supervised face depth (DaGAN Sec. 3.1)
+    num_steps: int = 50000
+    batch_size: int = 32  # global
+    lr: float = 1.0e-4
+    lr_step: Optional[int] = None  # steps between x0.1 learning-rate decays; None = constant
+    frame_stride: int = 1  # frames between the target and its two neighbours
+    ssim_weight: float = 0.85
+    smoothness: float = 1.0e-3  # edge-aware smoothness weight at scale 0 (divided by 2**scale)
+    automask: bool = True  # ignore pixels that a static camera explains better (Monodepth2)
+    uncertainty: bool = False  # DaGAN++: learned per-pixel uncertainty weighting of the photometric loss
+    pose_num_layers: int = 18
+    min_depth: float = 0.1
+    max_depth: float = 100.0
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "depth_train_params.batch_size", "must be >= 1")
+        _check(self.lr > 0, "depth_train_params.lr", "must be > 0")
+        _check(0 <= self.ssim_weight <= 1, "depth_train_params.ssim_weight", "must be in [0, 1]")
+        _check(0 < self.min_depth < self.max_depth, "depth_train_params.min_depth", "need 0 < min_depth < max_depth")
+        _check(self.pose_num_layers in RESNET_DEPTHS, "depth_train_params.pose_num_layers",
+               f"must be one of {RESNET_DEPTHS}")
+        _check(self.frame_stride >= 1, "depth_train_params.frame_stride", "must be >= 1")
 
 
 # Evaluation / animation / visualisation sections (kept for compatibility with official files).
@@ -263,6 +320,7 @@ class Config:
     dataset_params: DatasetParams = field(default_factory=DatasetParams)
     model_params: ModelParams = field(default_factory=ModelParams)
     train_params: TrainParams = field(default_factory=TrainParams)
+    depth_train_params: DepthTrainParams = field(default_factory=DepthTrainParams)  # dagan addition
     reconstruction_params: ReconstructionParams = field(default_factory=ReconstructionParams)
     animate_params: AnimateParams = field(default_factory=AnimateParams)
     visualizer_params: VisualizerParams = field(default_factory=VisualizerParams)

@@ -143,6 +143,19 @@ class RandomTransform:
     def identity(cls, batch_size: int, points_tps: int = 5) -> "RandomTransform":
         return cls(batch_size, 0.0, 0.0, points_tps)
 
+    def select(self, indices: torch.Tensor | list[int]) -> "RandomTransform":
+        """The transforms of batch elements ``indices`` (e.g. one rank's share of a global batch)."""
+        chosen = RandomTransform.__new__(RandomTransform)
+        chosen.theta, chosen.control_params = self.theta[indices], self.control_params[indices]
+        chosen.control_points = self.control_points
+        return chosen
+
+    def to(self, device: torch.device | str) -> "RandomTransform":
+        moved = self.select(slice(None))
+        moved.theta, moved.control_params = self.theta.to(device), self.control_params.to(device)
+        moved.control_points = self.control_points.to(device)
+        return moved
+
     def warp_coordinates(self, coordinates: torch.Tensor) -> torch.Tensor:
         """Apply T to points (B, N, 2): (B, N, 2)."""
         theta = self.theta.to(coordinates.dtype)

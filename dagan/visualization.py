@@ -50,3 +50,18 @@ def visualization_row(source, driving: torch.Tensor, prediction: torch.Tensor, d
               disparity_image(source.disparity[0]),
               disparity_image(driving_disparity)]
     return np.concatenate(panels, axis=1)
+
+
+def training_grid(source: torch.Tensor, driving: torch.Tensor, prediction: torch.Tensor,
+                  disparity_source: torch.Tensor, disparity_driving: torch.Tensor, kp_source: Keypoints,
+                  kp_driving: Keypoints, max_rows: int = 4) -> np.ndarray:
+    """One row per sample: source + keypoints | driving + keypoints | prediction + driving keypoints |
+    source disparity | driving disparity. Tensors are batches (B, C, H, W); returns (rows*H, 5W, 3) uint8."""
+    rows = []
+    for index in range(min(max_rows, source.shape[0])):
+        rows.append(np.concatenate([
+            draw_keypoints(to_image(source[index]), kp_source.value[index]),
+            draw_keypoints(to_image(driving[index]), kp_driving.value[index]),
+            draw_keypoints(to_image(prediction[index]), kp_driving.value[index]),
+            disparity_image(disparity_source[index]), disparity_image(disparity_driving[index])], axis=1))
+    return np.concatenate(rows, axis=0)

@@ -1,0 +1,68 @@
+"""``train.py``: train either DaGAN stage from a YAML config (the stage is ``train_params.stage``).
+
+    python train.py --config configs/vox-adv-256.yaml --log_dir runs/vox
+    torchrun --nproc_per_node=8 train.py --config configs/vox-adv-256.yaml --log_dir runs/vox
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Optional
+
+from dagan.checkpoint import CheckpointError
+from dagan.config import ConfigError, load_config
+from dagan.training.run import TrainingDiverged, TrainingError
+
+EXAMPLE = """\
+examples:
+  # stage 1, self-supervised depth, then stage 2, the GAN, on one machine
+  python train.py --config configs/vox-depth.yaml --log_dir runs/vox-depth
+  python train.py --config configs/vox-adv-256.yaml --log_dir runs/vox \\
+      --set model_params.depth_params.checkpoint_dir=runs/vox-depth/depth
+  # 8 GPUs (the batch size in the config is global and is split across ranks)
+  torchrun --nproc_per_node=8 train.py --config configs/vox-adv-256.yaml --log_dir runs/vox
+  # continue the newest checkpoint of a run (also after SIGTERM / Ctrl-C)
+  python train.py --config configs/vox-adv-256.yaml --log_dir runs/vox --resume auto
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train.py", description="Train DaGAN (stage from train_params.stage).",
+                                     epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config")
+    parser.add_argument("--log_dir", default="runs/default", help="run directory (config, stats, images, "
+                        "checkpoints)")
+    parser.add_argument("--resume", default=None, help="'auto' (newest checkpoint in --log_dir) or a checkpoint path")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. train_params.batch_size=8 (repeatable)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        if config.train_params.stage == "depth":
+            from dagan.training.depth_stage import train_depth
+
+            result = train_depth(config, args.log_dir, args.resume)
+        else:
+            from dagan.training.gan_stage import train_gan
+
+            result = train_gan(config, args.log_dir, args.resume)
+        print(f"finished at step {result['step']}; run directory: {args.log_dir}", file=sys.stderr)
+        return 0
+    except Exception as error:
+        if args.debug:
+            traceback.print_exc()
+        known = (ConfigError, CheckpointError, TrainingError, TrainingDiverged, ValueError, ImportError)
+        message = str(error) if isinstance(error, known) else f"{type(error).__name__}: {error}"
+        print(f"error: {message}" + ("" if args.debug else " (rerun with --debug for the traceback)"
+                                     if not isinstance(error, known) else ""), file=sys.stderr)
+        return 1
+    finally:
+        from dagan.training import distributed
+
+        distributed.teardown()

@@ -1,0 +1,222 @@
+"""Stage 1: self-supervised face depth (DaGAN Sec. 3.1, DaGAN++ Sec. 3.1) from consecutive video frames.
+
+For a target frame and its two neighbours, the pose network predicts the relative camera motion **and the
+intrinsics**; the target's predicted depth back-projects its pixels, which are moved and projected into each
+neighbour to fetch colours. The photometric error 0.85 (1 - SSIM)/2 + 0.15 L1, minimum over the two neighbours,
+with pixels that a static camera explains better masked out (auto-masking), trains depth and pose together at
+all four decoder scales, plus edge-aware disparity smoothness (1e-3 / 2^scale). With
+``depth_train_params.uncertainty`` a per-pixel uncertainty s weighs the error as e / s + log s (DaGAN++).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import zlib
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dagan.checkpoint import export_official_depth
+from dagan.config import Config, DepthTrainParams, config_to_dict
+from dagan.data import DepthTripletDataset, make_sampler
+from dagan.geometry import pose_to_matrix, reproject_grid, warp
+from dagan.losses import edge_aware_smoothness, photometric_error
+from dagan.model import DaGAN
+from dagan.networks.depth import NUM_SCALES, PoseNetwork
+from dagan.training import distributed
+from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, check_finite, load_training_state,
+                                per_rank_batch, rng_state, seed_everything, set_rng_state)
+from dagan.visualization import disparity_image, to_image
+
+
+def disparity_to_depth(disparity: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:
+    """Sigmoid disparity in (0, 1) -> depth in [min_depth, max_depth] (Monodepth2's scaling)."""
+    min_disparity, max_disparity = 1 / max_depth, 1 / min_depth
+    return 1 / (min_disparity + (max_disparity - min_disparity) * disparity)
+
+
+class UncertaintyNetwork(nn.Module):
+    """Per-pixel photometric uncertainty s > 0 of the target frame (B, 1, H, W), DaGAN++'s reliability weight."""
+
+    def __init__(self, hidden: int = 16):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Conv2d(3, hidden, 3, padding=1), nn.ELU(),
+                                    nn.Conv2d(hidden, hidden, 3, padding=1), nn.ELU(),
+                                    nn.Conv2d(hidden, 1, 3, padding=1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return F.softplus(self.layers(image)) + 1e-3
+
+
+class DepthStepOutput(NamedTuple):
+    losses: dict[str, torch.Tensor]
+    disparity: torch.Tensor  # (B, 1, H, W) full-resolution disparity of the target
+    warped: torch.Tensor  # (B, 3, H, W) the previous frame warped into the target view (scale 0)
+
+
+class DepthStep(nn.Module):
+    """Depth encoder/decoder + pose/intrinsics network (+ uncertainty), from a frame triplet to named losses."""
+
+    def __init__(self, model: DaGAN, pose_network: PoseNetwork, params: DepthTrainParams,
+                 uncertainty: Optional[UncertaintyNetwork] = None):
+        super().__init__()
+        self.depth_encoder, self.depth_decoder, self.pose_network = model.depth_encoder, model.depth_decoder, pose_network
+        self.uncertainty = uncertainty
+        self.params = params
+
+    def forward(self, previous: torch.Tensor, target: torch.Tensor, following: torch.Tensor,
+                noise: torch.Tensor) -> DepthStepOutput:
+        """noise: (B, 1, H, W) tiny values that break ties in the auto-mask (Monodepth2 adds 1e-5 x N(0, 1))."""
+        params = self.params
+        disparities = self.depth_decoder(self.depth_encoder(target))  # scales 0..3
+        poses = [self.pose_network(target, source) for source in (previous, following)]  # target -> source
+        identity_error = torch.cat([photometric_error(source, target, params.ssim_weight)
+                                    for source in (previous, following)], dim=1) + noise
+        uncertainty = self.uncertainty(target) if self.uncertainty is not None else None
+        photometric, smoothness, warped_previous = 0.0, 0.0, None
+        size = tuple(target.shape[2:])
+        for scale in range(NUM_SCALES):
+            disparity = F.interpolate(disparities[scale], size=size, mode="bilinear", align_corners=False)
+            depth = disparity_to_depth(disparity, params.min_depth, params.max_depth)
+            errors, warped = [], []
+            for source, pose in zip((previous, following), poses):
+                grid = reproject_grid(depth, pose.intrinsics, pose_to_matrix(pose.axis_angle, pose.translation))
+                warped.append(warp(source, grid, padding_mode="border"))
+                errors.append(photometric_error(warped[-1], target, params.ssim_weight))
+            error = torch.cat(errors, dim=1)
+            if params.automask:
+                error = torch.cat([error, identity_error], dim=1)
+            error = error.min(dim=1, keepdim=True).values  # per-pixel minimum over sources (and static camera)
+            if uncertainty is not None:
+                error = error / uncertainty + torch.log(uncertainty)
+            photometric = photometric + error.mean()
+            image = F.interpolate(target, size=disparities[scale].shape[2:], mode="bilinear", align_corners=False)
+            smoothness = smoothness + params.smoothness / 2 ** scale * edge_aware_smoothness(disparities[scale], image)
+            warped_previous = warped[0] if scale == 0 else warped_previous
+        losses = {"photometric": photometric / NUM_SCALES, "smoothness": smoothness / NUM_SCALES}
+        return DepthStepOutput(losses, disparities[0], warped_previous)
+
+
+def step_noise(seed: int, step: int, micro: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{step}:{micro}".encode()))
+    return (1e-5 * torch.randn(shape, generator=generator)).to(device)
+
+
+def depth_grid(batch: dict, output: DepthStepOutput, rows: int = 4) -> np.ndarray:
+    """previous | target | previous warped into the target | target disparity, one row per sample."""
+    lines = []
+    for index in range(min(rows, batch["target"].shape[0])):
+        lines.append(np.concatenate([to_image(batch["previous"][index]), to_image(batch["target"][index]),
+                                     to_image(output.warped[index]), disparity_image(output.disparity[index])], 1))
+    return np.concatenate(lines, 0)
+
+
+def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> dict:
+    """Run stage 1 for ``depth_train_params.num_steps``; writes checkpoints and ``<log_dir>/depth/{encoder,depth}.pth``."""
+    # Initialize.
+    context = distributed.setup()
+    params, run = config.depth_train_params, config.train_params
+    seed_everything(run.seed + context.rank)
+    device = context.device
+
+    # Load data.
+    dataset = DepthTripletDataset.from_config(config.dataset_params, is_train=True, seed=run.seed,
+                                              stride=params.frame_stride)
+    per_rank = per_rank_batch(params.batch_size, context.world_size, run.grad_accumulation)
+    sampler = make_sampler(dataset, run.seed, context.rank, context.world_size)
+
+    # Build networks.
+    model = DaGAN(config)
+    pose_network = PoseNetwork(params.pose_num_layers)
+    uncertainty = UncertaintyNetwork() if params.uncertainty else None
+    step_module = DepthStep(model, pose_network, params, uncertainty).to(device).train()
+    if run.sync_batchnorm and context.is_distributed:
+        step_module = nn.SyncBatchNorm.convert_sync_batchnorm(step_module)
+    optimizer = torch.optim.Adam([p for p in step_module.parameters() if p.requires_grad], lr=params.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=params.lr_step or 10 ** 12, gamma=0.1)
+
+    # Resume.
+    checkpoints = CheckpointManager(os.path.join(log_dir, "checkpoints"), run.keep_checkpoints)
+    start_step = 0
+    resume_path = checkpoints.resolve(resume)
+    if resume_path is not None:
+        state = load_training_state(resume_path)
+        model.load_network_state_dicts({name: state["networks"][name] for name in ("depth_encoder", "depth_decoder")})
+        pose_network.load_state_dict(state["training"]["pose_network"])
+        if uncertainty is not None:
+            uncertainty.load_state_dict(state["training"]["uncertainty"])
+        optimizer.load_state_dict(state["training"]["optimizer"])
+        scheduler.load_state_dict(state["training"]["scheduler"])
+        set_rng_state(state["training"]["rng"])
+        start_step = state["step"]
+    sampler.set_start(start_step * params.batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=run.num_workers,
+                                         drop_last=True, persistent_workers=run.num_workers > 0)
+
+    # Distribute.
+    train_module: nn.Module = step_module
+    if context.is_distributed:
+        train_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[context.local_rank] if device.type == "cuda" else None)
+    if run.compile:
+        train_module = torch.compile(train_module)
+
+    def save(step: int) -> None:
+        state = {"format": "dagan", "version": 1, "config": config_to_dict(config), "step": step,
+                 "networks": {name: getattr(model, name).state_dict() for name in ("depth_encoder", "depth_decoder")},
+                 "training": {"stage": "depth", "rng": rng_state(), "pose_network": pose_network.state_dict(),
+                              "uncertainty": uncertainty.state_dict() if uncertainty is not None else {},
+                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}}
+        if context.is_main:
+            checkpoints.save(state, step)
+            export_official_depth(model, os.path.join(log_dir, "depth"))
+        distributed.barrier()
+
+    # Loop.
+    logger = RunLogger(log_dir, config, params.num_steps, start_step, enabled=context.is_main, description="depth")
+    checkpoint_every = run.checkpoint_every or max(1, params.num_steps // 10)
+    batches = iter(loader)
+    step, running, stats = start_step, {}, {}
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.mixed_precision == "bf16" and device.type == "cuda"
+                else contextlib.nullcontext())
+    with StopRequest() as stop:
+        while step < params.num_steps:
+            for micro in range(run.grad_accumulation):
+                batch = next(batches)
+                frames = [batch[name].to(device) for name in ("previous", "target", "next")]
+                noise = step_noise(run.seed * 7919 + context.rank, step, micro,
+                                   (frames[1].shape[0], 2, *frames[1].shape[2:]), device)
+                synchronise = micro == run.grad_accumulation - 1 or not context.is_distributed
+                with (contextlib.nullcontext() if synchronise else train_module.no_sync()), autocast:
+                    output = train_module(*frames, noise)
+                    check_finite(output.losses, step)
+                    (sum(output.losses.values()) / run.grad_accumulation).backward()
+                for name, value in output.losses.items():
+                    total, count = running.get(name, (0.0, 0))
+                    running[name] = (total + float(value.detach()), count + 1)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+
+            # Maintenance.
+            if step % run.log_every == 0 or step == params.num_steps:
+                stats = distributed.all_reduce_mean({f"Loss/{name}": total / count for name, (total, count)
+                                                     in running.items()}, device)
+                running = {}
+                logger.step(step, stats)
+            else:
+                logger.step(step)
+            if step % run.image_every == 0 or step == params.num_steps:
+                logger.image(step, depth_grid(batch, output))
+            stop_now = distributed.any_rank_true(stop.requested, device)
+            if step % checkpoint_every == 0 or step == params.num_steps or stop_now:
+                save(step)
+            if stop_now:
+                logger.message(f"stopped at step {step}; resume with --resume auto")
+                break
+    logger.close()
+    return {"step": step, **stats}
