@@ -236,6 +236,14 @@ def test_sampler_resumes_and_splits_across_ranks():
     assert rank0 == full[4::2] and rank1 == full[5::2]
     with pytest.raises(ValueError, match="multiple of world_size"):
         ranks[0].set_start(3)
+    # Blocks: each rank takes a contiguous run of block_size positions of every world_size x block_size block.
+    blocks = [ResumableSampler(7, seed=3, rank=rank, world_size=2, block_size=3) for rank in (0, 1)]
+    for sampler in blocks:
+        sampler.set_start(6)
+    block0, block1 = (list(itertools.islice(iter(sampler), 6)) for sampler in blocks)
+    assert block0 == full[6:9] + full[12:15] and block1 == full[9:12] + full[15:18]
+    with pytest.raises(ValueError, match="multiple of world_size"):
+        blocks[0].set_start(4)
 
 
 def test_dataloader_batches_do_not_depend_on_workers_or_resume(frames_root):

@@ -15,7 +15,7 @@ Two ways to use it:
 
 * Counting steps (recommended): ``make_sampler(dataset, seed, rank, world_size)`` yields an endless stream
   of keys, shuffled per pass by ``(seed, pass)``; ``sampler.set_start(step * global_batch_size)`` resumes
-  mid-stream; each rank takes every ``world_size``-th key, so no ``DistributedSampler`` is needed. Leave
+  mid-stream; each rank takes its own run of keys in every block, so no ``DistributedSampler`` is needed. Leave
   ``set_epoch`` at 0.
 * Counting epochs: a finite sampler (``shuffle=True`` with a seeded generator) and ``set_epoch(epoch)``
   before each epoch, in every process (with ``persistent_workers`` the workers keep their own copy).
@@ -261,29 +261,34 @@ class ResumableSampler(Sampler[int]):
 
     Stream position ``p`` (counted over all ranks) is in pass ``e = p // n`` (``n = dataset_size``) and
     yields key ``e * n + permutation_e[p % n]``, where ``permutation_e`` comes from
-    ``numpy.random.default_rng([seed, e])``. Rank ``r`` of ``world_size`` yields positions
-    ``start + r``, ``start + r + world_size``, ... so the ranks partition the stream. With
-    ``start = step * global_batch_size`` (a multiple of ``world_size``), a resumed run sees exactly the
-    samples an uninterrupted run would have seen from that step on.
+    ``numpy.random.default_rng([seed, e])``. The stream is cut into blocks of ``world_size * block_size``
+    positions; rank ``r`` takes the ``r``-th run of ``block_size`` consecutive positions of every block, so the
+    ranks partition the stream and one rank's batch of ``block_size`` is a contiguous slice of the global
+    batch (the same samples one process with gradient accumulation puts in a micro-batch). With
+    ``start = step * global_batch_size``, a resumed run sees exactly the samples an uninterrupted run would
+    have seen from that step on.
     """
 
     def __init__(self, dataset_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, block_size: int = 1) -> None:
         if dataset_size < 1:
             raise ValueError(f"dataset_size must be >= 1, got {dataset_size}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
         self.dataset_size = int(dataset_size)
         self.seed = _check_seed(seed)
-        self.rank, self.world_size = int(rank), int(world_size)
+        self.rank, self.world_size, self.block_size = int(rank), int(world_size), int(block_size)
         self.shuffle = bool(shuffle)
         self.start = 0
         self._cached: tuple[int, Optional[np.ndarray]] = (-1, None)
 
     def set_start(self, offset: int) -> None:
         """Begin the next iteration at global stream position ``offset`` (samples consumed by all ranks)."""
-        if offset < 0 or offset % self.world_size:
-            raise ValueError(f"start offset must be a non-negative multiple of world_size={self.world_size} "
+        stride = self.world_size * self.block_size
+        if offset < 0 or offset % stride:
+            raise ValueError(f"start offset must be a non-negative multiple of world_size x block_size={stride} "
                              f"(step * global batch size), got {offset}")
         self.start = int(offset)
 
@@ -300,19 +305,21 @@ class ResumableSampler(Sampler[int]):
         return self._cached[1]
 
     def __iter__(self) -> Iterator[int]:
-        position = self.start + self.rank
+        block = self.start + self.rank * self.block_size
         while True:
-            yield self.key_at(position)
-            position += self.world_size
+            for offset in range(self.block_size):
+                yield self.key_at(block + offset)
+            block += self.world_size * self.block_size
 
 
-def make_sampler(dataset: Dataset, seed: int, rank: int = 0, world_size: int = 1) -> ResumableSampler:
+def make_sampler(dataset: Dataset, seed: int, rank: int = 0, world_size: int = 1,
+                 block_size: int = 1) -> ResumableSampler:
     """An endless, resumable, rank-split key stream over ``dataset`` (see :class:`ResumableSampler`).
 
     Usage (``batch_size`` per rank; the global batch is ``batch_size * world_size``):
 
-        sampler = make_sampler(dataset, seed, rank, world_size)
+        sampler = make_sampler(dataset, seed, rank, world_size, block_size=batch_size)
         sampler.set_start(start_step * batch_size * world_size)
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=4, drop_last=True)
     """
-    return ResumableSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
+    return ResumableSampler(len(dataset), seed=seed, rank=rank, world_size=world_size, block_size=block_size)

@@ -27,7 +27,8 @@ from dagan.losses import edge_aware_smoothness, photometric_error
 from dagan.model import DaGAN
 from dagan.networks.depth import NUM_SCALES, PoseNetwork
 from dagan.training import distributed
-from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, check_finite, load_training_state,
+from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, check_finite,
+                                load_training_state,
                                 per_rank_batch, rng_state, seed_everything, set_rng_state)
 from dagan.visualization import disparity_image, to_image
 
@@ -126,7 +127,7 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
     dataset = DepthTripletDataset.from_config(config.dataset_params, is_train=True, seed=run.seed,
                                               stride=params.frame_stride)
     per_rank = per_rank_batch(params.batch_size, context.world_size, run.grad_accumulation)
-    sampler = make_sampler(dataset, run.seed, context.rank, context.world_size)
+    sampler = make_sampler(dataset, run.seed, context.rank, context.world_size, block_size=per_rank)
 
     # Build networks.
     model = DaGAN(config)
@@ -134,6 +135,8 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
     uncertainty = UncertaintyNetwork() if params.uncertainty else None
     step_module = DepthStep(model, pose_network, params, uncertainty).to(device).train()
     if run.sync_batchnorm and context.is_distributed:
+        if device.type != "cuda":
+            raise TrainingError("train_params.sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm); set it to false")
         step_module = nn.SyncBatchNorm.convert_sync_batchnorm(step_module)
     optimizer = torch.optim.Adam([p for p in step_module.parameters() if p.requires_grad], lr=params.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=params.lr_step or 10 ** 12, gamma=0.1)
@@ -165,6 +168,7 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
         train_module = torch.compile(train_module)
 
     def save(step: int) -> None:
+        distributed.check_in_sync(step_module, device)
         state = {"format": "dagan", "version": 1, "config": config_to_dict(config), "step": step,
                  "networks": {name: getattr(model, name).state_dict() for name in ("depth_encoder", "depth_decoder")},
                  "training": {"stage": "depth", "rng": rng_state(), "pose_network": pose_network.state_dict(),

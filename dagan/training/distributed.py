@@ -85,3 +85,16 @@ def any_rank_true(flag: bool, device: torch.device) -> bool:
     tensor = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
+
+
+def check_in_sync(module: torch.nn.Module, device: torch.device, tolerance: float = 1e-6) -> None:
+    """Raise when the ranks' copies of ``module``'s parameters differ (they must stay identical under DDP)."""
+    if get_world_size() == 1:
+        return
+    sums = torch.stack([parameter.detach().double().sum() for parameter in module.parameters()]).to(device)
+    low, high = sums.clone(), sums.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    spread = float((high - low).abs().max())
+    if spread > tolerance * max(1.0, float(sums.abs().max())):
+        raise RuntimeError(f"DDP ranks diverged: parameter sums differ by {spread:.3g} across ranks")

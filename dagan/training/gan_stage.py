@@ -158,9 +158,9 @@ def step_transform(params: TrainParams, step: int) -> RandomTransform:
 
 def sample_indices(micro_step: int, rank: int, world_size: int, per_rank: int) -> list[int]:
     """Positions, within the global batch, of one rank's samples in one accumulation micro-batch (the sampler
-    interleaves ranks: position p goes to rank p % world_size)."""
-    base = micro_step * world_size * per_rank
-    return [base + rank + world_size * index for index in range(per_rank)]
+    gives each rank a contiguous run of ``per_rank`` positions per micro-batch)."""
+    base = (micro_step * world_size + rank) * per_rank
+    return list(range(base, base + per_rank))
 
 
 def set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -195,7 +195,7 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
     per_rank = per_rank_batch(params.batch_size, context.world_size, params.grad_accumulation)
     epoch_steps = steps_per_epoch(len(dataset), params.batch_size)
     total_steps = params.num_steps or params.num_epochs * epoch_steps
-    sampler = make_sampler(dataset, params.seed, context.rank, context.world_size)
+    sampler = make_sampler(dataset, params.seed, context.rank, context.world_size, block_size=per_rank)
 
     # Build networks.
     model = DaGAN(config)
@@ -208,6 +208,8 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
     model.depth_encoder.eval().requires_grad_(False)
     model.depth_decoder.eval().requires_grad_(False)
     if params.sync_batchnorm and context.is_distributed:
+        if device.type != "cuda":
+            raise TrainingError("train_params.sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm); set it to false")
         model.kp_detector = nn.SyncBatchNorm.convert_sync_batchnorm(model.kp_detector)
         model.generator = nn.SyncBatchNorm.convert_sync_batchnorm(model.generator)
     vgg = build_vgg(params, device)
@@ -247,6 +249,8 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
     model.kp_detector.train(), model.generator.train(), model.discriminator.train()
 
     def save(step: int) -> None:
+        for network in (model.generator, model.kp_detector, model.discriminator):
+            distributed.check_in_sync(network, device)
         state = {"format": "dagan", "version": 1, "config": config_to_dict(config), "step": step,
                  "networks": model.network_state_dicts(),
                  "training": {"stage": "gan", "rng": rng_state(),

@@ -1,0 +1,214 @@
+"""Both training stages on the tiny config: smoke runs, exact resume, DDP on CPU, learning, losses, errors."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, config_path
+from dagan.cli.train import main as train_main
+from dagan.checkpoint import export_official_depth, read_file
+from dagan.config import load_config
+from dagan.losses import keypoint_distance_loss
+from dagan.model import DaGAN
+
+SAMPLES = str(REPO_ROOT / "data" / "samples")
+COMMON = ["train_params.vgg19_weights=random", "train_params.num_workers=0", f"dataset_params.root_dir={SAMPLES}",
+          "train_params.log_every=1", "train_params.image_every=2"]
+
+
+@pytest.fixture(scope="module")
+def depth_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("depth")
+    export_official_depth(DaGAN(load_config(config_path("tiny.yaml"))), folder)
+    return str(folder)
+
+
+def gan_overrides(depth_dir: str, steps: int, *extra: str) -> list[str]:
+    return [*COMMON, f"model_params.depth_params.checkpoint_dir={depth_dir}", f"train_params.num_steps={steps}",
+            "train_params.checkpoint_every=2", *extra]
+
+
+def run_train(log_dir, overrides, resume=None) -> int:
+    arguments = ["--config", config_path("tiny.yaml"), "--log_dir", str(log_dir)]
+    for override in overrides:
+        arguments += ["--set", override]
+    if resume:
+        arguments += ["--resume", resume]
+    return train_main(arguments)
+
+
+def stats(log_dir) -> list[dict]:
+    return [json.loads(line) for line in open(os.path.join(log_dir, "stats.jsonl"))]
+
+
+def test_gan_stage_smoke(tmp_path, depth_dir):
+    assert run_train(tmp_path, gan_overrides(depth_dir, 2)) == 0
+    records = stats(tmp_path)
+    assert [record["step"] for record in records] == [1, 2]
+    expected = {"perceptual", "generator_gan", "feature_matching", "equivariance_value", "equivariance_jacobian",
+                "kp_distance", "discriminator_gan"}
+    assert {name.split("/")[1] for name in records[0] if name.startswith("Loss/")} == expected
+    assert all(torch.isfinite(torch.tensor(value)) for record in records for value in record.values()
+               if isinstance(value, float))
+    assert os.path.isfile(tmp_path / "config.yaml") and os.path.isfile(tmp_path / "images" / "00000002.png")
+    state = read_file(tmp_path / "checkpoints" / "00000002.pt")
+    assert state["step"] == 2 and set(state["training"]["optimizers"]) == {"generator", "kp_detector",
+                                                                             "discriminator"}
+    model = DaGAN.from_checkpoint(tmp_path / "checkpoints" / "00000002.pt")  # usable for inference as it is
+    assert model.config.model_params.common_params.num_kp == 5
+
+
+def test_depth_stage_smoke_writes_official_depth(tmp_path):
+    overrides = [*COMMON, "train_params.stage=depth", "depth_train_params.num_steps=2",
+                 "depth_train_params.batch_size=2", "depth_train_params.uncertainty=true",
+                 "train_params.checkpoint_every=2"]
+    assert run_train(tmp_path, overrides) == 0
+    records = stats(tmp_path)
+    assert {"Loss/photometric", "Loss/smoothness"} <= set(records[-1])
+    encoder = read_file(tmp_path / "depth" / "encoder.pth")
+    assert "encoder.conv1.weight" in encoder and encoder["height"] == 256
+    # Stage 2 can start from it.
+    model = DaGAN(load_config(config_path("tiny.yaml")))
+    from dagan.checkpoint import load_official_depth_into
+    load_official_depth_into(model, tmp_path / "depth")
+
+
+def test_resume_is_bit_identical(tmp_path, depth_dir):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_train(straight, gan_overrides(depth_dir, 4)) == 0
+    assert run_train(resumed, gan_overrides(depth_dir, 2)) == 0
+    assert run_train(resumed, gan_overrides(depth_dir, 4), resume="auto") == 0
+    a = read_file(straight / "checkpoints" / "00000004.pt")
+    b = read_file(resumed / "checkpoints" / "00000004.pt")
+    for network in ("generator", "kp_detector", "discriminator"):
+        for key, value in a["networks"][network].items():
+            assert torch.equal(value, b["networks"][network][key]), f"{network}.{key}"
+    assert [r["Loss/perceptual"] for r in stats(straight)][2:] == [r["Loss/perceptual"] for r in stats(resumed)][2:]
+
+
+def test_stop_request_saves_a_checkpoint(tmp_path, depth_dir, monkeypatch):
+    from dagan.training import run as run_module
+    original = run_module.StopRequest.__enter__
+
+    def enter_and_request(self):
+        original(self)
+        self.requested = True  # as if SIGTERM arrived during the first step
+        return self
+    monkeypatch.setattr(run_module.StopRequest, "__enter__", enter_and_request)
+    assert run_train(tmp_path, gan_overrides(depth_dir, 50)) == 0
+    assert os.listdir(tmp_path / "checkpoints") == ["00000001.pt"]
+
+
+def test_nan_loss_stops_and_names_the_term(tmp_path, depth_dir, capsys, monkeypatch):
+    import dagan.training.gan_stage as gan_stage
+    monkeypatch.setattr(gan_stage, "perceptual_loss", lambda *args: torch.tensor(float("nan")))
+    assert run_train(tmp_path, gan_overrides(depth_dir, 3)) == 1
+    error = capsys.readouterr().err
+    assert "'perceptual'" in error and "step 0" in error
+    assert not os.path.exists(tmp_path / "checkpoints") or not os.listdir(tmp_path / "checkpoints")
+
+
+def test_bad_roots_and_settings_give_clear_errors(tmp_path, depth_dir, capsys):
+    assert run_train(tmp_path / "a", [*gan_overrides(depth_dir, 1), f"dataset_params.root_dir={tmp_path}/none"]) == 1
+    assert "none" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    assert run_train(tmp_path / "b", [*gan_overrides(depth_dir, 1), f"dataset_params.root_dir={empty}"]) == 1
+    assert "empty" in capsys.readouterr().err
+    assert run_train(tmp_path / "c", [*COMMON, "train_params.num_steps=1"]) == 1
+    assert "model_params.depth_params.checkpoint_dir" in capsys.readouterr().err
+    assert run_train(tmp_path / "d", [*gan_overrides(depth_dir, 1), "train_params.grad_accumulation=3"]) == 1
+    assert "multiple of 3" in capsys.readouterr().err
+    assert run_train(tmp_path / "e", gan_overrides(depth_dir, 1), resume=str(tmp_path / "nope.pt")) == 1
+    assert "--resume auto" in capsys.readouterr().err
+
+
+def test_broken_video_is_skipped(tmp_path, depth_dir):
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    os.symlink(os.path.join(SAMPLES, "driving.mp4"), root / "train" / "good.mp4")
+    (root / "train" / "broken.mp4").write_bytes(b"not a video at all")
+    with pytest.warns(UserWarning, match="broken"):
+        assert run_train(tmp_path / "run", [*gan_overrides(depth_dir, 1), f"dataset_params.root_dir={root}"]) == 0
+
+
+def test_keypoint_distance_has_gradient_when_too_close():
+    value = torch.tensor([[[0.0, 0.0], [0.05, 0.0], [0.9, 0.9]]], requires_grad=True)
+    loss = keypoint_distance_loss(value, margin=0.2, form="hinge")
+    loss.backward()
+    assert loss > 0 and value.grad[0, 0, 0] > 0 > value.grad[0, 1, 0]  # descent pushes the close pair apart
+    assert value.grad[0, 2].abs().sum() == 0  # the far keypoint is left alone
+    value.grad = None
+    reference = keypoint_distance_loss(value, margin=0.2, form="sign")
+    reference.backward()
+    assert reference > 0 and value.grad.abs().sum() == 0  # the reference's form has no gradient
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_rank_gloo_ddp_matches_one_rank(tmp_path, depth_dir):
+    """Two CPU ranks (gloo) with 2 samples each against one process with the same global batch of 4 in two
+    accumulated micro-batches of 2 (so that BatchNorm sees the same 2 samples: SyncBatchNorm needs GPUs).
+
+    The ranks must stay identical (the run checks it at every checkpoint and fails otherwise), the losses must
+    agree, and after one step the parameters must agree except where Adam's first update, lr * sign(gradient),
+    flips for gradients that are zero up to float rounding (a difference of exactly 2 lr).
+    """
+    overrides = gan_overrides(depth_dir, 1, "train_params.batch_size=4", "train_params.image_every=100",
+                              "train_params.checkpoint_every=1")
+    one = tmp_path / "one"
+    assert run_train(one, [*overrides, "train_params.grad_accumulation=2"]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               str(REPO_ROOT / "train.py"), "--config", config_path("tiny.yaml"), "--log_dir", str(tmp_path / "two")]
+    for override in overrides:
+        command += ["--set", override]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first_one, first_two = stats(one)[0], stats(tmp_path / "two")[0]
+    for name in ("Loss/perceptual", "Loss/equivariance_value", "Loss/generator_gan", "Loss/discriminator_gan"):
+        assert abs(first_one[name] - first_two[name]) <= 1e-4 * abs(first_one[name]), (name, first_one, first_two)
+    a = read_file(one / "checkpoints" / "00000001.pt")["networks"]
+    b = read_file(tmp_path / "two" / "checkpoints" / "00000001.pt")["networks"]
+    differences = torch.cat([(a[net][key] - b[net][key]).abs().flatten()
+                             for net in ("generator", "kp_detector", "discriminator") for key in a[net]
+                             if a[net][key].is_floating_point() and "running" not in key])
+    learning_rate = load_config(config_path("tiny.yaml")).train_params.lr_generator
+    assert float((differences > 1e-5).float().mean()) < 0.01
+    assert float(differences.max()) <= 2 * learning_rate * 1.01
+
+
+@pytest.mark.slow
+def test_gan_stage_learns_to_reconstruct(tmp_path, depth_dir):
+    """200 steps on the sample clip at 64x64: reconstruction L1 of held-back pairs of the clip drops >= 30%."""
+    from dagan.checkpoint import load_official_depth_into
+    from dagan.data import FramesDataset
+    assert run_train(tmp_path, gan_overrides(depth_dir, 200, "train_params.batch_size=2", "train_params.log_every=50",
+                                             "train_params.image_every=1000", "train_params.checkpoint_every=200")) == 0
+    config = load_config(config_path("tiny.yaml"), [f"dataset_params.root_dir={SAMPLES}"])
+    dataset = FramesDataset.from_config(config.dataset_params, is_train=True, seed=123)
+    pairs = [dataset.sample(key) for key in range(8)]
+    source, driving = torch.stack([p["source"] for p in pairs]), torch.stack([p["driving"] for p in pairs])
+
+    def reconstruction_l1(model: DaGAN) -> float:
+        with torch.no_grad():
+            return float((model.eval().reconstruct(source, driving).prediction - driving).abs().mean())
+
+    torch.manual_seed(0)
+    untrained = DaGAN(config)
+    load_official_depth_into(untrained, depth_dir)
+    before = reconstruction_l1(untrained)
+    after = reconstruction_l1(DaGAN.from_checkpoint(tmp_path / "checkpoints" / "00000200.pt"))
+    assert after <= 0.7 * before, (before, after)
