@@ -17,7 +17,7 @@ from dagan.training.run import TrainingDiverged, TrainingError
 EXAMPLE = """\
 examples:
   # stage 1, self-supervised depth, then stage 2, the GAN, on one machine
-  python train.py --config configs/vox-depth.yaml --log_dir runs/vox-depth
+  python train.py --config configs/vox-adv-256.yaml --log_dir runs/vox-depth --set train_params.stage=depth
   python train.py --config configs/vox-adv-256.yaml --log_dir runs/vox \\
       --set model_params.depth_params.checkpoint_dir=runs/vox-depth/depth
   # 8 GPUs (the batch size in the config is global and is split across ranks)
