@@ -308,6 +308,10 @@ class FaceAnalyzer:
             boxes = [box.scaled(1.0 / factor) for box in boxes]
         return sorted(boxes, key=lambda box: box.area, reverse=True)
 
+    def _largest_face(self, image: np.ndarray) -> Box | None:
+        boxes = self.detect(image)
+        return boxes[0] if boxes else None
+
     def landmarks(self, image: np.ndarray, box: Box | None = None) -> np.ndarray | None:
         """68 iBUG landmarks of one face.
 
@@ -315,11 +319,9 @@ class FaceAnalyzer:
         Returns ``(68, 2)`` float64 ``(x, y)`` pixels, or ``None`` when no face is found.
         """
         image = as_uint8_rgb(image)
+        box = box or self._largest_face(image)
         if box is None:
-            boxes = self.detect(image)
-            if not boxes:
-                return None
-            box = boxes[0]
+            return None
         if self.backend == "face_alignment":
             found = self._fan.get_landmarks_from_image(image, detected_faces=[box.as_array()])
             return None if not found else np.asarray(found[0], dtype=np.float64)[:, :2]
@@ -337,11 +339,9 @@ class FaceAnalyzer:
         """
         dlib_module = self._dlib_for_identity()
         image = as_uint8_rgb(image)
+        box = box or self._largest_face(image)
         if box is None:
-            boxes = self.detect(image)
-            if not boxes:
-                return None
-            box = boxes[0]
+            return None
         points = self.landmarks(image, box)
         if points is None:
             return None

@@ -392,7 +392,34 @@ def _discard_encoder(process: subprocess.Popen, temporary: Path) -> None:
     _remove_if_exists(temporary)
 
 
-class VideoWriter:
+class _AtomicFrameWriter:
+    """What both writers share: the context-manager protocol (commit on success, roll back on an exception)
+    and the checks on each incoming frame. Subclasses implement ``close`` and ``abort``."""
+
+    size: Optional[Size]
+    _closed: bool
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _accept(self, frame: np.ndarray, what: str) -> None:
+        """Validate one (H, W, 3) uint8 frame; the first frame fixes the size."""
+        check_frame(frame)
+        if self._closed:
+            raise ValueError(f"{what} is already closed")
+        height, width = frame.shape[:2]
+        self.size = self.size or (width, height)
+        if (width, height) != self.size:
+            raise ValueError(f"frame is {width}x{height} but the output is {self.size[0]}x{self.size[1]}")
+
+
+class VideoWriter(_AtomicFrameWriter):
     """Write uint8 RGB frames to an H.264 (libx264, yuv420p) MP4, atomically, optionally with audio.
 
     Usage:
@@ -443,24 +470,9 @@ class VideoWriter:
         self._finalizer: Optional[weakref.finalize] = None
         self._closed = False
 
-    def __enter__(self) -> "VideoWriter":
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
     def write(self, frame: np.ndarray) -> None:
         """Append one (H, W, 3) uint8 RGB frame."""
-        check_frame(frame)
-        if self._closed:
-            raise ValueError(f"VideoWriter for '{self.path}' is already closed")
-        height, width = frame.shape[:2]
-        self.size = self.size or (width, height)
-        if (width, height) != self.size:
-            raise ValueError(f"frame is {width}x{height} but the video is {self.size[0]}x{self.size[1]}")
+        self._accept(frame, f"VideoWriter for '{self.path}'")
         if self._process is None:
             self._start()
         try:
@@ -567,7 +579,7 @@ def frame_file_name(index: int) -> str:
     return f"{index:06d}.png"
 
 
-class FrameDirectoryWriter:
+class FrameDirectoryWriter(_AtomicFrameWriter):
     """Write uint8 RGB frames as lossless PNG files 000000.png, 000001.png, ... in a directory.
 
     Frames are staged in a hidden temporary directory inside `directory`; closing moves each one
@@ -593,24 +605,9 @@ class FrameDirectoryWriter:
         self._finalizer = weakref.finalize(self, shutil.rmtree, self._staging, ignore_errors=True)
         self._closed = False
 
-    def __enter__(self) -> "FrameDirectoryWriter":
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
     def write(self, frame: np.ndarray) -> None:
         """Append one (H, W, 3) uint8 RGB frame (all frames must have the same size)."""
-        check_frame(frame)
-        if self._closed:
-            raise ValueError(f"FrameDirectoryWriter for '{self.directory}' is already closed")
-        height, width = frame.shape[:2]
-        self.size = self.size or (width, height)
-        if (width, height) != self.size:
-            raise ValueError(f"frame is {width}x{height} but earlier frames are {self.size[0]}x{self.size[1]}")
+        self._accept(frame, f"FrameDirectoryWriter for '{self.directory}'")
         Image.fromarray(frame).save(self._staging / frame_file_name(self.frames_written), format="PNG")
         self.frames_written += 1
 
