@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dagan.config import load_config  # noqa: E402
 from dagan.geometry import adapt_movement_scale, normalize_keypoints, warp_by_deformation  # noqa: E402
+from dagan.inference import DaGANPipeline, SourceState  # noqa: E402
 from dagan.model import DaGAN  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "vox-adv-256.yaml")
@@ -77,31 +78,32 @@ def naive_frame(model: DaGAN, source: torch.Tensor, driving: torch.Tensor, initi
 
 
 class Cached:
-    """The pipeline's path: source state computed once, then batches of driving frames."""
+    """The pipeline's path (:class:`DaGANPipeline`): source state computed once, then batches of driving frames."""
 
-    def __init__(self, model: DaGAN, source: torch.Tensor, initial: torch.Tensor):
+    def __init__(self, model: DaGAN, source: torch.Tensor, initial: torch.Tensor, compile_model: bool = False,
+                 precision: str = "fp32"):
+        self.pipeline = DaGANPipeline(model, device=source.device, compile=compile_model, precision=precision)
         with torch.no_grad():
-            self.model, self.source = model, source
+            self.source = source
             self.disparity = model.depth(source)
             self.kp_source = model.keypoints(source, self.disparity)
             self.features = model.encode_source(source, self.disparity)
+            self.state = SourceState(source, self.disparity, self.kp_source, self.features)
             self.kp_initial = model.keypoints(initial)
             self.scale = adapt_movement_scale(self.kp_source, self.kp_initial)
 
     @torch.no_grad()
     def __call__(self, driving: torch.Tensor) -> torch.Tensor:
-        batch = driving.shape[0]
-        kp_driving = self.model.keypoints(driving)
+        kp_driving, _ = self.pipeline.driving_keypoints(driving)
         kp_norm = normalize_keypoints(self.kp_source, kp_driving, self.kp_initial, use_relative_movement=True,
                                       use_relative_jacobian=True, movement_scale=self.scale)
-        return self.model.generate(self.source.expand(batch, -1, -1, -1), self.kp_source, kp_norm,
-                                   source_features=self.features.expand(batch), return_deformed=False).prediction
+        return self.pipeline.generate(self.state, kp_norm).prediction
 
 
 @torch.no_grad()
 def module_times(model: DaGAN, cached: Cached, driving: torch.Tensor, device: torch.device,
                  repeats: int) -> dict[str, float]:
-    """Median milliseconds per frame of each stage of the cached path (batch = driving.shape[0])."""
+    """Best-of-``repeats`` milliseconds per frame of each stage of the cached path (batch = driving.shape[0])."""
     batch = driving.shape[0]
     generator = model.generator
     kp_driving = model.keypoints(driving)
@@ -124,7 +126,7 @@ def module_times(model: DaGAN, cached: Cached, driving: torch.Tensor, device: to
         "decoder: up blocks + final": lambda: _up(generator, refined),
         "source encoders (cached)": lambda: model.encode_source(source, cached.disparity.expand(batch, -1, -1, -1)),
     }
-    return {name: 1000 * statistics.median(timed(stage, device, repeats)) / batch for name, stage in stages.items()}
+    return {name: 1000 * min(timed(stage, device, repeats)) / batch for name, stage in stages.items()}
 
 
 def _up(generator, features: torch.Tensor) -> torch.Tensor:
@@ -135,17 +137,17 @@ def _up(generator, features: torch.Tensor) -> torch.Tensor:
 
 
 def run_variant(name: str, model: DaGAN, frames: Frames, batch_size: int, device: torch.device, repeats: int,
-                dtype: torch.dtype = torch.float32, compile_model: bool = False) -> dict:
-    cached = Cached(model, frames.source, frames.driving[:1])
-    call = torch.compile(cached.__call__, mode="max-autotune-no-cudagraphs") if compile_model else cached.__call__
-    batch = frames.driving[:batch_size]
-    context = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.autocast(device.type,
-                                                                                                    enabled=False)
-    with context:
-        times = timed(lambda: call(batch), device, repeats, warmup=3 if compile_model else 1)
-    seconds_per_frame = statistics.median(times) / batch_size
-    return {"variant": name, "batch_size": batch_size, "ms_per_frame": 1000 * seconds_per_frame,
-            "fps": 1.0 / seconds_per_frame, "latency_ms": 1000 * statistics.median(times)}
+                precision: str = "fp32", compile_model: bool = False) -> dict:
+    cached = Cached(model, frames.source, frames.driving[:1], compile_model, precision)
+    times = timed(lambda: cached(frames.driving[:batch_size]), device, repeats, warmup=2 if compile_model else 1)
+    return summary(name, batch_size, times)
+
+
+def summary(name: str, batch_size: int, times: list[float]) -> dict:
+    """Median and best time per frame; on a shared machine the best of several runs is the steadier figure."""
+    median, best = statistics.median(times) / batch_size, min(times) / batch_size
+    return {"variant": name, "batch_size": batch_size, "ms_per_frame": 1000 * median, "best_ms_per_frame": 1000 * best,
+            "fps": 1.0 / median, "latency_ms": 1000 * statistics.median(times)}
 
 
 def main(argv=None) -> int:
@@ -155,6 +157,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--skip_naive", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (on GPUs it always runs)")
     parser.add_argument("--output", default="benchmark.json")
     args = parser.parse_args(argv)
     if args.threads:
@@ -170,28 +173,35 @@ def main(argv=None) -> int:
     cached = Cached(model, frames.source, frames.driving[:1])
     naive = naive_frame(model, frames.source, frames.driving[1:2], frames.driving[:1])
     results["max_abs_diff_naive_vs_cached"] = float((naive - cached(frames.driving[1:2])).abs().max())
+    if args.compile:
+        compiled = Cached(model, frames.source, frames.driving[:1], compile_model=True)
+        results["max_abs_diff_naive_vs_compiled"] = float((naive - compiled(frames.driving[1:2])).abs().max())
 
     if not args.skip_naive:
         times = timed(lambda: naive_frame(model, frames.source, frames.driving[1:2], frames.driving[:1]), device,
                       args.repeats)
-        seconds = statistics.median(times)
-        results["runs"].append({"variant": "naive fp32", "batch_size": 1, "ms_per_frame": 1000 * seconds,
-                                "fps": 1 / seconds, "latency_ms": 1000 * seconds})
+        results["runs"].append(summary("naive fp32", 1, times))
     for batch_size in args.batch_sizes:
         results["runs"].append(run_variant("cached fp32", model, frames, batch_size, device, args.repeats))
+    if args.compile:
+        for batch_size in args.batch_sizes:
+            results["runs"].append(run_variant("cached fp32 compile", model, frames, batch_size, device,
+                                               args.repeats, compile_model=True))
     results["module_ms_per_frame"] = {str(batch): module_times(model, cached, frames.driving[:batch], device,
                                                                args.repeats) for batch in args.batch_sizes}
     if device.type == "cuda":
-        for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        for precision in ("bf16", "fp16"):
             for batch_size in args.batch_sizes:
-                results["runs"].append(run_variant(f"cached {dtype_name}", model, frames, batch_size, device,
-                                                   args.repeats, dtype))
-        channels_last = model.to(memory_format=torch.channels_last)
+                results["runs"].append(run_variant(f"cached {precision}", model, frames, batch_size, device,
+                                                   args.repeats, precision))
+        model = model.to(memory_format=torch.channels_last)
+        frames.source = frames.source.contiguous(memory_format=torch.channels_last)
+        frames.driving = frames.driving.contiguous(memory_format=torch.channels_last)
         for batch_size in args.batch_sizes:
-            results["runs"].append(run_variant("cached bf16 channels_last", channels_last, frames, batch_size, device,
-                                               args.repeats, torch.bfloat16))
-            results["runs"].append(run_variant("cached bf16 channels_last compile", channels_last, frames,
-                                               batch_size, device, args.repeats, torch.bfloat16, compile_model=True))
+            results["runs"].append(run_variant("cached bf16 channels_last", model, frames, batch_size, device,
+                                               args.repeats, "bf16"))
+            results["runs"].append(run_variant("cached bf16 channels_last compile", model, frames, batch_size,
+                                               device, args.repeats, "bf16", compile_model=True))
         results["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
     print_table(results)
     with open(args.output, "w") as handle:
@@ -203,10 +213,12 @@ def main(argv=None) -> int:
 def print_table(results: dict) -> None:
     print(f"device: {results['device']}  threads: {results['threads']}  torch {results['torch']}")
     print(f"max |naive - cached| on one frame: {results['max_abs_diff_naive_vs_cached']:.2e}")
-    print(f"{'variant':40s} {'batch':>5s} {'ms/frame':>10s} {'fps':>8s} {'latency ms':>11s}")
+    if "max_abs_diff_naive_vs_compiled" in results:
+        print(f"max |naive - compiled| on one frame: {results['max_abs_diff_naive_vs_compiled']:.2e}")
+    print(f"{'variant':40s} {'batch':>5s} {'ms/frame':>10s} {'best ms':>8s} {'fps':>8s} {'latency ms':>11s}")
     for run in results["runs"]:
-        print(f"{run['variant']:40s} {run['batch_size']:5d} {run['ms_per_frame']:10.1f} {run['fps']:8.2f} "
-              f"{run['latency_ms']:11.1f}")
+        print(f"{run['variant']:40s} {run['batch_size']:5d} {run['ms_per_frame']:10.1f} {run['best_ms_per_frame']:8.1f} "
+              f"{run['fps']:8.2f} {run['latency_ms']:11.1f}")
     for batch, stages in results["module_ms_per_frame"].items():
         print(f"per-module ms per frame, cached fp32, batch {batch}:")
         for name, milliseconds in stages.items():

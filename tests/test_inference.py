@@ -231,3 +231,15 @@ def test_find_best_frame_without_faces_extra_names_it(tiny_checkpoint, clips, so
 def test_precision_checks():
     with pytest.raises(InferenceError, match="needs a CUDA GPU"):
         DaGANPipeline(DaGAN.__new__(DaGAN), device="cpu", precision="fp16")
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_gives_the_same_frames(tiny_checkpoint):
+    rng = np.random.default_rng(1)
+    source = rng.random((64, 64, 3), dtype=np.float32)
+    frames = [rng.random((64, 64, 3), dtype=np.float32) for _ in range(4)]
+    eager = DaGANPipeline.load(tiny_checkpoint, device="cpu", batch_size=4)
+    compiled = DaGANPipeline.load(tiny_checkpoint, device="cpu", batch_size=4, compile=True)
+    for ours, theirs in zip(eager.animate(source, frames), compiled.animate(source, frames)):
+        assert np.abs(ours.frame.astype(int) - theirs.frame.astype(int)).max() <= 1
+        assert torch.allclose(ours.keypoints.value, theirs.keypoints.value, atol=1e-5)

@@ -142,3 +142,17 @@ def test_fused_attention_never_allocates_the_full_matrix():
     assert largest < 4096 * 4096 * 4 // 2  # a full float32 4096x4096 matrix would be 64 MiB
     reference = torch.softmax(query @ key.transpose(1, 2), dim=-1) @ value
     assert torch.allclose(attended, reference, atol=1e-5)
+
+
+def test_upsample_conv_equals_upsample_then_conv():
+    from dagan.networks.blocks import upsample_conv3x3
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 7, 3, padding=1)
+    x = torch.randn(2, 5, 6, 9, requires_grad=True)
+    reference = conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+    fast = upsample_conv3x3(x, conv)
+    assert fast.shape == (2, 7, 12, 18) and torch.allclose(fast, reference, atol=1e-5)
+    gradient_fast = torch.autograd.grad(fast.square().sum(), [x, conv.weight])
+    gradient_reference = torch.autograd.grad(reference.square().sum(), [x, conv.weight])
+    for ours, theirs in zip(gradient_fast, gradient_reference):
+        assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4)

@@ -36,8 +36,42 @@ class DownBlock2d(nn.Module):
         return F.avg_pool2d(F.relu(self.norm(self.conv(x))), kernel_size=2)
 
 
+def _merge_taps(kernel: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
+    """Collapse 3 taps along ``dim`` onto the 2 input pixels they read after nearest x2 upsampling.
+
+    Output pixel 2i reads upsampled pixels 2i-1, 2i, 2i+1 = input pixels i-1, i, i (taps: w0 | w1 + w2);
+    output pixel 2i+1 reads 2i, 2i+1, 2i+2 = input pixels i, i, i+1 (taps: w0 + w1 | w2).
+    """
+    first, middle, last = kernel.unbind(dim)
+    pair = (first, middle + last) if phase == 0 else (first + middle, last)
+    return torch.stack(pair, dim)
+
+
+def upsample_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(nearest_upsample_x2(x))`` for a zero-padded 3x3 conv, computed at the input resolution.
+
+    Each of the four output phases (row parity, column parity) is a 2x2 convolution of x with merged taps:
+    16 instead of 36 multiply-adds per input pixel, the same result up to float rounding.
+    x: (B, C_in, H, W) -> (B, C_out, 2H, 2W).
+    """
+    batch, _, height, width = x.shape
+    padded = F.pad(x, (1, 1, 1, 1))
+    phases = []
+    for row in range(2):
+        rows = _merge_taps(conv.weight, 2, row)
+        for column in range(2):
+            kernel = _merge_taps(rows, 3, column)  # (C_out, C_in, 2, 2)
+            phases.append(F.conv2d(padded[:, :, row:row + height + 1, column:column + width + 1], kernel, conv.bias))
+    out = torch.stack(phases, dim=2).view(batch, -1, 2, 2, height, width)  # (B, C, row, column, H, W)
+    return out.permute(0, 1, 4, 2, 5, 3).reshape(batch, -1, 2 * height, 2 * width)
+
+
 class UpBlock2d(nn.Module):
-    """nearest x2 upsample -> conv3x3 -> BatchNorm -> ReLU: (B, C_in, H, W) -> (B, C_out, 2H, 2W)."""
+    """nearest x2 upsample -> conv3x3 -> BatchNorm -> ReLU: (B, C_in, H, W) -> (B, C_out, 2H, 2W).
+
+    On inputs of 16x16 and more the upsample-then-convolve pair runs as :func:`upsample_conv3x3` (2.25x fewer
+    multiply-adds, same result up to float rounding).
+    """
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, padding: int = 1):
         super().__init__()
@@ -45,8 +79,12 @@ class UpBlock2d(nn.Module):
         self.norm = nn.BatchNorm2d(out_features, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return F.relu(self.norm(self.conv(x)))
+        # Merging the taps costs a pass over the weights: it pays off from 16x16 inputs on (measured on a CPU).
+        if self.conv.kernel_size == (3, 3) and self.conv.padding == (1, 1) and x.shape[2] * x.shape[3] >= 256:
+            x = upsample_conv3x3(x, self.conv)
+        else:
+            x = self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        return F.relu(self.norm(x))
 
 
 class ResBlock2d(nn.Module):
