@@ -243,3 +243,24 @@ def test_compiled_pipeline_gives_the_same_frames(tiny_checkpoint):
     for ours, theirs in zip(eager.animate(source, frames), compiled.animate(source, frames)):
         assert np.abs(ours.frame.astype(int) - theirs.frame.astype(int)).max() <= 1
         assert torch.allclose(ours.keypoints.value, theirs.keypoints.value, atol=1e-5)
+
+
+def test_find_best_frame_and_best_frame_flag(tiny_checkpoint, tmp_path, capsys):
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    samples = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "samples")
+    driving = os.path.join(samples, "driving.mp4")
+    out = tmp_path / "best.mp4"
+    assert run_demo("--checkpoint", tiny_checkpoint, "--source_image", os.path.join(samples, "source.png"),
+                    "--driving_video", driving, "--result_video", out, "--relative", "--adapt_scale",
+                    "--find_best_frame") == 0
+    assert "best frame: " in capsys.readouterr().err
+    assert probe(out).num_frames == probe(driving).num_frames  # every frame rendered, in order
+    anchored = tmp_path / "anchored.mp4"
+    assert run_demo("--checkpoint", tiny_checkpoint, "--source_image", os.path.join(samples, "source.png"),
+                    "--driving_video", driving, "--result_video", anchored, "--relative", "--best_frame", "5") == 0
+    assert probe(anchored).num_frames == probe(driving).num_frames
+    assert run_demo("--checkpoint", tiny_checkpoint, "--source_image", os.path.join(samples, "source.png"),
+                    "--driving_video", driving, "--result_video", tmp_path / "x.mp4", "--relative",
+                    "--best_frame", "500") == 1
+    assert "past the end" in capsys.readouterr().err

@@ -16,7 +16,6 @@ from dagan.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint
 from dagan.config import ConfigError, load_config
 from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother
 from dagan.io import MediaError, open_video, open_writer, read_image
-from dagan.io.images import resize_to_model
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "vox-adv-256.yaml")
@@ -97,13 +96,7 @@ def load_pipeline(args: argparse.Namespace) -> DaGANPipeline:
                          compile=args.compile)
 
 
-def model_frames(video, size: tuple[int, int]) -> Iterator[np.ndarray]:
-    """Driving frames resized to the model's resolution (float [0, 1]), lazily."""
-    for frame in video:
-        yield resize_to_model(frame.astype(np.float32) / 255.0, size)
-
-
-def anchor_frame(args, pipeline: DaGANPipeline, source: np.ndarray, video) -> Optional[np.ndarray]:
+def anchor_frame(args, source: np.ndarray, video) -> Optional[np.ndarray]:
     """The driving frame that anchors relative motion: --best_frame N, the best-aligned face, or the first."""
     index = args.best_frame
     if args.find_best_frame and index is None:
@@ -111,8 +104,9 @@ def anchor_frame(args, pipeline: DaGANPipeline, source: np.ndarray, video) -> Op
 
         analyzer = get_face_analyzer("auto")
         print("finding the driving frame best aligned with the source...", file=sys.stderr)
-        index = find_best_frame(to_uint8(source), (to_uint8(f) for f in model_frames(video, pipeline.image_size)),
-                                analyzer)
+        # Normalised landmarks do not depend on resolution: search the frames as they are (the model's own
+        # resolution may be too small for the face detector).
+        index = find_best_frame(to_uint8(source), iter(video), analyzer)
         print(f"best frame: {index}", file=sys.stderr)
     if index is None:
         return None
@@ -139,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     video = open_video(args.driving_video)
     pipeline = load_pipeline(args)
     smoother = KeypointSmoother(video.fps, min_cutoff=args.smooth) if args.smooth is not None else None
-    anchor = anchor_frame(args, pipeline, source, video)
+    anchor = anchor_frame(args, source, video)
     audio = None if args.no_audio or not video.has_audio else args.driving_video
     inputs = [args.source_image, args.driving_video, args.checkpoint]
     frames = pipeline.animate(source, video, relative=args.relative, adapt_scale=args.adapt_scale,
