@@ -116,6 +116,7 @@ class DaGAN(nn.Module):
         state = load_checkpoint(path, map_location=map_location)
         model = cls(config_from_dict(state["config"]))
         model.load_network_state_dicts(state["networks"])
+        model.step = int(state.get("step", 0))
         return model.eval()
 
     def load_network_state_dicts(self, state_dicts: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -124,7 +125,7 @@ class DaGAN(nn.Module):
             getattr(self, name).load_state_dict(state_dict, strict=True)
 
     def save(self, path: str | os.PathLike, step: int = 0) -> None:
-        """Write a checkpoint in this project's format (atomic)."""
+        """Write a checkpoint in this project's format (atomic): every network, the config and ``step``."""
         from dagan.checkpoint import save_checkpoint
 
         save_checkpoint(path, {"config": config_to_dict(self.config), "step": step,

@@ -212,3 +212,45 @@ def test_gan_stage_learns_to_reconstruct(tmp_path, depth_dir):
     before = reconstruction_l1(untrained)
     after = reconstruction_l1(DaGAN.from_checkpoint(tmp_path / "checkpoints" / "00000200.pt"))
     assert after <= 0.7 * before, (before, after)
+
+
+def test_export_checkpoint_script(tmp_path, depth_dir):
+    import importlib.util
+    assert run_train(tmp_path / "run", gan_overrides(depth_dir, 2)) == 0
+    spec = importlib.util.spec_from_file_location("export_checkpoint", REPO_ROOT / "scripts" / "export_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    trained = tmp_path / "run" / "checkpoints" / "00000002.pt"
+    assert module.main(["--checkpoint", str(trained), "--inference", str(tmp_path / "dagan.pt"),
+                        "--official", str(tmp_path / "release")]) == 0
+    inference = read_file(tmp_path / "dagan.pt")
+    assert "training" not in inference and set(inference["networks"]) >= {"generator", "kp_detector"}
+    from dagan.checkpoint import load_official
+    official = load_official(tmp_path / "release" / "checkpoint.pth.tar", tmp_path / "release" / "depth",
+                             config_path("tiny.yaml"))
+    ours = DaGAN.from_checkpoint(trained)
+    for name in ("generator", "kp_detector", "depth_encoder"):
+        for key, value in ours.network_state_dicts()[name].items():
+            assert torch.equal(value, official.network_state_dicts()[name][key])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, depth_dir):
+    import signal
+    import time
+    command = [sys.executable, str(REPO_ROOT / "train.py"), "--config", config_path("tiny.yaml"), "--log_dir",
+               str(tmp_path)]
+    for override in gan_overrides(depth_dir, 10000, "train_params.checkpoint_every=10000"):
+        command += ["--set", override]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    stats_path = tmp_path / "stats.jsonl"
+    deadline = time.time() + 300
+    while not (stats_path.exists() and stats_path.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, error = process.communicate(timeout=300)
+    assert process.returncode == 0, error[-2000:]
+    assert "resume with --resume auto" in error
+    saved = os.listdir(tmp_path / "checkpoints")
+    assert len(saved) == 1 and int(saved[0][:8]) >= 2

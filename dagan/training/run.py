@@ -186,8 +186,9 @@ class RunLogger:
             self.writer.add_image("samples", grid, step, dataformats="HWC")
 
     def message(self, text: str) -> None:
+        """A line for the user on stderr (above the progress bar)."""
         if self.enabled:
-            (self.bar.write if self.bar is not None else print)(text)
+            self.bar.write(text, file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:
