@@ -36,13 +36,12 @@ import numpy as np
 import skimage.transform
 import torch
 
-from dagan.io import IMAGE_SUFFIXES, MediaError, natural_sort_key, open_video, probe, read_image_uint8
+from dagan.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, natural_sort_key, open_video, probe, read_image_uint8
 
 PathLike = Union[str, os.PathLike]
 Split = Literal["train", "test"]
 VideoKind = Literal["frames", "video"]
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv", ".gif", ".mpg", ".mpeg", ".flv", ".wmv")
 DEFAULT_CACHE_BYTES = 256 * 2**20  # per process (each DataLoader worker has its own cache)
 LAYOUT_HINT = ("expected root/train/<video> and root/test/<video> (the VoxCeleb layout), or a folder of videos, "
                "where each <video> is a folder of png/jpg frames or a video file (mp4, mov, avi, webm, mkv, gif)")

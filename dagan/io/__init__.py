@@ -16,6 +16,7 @@ from dagan.io.images import (
     write_png,
 )
 from dagan.io.video import (
+    VIDEO_SUFFIXES,
     FrameDirectoryWriter,
     VideoInfo,
     VideoSource,
@@ -32,6 +33,7 @@ from dagan.io.video import (
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
     "FrameDirectoryWriter",
     "MediaError",
     "VideoInfo",

@@ -39,6 +39,9 @@ VIDEO_HINT = "give a video file ffmpeg can decode (mp4, mov, webm, avi, gif) or 
 
 Size = Tuple[int, int]  # (width, height)
 
+# Video containers this project reads as videos (anything else in a folder of clips is ignored).
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv", ".gif", ".mpg", ".mpeg", ".flv", ".wmv")
+
 
 def ffmpeg_executable() -> str:
     """Path of the static ffmpeg binary shipped in the imageio-ffmpeg wheel."""
