@@ -1,0 +1,660 @@
+"""Evaluation protocols: compare files, reconstruct the test split from a checkpoint, animate frame pairs.
+
+Three entry points, all returning an :class:`EvaluationReport` (per-item rows, pooled summary, table):
+
+- :func:`evaluate_files`: generated vs reference videos (files, frame folders, or folders of such items paired
+  by name), optionally against a source image for CSIM.
+- :func:`evaluate_reconstruction`: FOMM's reconstruction protocol. Every test video ``root/test/<video>`` is
+  animated from its own first frame with absolute keypoints (``relative=False``) and compared with its real
+  frames at the model's resolution.
+- :func:`evaluate_pairs`: DaGAN's same-/cross-identity protocol on a CSV of (source, driving) frame pairs (format
+  in :func:`read_pairs`). Same-identity pairs use absolute keypoints and every metric against the driving frame;
+  cross-identity pairs use relative motion with scale adaptation and only the metrics without ground truth
+  (AKD, AED and PRMSE against the driving frame, CSIM against the source).
+
+Per-frame metric values are pooled into per-item means and summary means over all frames (see
+:mod:`dagan.eval.metrics`).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import io
+import itertools
+import json
+import math
+import os
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import skimage.transform
+from tqdm import tqdm
+
+from dagan.data.frames import VIDEO_SUFFIXES
+from dagan.eval.face_metrics import (FACE_METRICS, IDENTITY_NOTE, FaceMeasurement, FaceMeasurer,
+                                     face_metric_backends, frame_face_values)
+from dagan.eval.lpips import LPIPS, LPIPSWeightsMissing, load_lpips, lpips_distance, missing_weights_message
+from dagan.eval.metrics import METRIC_NAMES, METRICS, PIXEL_BACKENDS, PIXEL_METRICS, MetricTotal
+from dagan.faces import FaceAnalyzer, MissingFaceBackend, get_face_analyzer
+from dagan.io import IMAGE_SUFFIXES, MediaError, open_video, read_image_uint8, resize_to_model, to_uint8
+
+if TYPE_CHECKING:
+    from dagan.inference import DaGANPipeline
+
+__all__ = [
+    "EvaluationReport",
+    "FramePair",
+    "FrameRef",
+    "FrameScorer",
+    "ItemPaths",
+    "ItemResult",
+    "build_scorer",
+    "evaluate_files",
+    "evaluate_pairs",
+    "evaluate_reconstruction",
+    "pair_items",
+    "read_pairs",
+    "select_metrics",
+]
+
+ALL_GROUP = "all"
+SAME, CROSS = "same-identity", "cross-identity"
+DEFAULT_FPS = 25.0  # frame rate of saved videos made from frame folders
+
+
+# Metric selection and the scorer.
+
+def select_metrics(requested: str, has_source: bool, lpips_given: bool,
+                   face_backend: str = "auto") -> tuple[list[str], list[str]]:
+    """Metric names from ``--metrics`` and notes on what ``auto`` left out.
+
+    requested: a comma-separated list of :data:`~dagan.eval.metrics.METRIC_NAMES`, or ``"auto"``: the pixel
+    metrics, lpips when weight files are given, the face metrics when a face backend is installed, csim when
+    there is a source. has_source: a source image exists (always in the protocols).
+    Raises ValueError for unknown names or for csim without a source.
+    """
+    if requested.strip().lower() != "auto":
+        names = [name.strip().lower() for name in requested.split(",") if name.strip()]
+        unknown = [name for name in names if name not in METRICS]
+        if unknown or not names:
+            raise ValueError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from "
+                             f"{', '.join(METRIC_NAMES)} (comma-separated) or auto")
+        if "csim" in names and not has_source:
+            raise ValueError("csim compares the generated frames with the source image: give --source PATH")
+        return list(dict.fromkeys(names)), []
+    names, notes = ["l1", "ssim", "psnr"], []
+    if lpips_given:
+        names.append("lpips")
+    else:
+        notes.append("lpips left out: no --lpips_trunk/--lpips_head weight files")
+    try:
+        get_face_analyzer(face_backend)
+        names += [name for name in FACE_METRICS if name != "csim" or has_source]
+        if not has_source:
+            notes.append("csim left out: no --source")
+    except MissingFaceBackend as error:
+        notes.append(f"face metrics left out: {error}")
+    return [name for name in METRIC_NAMES if name in names], notes
+
+
+class FrameScorer:
+    """Per-frame values of the chosen metrics for one generated frame, its reference and the current source.
+
+    metrics: metric names. analyzer: needed for the face metrics. lpips_model: needed for lpips.
+    """
+
+    def __init__(self, metrics: Sequence[str], analyzer: Optional[FaceAnalyzer] = None,
+                 lpips_model: Optional[LPIPS] = None) -> None:
+        self.metrics = list(metrics)
+        face_metrics = [name for name in self.metrics if name in FACE_METRICS]
+        if face_metrics and analyzer is None:
+            raise MissingFaceBackend(f"{', '.join(face_metrics)} need a face backend (FaceAnalyzer)")
+        if "lpips" in self.metrics and lpips_model is None:
+            raise LPIPSWeightsMissing(missing_weights_message())
+        self.analyzer, self.lpips_model = analyzer, lpips_model
+        self.measurer = FaceMeasurer(analyzer, embeddings=bool({"aed", "csim"} & set(self.metrics)),
+                                     poses="prmse" in self.metrics) if face_metrics else None
+        self._source_key: Any = None
+        self._source_face: Optional[FaceMeasurement] = None
+
+    @property
+    def backends(self) -> dict[str, str]:
+        """The backend name of each chosen metric."""
+        names = dict(PIXEL_BACKENDS)
+        if self.lpips_model is not None:
+            names["lpips"] = f"lpips-{self.lpips_model.net} (user weights)"
+        if self.analyzer is not None:
+            names.update(face_metric_backends(self.analyzer))
+        return {name: names[name] for name in self.metrics}
+
+    def settings(self) -> dict[str, Any]:
+        return {"metrics": self.metrics,
+                "face_backend": None if self.analyzer is None else repr(self.analyzer),
+                "lpips_net": None if self.lpips_model is None else self.lpips_model.net}
+
+    def set_source(self, source: Optional[np.ndarray], key: Any = None) -> bool:
+        """Measure the source face for CSIM (once per ``key``); returns whether a face was found."""
+        if key is not None and key == self._source_key:
+            return self._source_face is not None and self._source_face.embedding is not None
+        self._source_key = key
+        found = self.measurer.measure(source) if self.measurer is not None and source is not None else None
+        self._source_face = found
+        return found is not None and found.embedding is not None
+
+    def score(self, generated: np.ndarray, reference: np.ndarray,
+              metrics: Optional[Sequence[str]] = None) -> dict[str, Optional[float]]:
+        """Values for one frame (``None``: no face in one of the images). metrics: a subset (default: all)."""
+        metrics = self.metrics if metrics is None else [name for name in metrics if name in self.metrics]
+        values: dict[str, Optional[float]] = {}
+        for name in metrics:
+            if name in PIXEL_METRICS:
+                values[name] = PIXEL_METRICS[name](generated, reference)
+            elif name == "lpips":
+                values[name] = lpips_distance(self.lpips_model, generated, reference)
+        face_metrics = [name for name in metrics if name in FACE_METRICS]
+        if face_metrics:
+            needs_reference = any(METRICS[name].needs == "reference" for name in face_metrics)
+            reference_face = self.measurer.measure(reference) if needs_reference else None
+            values.update(frame_face_values(self.measurer.measure(generated), reference_face, self._source_face,
+                                            face_metrics))
+        return values
+
+
+def build_scorer(metrics: Sequence[str], face_backend: str = "auto", lpips_net: str = "alex",
+                 lpips_trunk: Optional[str] = None, lpips_head: Optional[str] = None,
+                 device: Any = "cpu") -> FrameScorer:
+    """A :class:`FrameScorer` with the face analyzer and LPIPS network that ``metrics`` need (checked up front,
+    so a missing backend or weight file fails before any long work)."""
+    analyzer = get_face_analyzer(face_backend) if set(metrics) & set(FACE_METRICS) else None
+    lpips_model = load_lpips(lpips_net, lpips_trunk, lpips_head, device) if "lpips" in metrics else None
+    return FrameScorer(metrics, analyzer, lpips_model)
+
+
+# Results.
+
+@dataclass
+class ItemResult:
+    """One evaluated item (a video or a frame pair): frames compared, per-metric totals, notes, extra CSV columns."""
+
+    name: str
+    totals: dict[str, MetricTotal]
+    frames: int = 0
+    group: str = ALL_GROUP
+    notes: list[str] = field(default_factory=list)
+    columns: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, name: str, metrics: Sequence[str], group: str = ALL_GROUP) -> "ItemResult":
+        totals = {name_: MetricTotal(METRICS[name_].root_mean_square) for name_ in metrics}
+        return cls(name, totals, group=group)
+
+    def add(self, values: dict[str, Optional[float]]) -> None:
+        self.frames += 1
+        for name, value in values.items():
+            self.totals[name].add(value)
+
+
+@dataclass
+class EvaluationReport:
+    """Everything one evaluation produced; :meth:`summary` (JSON), :meth:`write_csv`, :meth:`table`."""
+
+    protocol: str
+    metrics: list[str]
+    backends: dict[str, str]
+    items: list[ItemResult] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def groups(self) -> list[str]:
+        return list(dict.fromkeys(item.group for item in self.items)) or [ALL_GROUP]
+
+    def pooled(self, group: Optional[str] = None) -> dict[str, MetricTotal]:
+        """Per-metric totals over all frames of all items (of one group)."""
+        totals = {name: MetricTotal(METRICS[name].root_mean_square) for name in self.metrics}
+        for item in self.items:
+            if group is None or item.group == group:
+                for name, total in item.totals.items():
+                    totals[name].merge(total)
+        return {name: total for name, total in totals.items() if total.count or total.skipped}
+
+    def _block(self, group: Optional[str] = None) -> dict[str, Any]:
+        items = [item for item in self.items if group is None or item.group == group]
+        metrics = {name: {"mean": _json_number(total.value), "frames": total.count, "skipped_frames": total.skipped,
+                          "backend": self.backends[name], "higher_is_better": METRICS[name].higher_is_better,
+                          "unit": METRICS[name].unit, "definition": METRICS[name].description}
+                   for name, total in self.pooled(group).items()}
+        return {"items": len(items), "frames": sum(item.frames for item in items), "metrics": metrics}
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary: pooled means and counts per metric (and per group for the pairs protocol)."""
+        summary = {"protocol": self.protocol, **self._block()}
+        if self.groups() != [ALL_GROUP]:
+            summary["groups"] = {group: self._block(group) for group in self.groups()}
+        summary.update({"metric_backends": self.backends, "settings": self.settings,
+                        "notes": self.notes + self._standard_notes()})
+        return summary
+
+    def _standard_notes(self) -> list[str]:
+        notes = []
+        if {"aed", "csim"} & set(self.metrics):
+            notes.append(IDENTITY_NOTE)
+        if "psnr" in self.metrics:
+            notes.append("psnr is inf for identical frames (no cap); a mean over such frames is inf")
+        if set(FACE_METRICS) & set(self.metrics):
+            notes.append("face metrics skip frames where either image has no detected face (skipped_frames)")
+        return notes
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        _atomic_write_text(path, json.dumps(self.summary(), indent=2, allow_nan=False) + "\n")
+
+    def write_csv(self, path: str | os.PathLike) -> None:
+        """One row per item: name, [group], frames, each metric, skipped counts of face metrics, extras, notes."""
+        face = [name for name in self.metrics if name in FACE_METRICS]
+        extras = list(dict.fromkeys(key for item in self.items for key in item.columns))
+        grouped = self.groups() != [ALL_GROUP]
+        header = ["name"] + (["group"] if grouped else []) + ["frames"] + self.metrics
+        header += [f"{name}_skipped" for name in face] + extras + ["notes"]
+        rows = []
+        for item in self.items:
+            row = [item.name] + ([item.group] if grouped else []) + [str(item.frames)]
+            row += [_csv_number(item.totals[name].value) if name in item.totals else "" for name in self.metrics]
+            row += [str(item.totals[name].skipped) if name in item.totals else "" for name in face]
+            row += [item.columns.get(key, "") for key in extras] + ["; ".join(item.notes)]
+            rows.append(row)
+        _atomic_write_text(path, _csv_text([header] + rows))
+
+    def table(self) -> str:
+        """A plain-text table of the pooled means with each metric's backend, and the notes."""
+        lines = [f"protocol: {self.protocol}; {len(self.items)} item(s), {sum(i.frames for i in self.items)} frame(s)"]
+        for group in self.groups():
+            if group != ALL_GROUP:
+                lines.append(f"[{group}]")
+            rows = [["metric", "mean", "frames", "skipped", "backend"]]
+            for name, total in self.pooled(None if group == ALL_GROUP else group).items():
+                value = "n/a" if total.value is None else f"{total.value:.4f} {METRICS[name].unit}".strip()
+                rows.append([name, value, str(total.count), str(total.skipped), self.backends[name]])
+            widths = [max(len(row[column]) for row in rows) for column in range(4)]
+            lines += ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4]
+                      for row in rows]
+        lines += [f"note: {note}" for note in self.notes + self._standard_notes()]
+        return "\n".join(lines)
+
+
+def _json_number(value: Optional[float]) -> Any:
+    """JSON has no inf/nan: they are written as the strings "inf", "-inf", "nan"."""
+    if value is None or math.isfinite(value):
+        return value
+    return str(value)
+
+
+def _csv_number(value: Optional[float]) -> str:
+    return "" if value is None else (f"{value:.6g}" if math.isfinite(value) else str(value))
+
+
+def _csv_text(rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+# Scoring a sequence of frame pairs.
+
+def score_stream(scorer: FrameScorer, result: ItemResult, pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+                 total: Optional[int] = None, progress: bool = True,
+                 metrics: Optional[Sequence[str]] = None) -> ItemResult:
+    """Score ``(generated, reference)`` frame pairs in order into ``result`` (with a progress bar)."""
+    bar = tqdm(pairs, total=total, desc=result.name[:30], unit="frame", leave=False, disable=not progress,
+               dynamic_ncols=True)
+    for generated, reference in bar:
+        result.add(scorer.score(generated, reference, metrics))
+    return result
+
+
+def _fit(frame: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``(h, w, 3)`` uint8 resized to ``shape`` (anti-aliased, as the model's inputs are); unchanged if it fits."""
+    if frame.shape[:2] == tuple(shape):
+        return frame
+    return to_uint8(skimage.transform.resize(frame, shape, anti_aliasing=True))
+
+
+# Protocol 1: files.
+
+@dataclass(frozen=True)
+class ItemPaths:
+    """One item of the file protocol: generated and reference videos (file or frame folder), optional source."""
+
+    name: str
+    generated: Path
+    reference: Path
+    source: Optional[Path] = None
+
+
+def _is_video_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def is_collection(path: Path) -> bool:
+    """A folder of items (video files or frame folders), as opposed to a folder of frames or a file."""
+    return path.is_dir() and any(not child.name.startswith(".") and (child.is_dir() or _is_video_file(child))
+                                 for child in path.iterdir())
+
+
+def _collection_entries(path: Path, images: bool = False) -> dict[str, Path]:
+    """``{stem: path}`` of the video files and frame folders (and image files if ``images``) in a folder."""
+    entries = {}
+    for child in sorted(path.iterdir()):
+        if child.name.startswith("."):
+            continue
+        if child.is_dir() or _is_video_file(child) or (images and child.suffix.lower() in IMAGE_SUFFIXES):
+            entries.setdefault(child.stem if child.is_file() else child.name, child)
+    return entries
+
+
+def pair_items(generated: str | os.PathLike, reference: str | os.PathLike,
+               source: Optional[str | os.PathLike] = None) -> tuple[list[ItemPaths], list[str]]:
+    """Pair generated and reference items (and sources) by name; returns the items and notes on unpaired names.
+
+    Each path is a video file, a folder of frames, or a folder of such items. Folders of items are paired by
+    name (file stem or folder name). ``source``: one image/video/frame folder for every item, or, with folders of
+    items, a folder of images/videos/frame folders paired by name too.
+    """
+    generated, reference = Path(generated), Path(reference)
+    source = Path(source) if source is not None else None
+    for path in (generated, reference, source):
+        if path is not None and not path.exists():
+            raise MediaError(f"'{path}' does not exist; give a video file, a folder of frames or a folder of items")
+    if not is_collection(generated):
+        if is_collection(reference):
+            raise MediaError(f"'{generated}' is one video but '{reference}' is a folder of videos; give the same kind")
+        return [ItemPaths(generated.stem if generated.is_file() else generated.name, generated, reference, source)], []
+    if not is_collection(reference):
+        raise MediaError(f"'{generated}' is a folder of videos but '{reference}' is not; give the same kind")
+    generated_items, reference_items = _collection_entries(generated), _collection_entries(reference)
+    sources = _collection_entries(source, images=True) if source is not None and source.is_dir() else None
+    items, notes = [], []
+    for name in sorted(set(generated_items) | set(reference_items)):
+        if name not in generated_items or name not in reference_items:
+            notes.append(f"'{name}' is only in {'generated' if name in generated_items else 'reference'}: skipped")
+            continue
+        item_source = source if sources is None else sources.get(name)
+        if source is not None and item_source is None:
+            notes.append(f"'{name}' has no source in '{source}': csim skipped for it")
+        items.append(ItemPaths(name, generated_items[name], reference_items[name], item_source))
+    if not items:
+        raise MediaError(f"no item names are shared by '{generated}' and '{reference}'; items are paired by name")
+    return items, notes
+
+
+def read_first_frame(path: Path) -> np.ndarray:
+    """An image file, or the first frame of a video file or frame folder, as ``(H, W, 3)`` uint8."""
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        return read_image_uint8(path)
+    return next(iter(open_video(path)))
+
+
+def evaluate_item(scorer: FrameScorer, item: ItemPaths, progress: bool = True) -> ItemResult:
+    """Compare one generated video with its reference frame by frame (the first min(n, m) frames)."""
+    result = ItemResult.empty(item.name, scorer.metrics)
+    generated, reference = open_video(item.generated), open_video(item.reference)
+    if generated.num_frames != reference.num_frames:
+        result.notes.append(f"frame counts differ (generated {generated.num_frames}, reference "
+                            f"{reference.num_frames}): compared the first {_min_count(generated, reference)}")
+    if generated.size != reference.size:
+        result.notes.append(f"reference resized from {reference.size[0]}x{reference.size[1]} to the generated "
+                            f"{generated.size[0]}x{generated.size[1]}")
+    if "csim" in scorer.metrics and not scorer.set_source(read_first_frame(item.source) if item.source else None,
+                                                          key=str(item.source)):
+        result.notes.append("no source face (no source, or no face in it): csim skipped")
+    shape = (generated.size[1], generated.size[0])
+    pairs = ((frame, _fit(real, shape)) for frame, real in zip(generated, reference))
+    return score_stream(scorer, result, pairs, _min_count(generated, reference), progress)
+
+
+def _min_count(first: Any, second: Any) -> Optional[int]:
+    counts = [count for count in (first.num_frames, second.num_frames) if count is not None]
+    return min(counts) if counts else None
+
+
+def evaluate_files(scorer: FrameScorer, generated: str | os.PathLike, reference: str | os.PathLike,
+                   source: Optional[str | os.PathLike] = None, progress: bool = True) -> EvaluationReport:
+    """Evaluate generated videos against references (and a source); see :func:`pair_items` for the layouts."""
+    items, notes = pair_items(generated, reference, source)
+    report = EvaluationReport("files", scorer.metrics, scorer.backends, notes=notes, settings={
+        "generated": os.fspath(generated), "reference": os.fspath(reference),
+        "source": None if source is None else os.fspath(source), **scorer.settings()})
+    for item in tqdm(items, desc="items", unit="item", disable=not progress or len(items) < 2, dynamic_ncols=True):
+        report.items.append(evaluate_item(scorer, item, progress))
+    return report
+
+
+# Protocol 2: reconstruction from a checkpoint.
+
+def _tapped_stream(frames: Iterable[tuple[np.ndarray, np.ndarray]], pending: deque) -> Iterator[np.ndarray]:
+    """Yield the model input of each ``(model_input, real_uint8)`` pair and remember the real frame."""
+    for model_input, real in frames:
+        pending.append(real)
+        yield model_input
+
+
+def animate_and_score(pipeline: "DaGANPipeline", scorer: FrameScorer, result: ItemResult,
+                      frames: Iterable[tuple[np.ndarray, np.ndarray]], total: Optional[int], writer: Any = None,
+                      progress: bool = True, **animate_options: Any) -> ItemResult:
+    """Animate the first frame with all frames (``(model_input float, real uint8)`` pairs) and score each output
+    against its real frame; generated frames go to ``writer`` when given."""
+    frames = iter(frames)
+    first_input, first_real = next(frames)
+    if not scorer.set_source(first_real, key=("first frame", result.name)) and "csim" in scorer.metrics:
+        result.notes.append("no face in the first frame (the source): csim skipped")
+    pending: deque = deque()
+    stream = _tapped_stream(itertools.chain([(first_input, first_real)], frames), pending)
+
+    def generated_pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for animated in pipeline.animate(first_input, stream, **animate_options):
+            if writer is not None:
+                writer.write(animated.frame)
+            yield animated.frame, pending.popleft()
+
+    return score_stream(scorer, result, generated_pairs(), total, progress)
+
+
+def evaluate_reconstruction(pipeline: "DaGANPipeline", scorer: FrameScorer, dataset_root: str | os.PathLike,
+                            num_videos: Optional[int] = None, output_dir: Optional[str | os.PathLike] = None,
+                            save_videos: bool = False, progress: bool = True) -> EvaluationReport:
+    """FOMM's reconstruction protocol on ``dataset_root/test/<video>`` (a flat folder of videos works too).
+
+    Each video is animated from its own first frame with absolute keypoints (``relative=False``); frames are
+    resized to the model's resolution (anti-aliased, as in training) and each output is compared with the real
+    frame. ``save_videos`` writes the outputs to ``output_dir/generated/<video>.mp4``.
+    """
+    from dagan.data.frames import VideoStore, resize_frame
+    from dagan.io import VideoWriter, probe
+
+    store = VideoStore(dataset_root, "test", frame_shape=pipeline.image_size)
+    report = EvaluationReport("reconstruction", scorer.metrics, scorer.backends, settings={
+        "dataset": os.fspath(dataset_root), "split_dir": os.fspath(store.split_dir), "num_videos": num_videos,
+        "image_size": list(pipeline.image_size), "relative": False, "adapt_scale": False,
+        "source": "first frame of each video", **scorer.settings()})
+    items = store.items[:num_videos] if num_videos else store.items
+    for index, item in enumerate(tqdm(items, desc="videos", unit="video", disable=not progress, dynamic_ncols=True)):
+        try:
+            clip = store.open_clip(index)
+        except MediaError:  # recorded in store.skipped, reported below
+            continue
+        result = ItemResult.empty(Path(item.name).stem if item.kind == "video" else item.name, scorer.metrics)
+        frames = _clip_frames(clip, resize_frame)
+        with contextlib.ExitStack() as stack:
+            writer = None
+            if save_videos and output_dir is not None:
+                fps = probe(item.path).fps if item.kind == "video" else DEFAULT_FPS
+                path = Path(output_dir) / "generated" / f"{result.name}.mp4"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writer = stack.enter_context(VideoWriter(path, fps, protected_paths=[item.path]))
+            animate_and_score(pipeline, scorer, result, frames, clip.num_frames, writer, progress,
+                              relative=False, adapt_scale=False)
+        report.items.append(result)
+    report.notes += [f"'{name}' skipped: {reason}" for name, reason in store.skipped]
+    return report
+
+
+def _clip_frames(clip: Any, resize_frame: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(model input (H, W, 3) float32 in [0, 1], the same frame as uint8)`` for every frame of a clip, lazily."""
+    for index in range(clip.num_frames):
+        model_input = resize_frame(clip.read_frame(index), clip.frame_shape)
+        yield model_input, to_uint8(model_input)
+
+
+# Protocol 3: same- and cross-identity frame pairs.
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One frame named in the pairs CSV: an image file (``index`` None) or frame ``index`` of a video file or frame
+    folder. ``text`` is the CSV cell."""
+
+    path: Path
+    index: Optional[int]
+    text: str
+
+
+@dataclass(frozen=True)
+class FramePair:
+    """One CSV row (``row`` 1 is the first after the header): source and driving frames, the frame anchoring
+    relative motion (cross-identity pairs) and the mode (:data:`SAME` or :data:`CROSS`)."""
+
+    row: int
+    source: FrameRef
+    driving: FrameRef
+    anchor: Optional[FrameRef]
+    mode: str
+
+
+_MODES = {"same": SAME, "same-identity": SAME, "cross": CROSS, "cross-identity": CROSS}
+
+
+def parse_frame_ref(text: str, base: Path, row: int, column: str) -> FrameRef:
+    """``path/to/image.png`` or ``path/to/video.mp4:INDEX`` / ``path/to/frame_folder:INDEX`` (0-based), relative
+    to ``base`` unless absolute."""
+    text = text.strip()
+    direct = base / text
+    if direct.is_file() and direct.suffix.lower() in IMAGE_SUFFIXES:
+        return FrameRef(direct, None, text)
+    match = re.fullmatch(r"(.+):(\d+)", text)
+    if match is not None and (base / match.group(1)).exists():
+        return FrameRef(base / match.group(1), int(match.group(2)), text)
+    raise ValueError(f"pairs CSV row {row}, column '{column}': {text!r} is neither an image file nor "
+                     f"VIDEO:INDEX with an existing video file or frame folder (paths are relative to '{base}')")
+
+
+def read_pairs(csv_path: str | os.PathLike, root: Optional[str | os.PathLike] = None) -> list[FramePair]:
+    """Read a pairs CSV (a header row, then one pair per row).
+
+    Columns: ``source`` and ``driving`` (required), ``driving_initial`` and ``mode`` (optional). Each frame is an
+    image path or ``VIDEO:INDEX`` (a video file or frame folder and a 0-based frame index); relative paths are
+    resolved against ``root`` (``--dataset``) or else the CSV's folder. ``mode`` is ``same`` or ``cross``; when
+    empty, a pair is ``same`` if source and driving come from the same video, else ``cross``.
+    ``driving_initial`` anchors relative motion (cross-identity); by default frame 0 of the driving video.
+    """
+    csv_path = Path(csv_path)
+    base = Path(root) if root is not None else csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"source", "driving"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"pairs CSV '{csv_path}' lacks the column(s) {', '.join(sorted(missing))}; "
+                             "its header must be source,driving[,driving_initial][,mode]")
+        pairs = [_read_pair(line, base, row) for row, line in enumerate(reader, start=1)]
+    if not pairs:
+        raise ValueError(f"pairs CSV '{csv_path}' has no rows")
+    return pairs
+
+
+def _read_pair(line: dict[str, str], base: Path, row: int) -> FramePair:
+    source = parse_frame_ref(line["source"] or "", base, row, "source")
+    driving = parse_frame_ref(line["driving"] or "", base, row, "driving")
+    mode_text = (line.get("mode") or "").strip().lower()
+    if mode_text and mode_text not in _MODES:
+        raise ValueError(f"pairs CSV row {row}: mode must be same or cross, got {mode_text!r}")
+    same_video = source.index is not None and source.path == driving.path
+    mode = _MODES[mode_text] if mode_text else (SAME if same_video else CROSS)
+    anchor_text = (line.get("driving_initial") or "").strip()
+    anchor = parse_frame_ref(anchor_text, base, row, "driving_initial") if anchor_text else None
+    if mode == CROSS and anchor is None:
+        if driving.index is None:
+            raise ValueError(f"pairs CSV row {row}: the cross-identity driving frame {driving.text!r} is an image, "
+                             "so relative motion has no anchor; add a driving_initial column (e.g. VIDEO:0)")
+        anchor = FrameRef(driving.path, 0, driving.text.rsplit(":", 1)[0] + ":0")
+    return FramePair(row, source, driving, anchor, mode)
+
+
+class FrameReader:
+    """Read the frames named by :class:`FrameRef` as ``(H, W, 3)`` uint8, keeping a few decoded videos."""
+
+    def __init__(self, cached_videos: int = 4) -> None:
+        self._decode = functools.lru_cache(maxsize=cached_videos)(lambda path: open_video(path).read_all())
+
+    def read(self, ref: FrameRef) -> np.ndarray:
+        if ref.index is None:
+            return read_image_uint8(ref.path)
+        if ref.path.is_dir():
+            from dagan.data.frames import list_frame_files
+
+            files = list_frame_files(ref.path)
+            frame = read_image_uint8(files[ref.index]) if ref.index < len(files) else None
+            count = len(files)
+        else:
+            frames = self._decode(ref.path)
+            frame = frames[ref.index] if ref.index < len(frames) else None
+            count = len(frames)
+        if frame is None:
+            raise MediaError(f"'{ref.text}': frame {ref.index} is out of range ('{ref.path}' has {count} frames)")
+        return frame
+
+
+def evaluate_pairs(pipeline: "DaGANPipeline", scorer: FrameScorer, pairs_csv: str | os.PathLike,
+                   root: Optional[str | os.PathLike] = None, output_dir: Optional[str | os.PathLike] = None,
+                   save_frames: bool = False, progress: bool = True) -> EvaluationReport:
+    """DaGAN's same-/cross-identity evaluation on the frame pairs of a CSV (format: :func:`read_pairs`).
+
+    Same-identity: absolute keypoints, every chosen metric against the driving frame. Cross-identity: relative
+    motion with scale adaptation anchored at ``driving_initial``; only metrics without ground truth (AKD, AED,
+    PRMSE against the driving frame, CSIM against the source). ``save_frames`` writes each output to
+    ``output_dir/generated/pair<row>.png`` (``pair00001.png`` for the first row).
+    """
+    from dagan.io import write_png
+
+    pairs, reader = read_pairs(pairs_csv, root), FrameReader()
+    report = EvaluationReport("pairs", scorer.metrics, scorer.backends, settings={
+        "pairs": os.fspath(pairs_csv), "root": None if root is None else os.fspath(root),
+        "image_size": list(pipeline.image_size), SAME: {"relative": False, "adapt_scale": False},
+        CROSS: {"relative": True, "adapt_scale": True}, **scorer.settings()})
+    cross_metrics = [name for name in scorer.metrics if not METRICS[name].ground_truth]
+    for pair in tqdm(pairs, desc="pairs", unit="pair", disable=not progress, dynamic_ncols=True):
+        size = pipeline.image_size
+        source, driving = (resize_to_model(reader.read(ref), size) for ref in (pair.source, pair.driving))
+        cross = pair.mode == CROSS
+        anchor = resize_to_model(reader.read(pair.anchor), size) if cross and pair.anchor else None
+        frame = next(iter(pipeline.animate(source, [driving], relative=cross, adapt_scale=cross,
+                                           driving_initial=anchor))).frame
+        result = ItemResult.empty(f"pair{pair.row:05d}", cross_metrics if cross else scorer.metrics, pair.mode)
+        result.columns = {"source": pair.source.text, "driving": pair.driving.text,
+                          "driving_initial": pair.anchor.text if cross and pair.anchor else ""}
+        if {"csim"} & set(result.totals) and not scorer.set_source(to_uint8(source), key=pair.source.text):
+            result.notes.append("no face in the source")
+        result.add(scorer.score(frame, to_uint8(driving), list(result.totals)))
+        if save_frames and output_dir is not None:
+            (Path(output_dir) / "generated").mkdir(parents=True, exist_ok=True)
+            write_png(Path(output_dir) / "generated" / f"{result.name}.png", frame)
+        report.items.append(result)
+    return report
