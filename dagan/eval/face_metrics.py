@@ -70,17 +70,42 @@ class FaceMeasurer:
         self.poses = poses
 
     def measure(self, image: np.ndarray) -> FaceMeasurement:
+        """Landmarks (in the pixels of ``image``), identity embedding and head pose of the largest face.
+
+        Frames smaller than :data:`MIN_ANALYSIS_SIDE` (e.g. 64x64 outputs of small models) are enlarged by an
+        integer factor (bicubic) for the face backend, which misses faces that small; landmarks are scaled back.
+        """
         image = as_uint8_rgb(image)
-        boxes = self.analyzer.detect(image)
+        factor = upscale_factor(image)
+        analysed = enlarge(image, factor)
+        boxes = self.analyzer.detect(analysed)
         if not boxes:
             return FaceMeasurement()
-        landmarks = self.analyzer.landmarks(image, boxes[0])
+        landmarks = self.analyzer.landmarks(analysed, boxes[0])
         if landmarks is None:
             return FaceMeasurement()
-        embedding = self.analyzer.identity_embedding(image, boxes[0]) if self.embeddings else None
-        height, width = image.shape[:2]
+        embedding = self.analyzer.identity_embedding(analysed, boxes[0]) if self.embeddings else None
+        height, width = analysed.shape[:2]
         pose = head_pose_from_landmarks(landmarks, (width, height)) if self.poses else None
-        return FaceMeasurement(landmarks, embedding, pose)
+        return FaceMeasurement(landmarks / factor, embedding, pose)
+
+
+MIN_ANALYSIS_SIDE = 192  # pixels; dlib's HOG detector needs faces of about 80 px
+
+
+def upscale_factor(image: np.ndarray) -> int:
+    """Smallest integer factor that brings the shorter side of ``image`` to :data:`MIN_ANALYSIS_SIDE`."""
+    return max(1, -(-MIN_ANALYSIS_SIDE // min(image.shape[:2])))
+
+
+def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (factor H, factor W, 3) uint8, bicubic; the identity for factor 1."""
+    if factor == 1:
+        return image
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    return np.asarray(Image.fromarray(image).resize((width * factor, height * factor), Image.BICUBIC))
 
 
 def face_metric_backends(analyzer: FaceAnalyzer) -> dict[str, str]:
