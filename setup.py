@@ -12,6 +12,8 @@ EXTRAS = {
     # would pull opencv-python, which clashes with the headless build) and put its weight files in
     # $TORCH_HOME/hub/checkpoints (see README, "Faces").
     "face-alignment": ["numba>=0.58"],
+    # The local web app (scripts/app.py); its browser test also needs playwright and Debian's chromium.
+    "app": ["gradio>=6.31,<7"],
 }
 
 setup(

@@ -20,7 +20,7 @@ import torch
 
 from dagan.config import Config
 from dagan.geometry import Keypoints, adapt_movement_scale, normalize_keypoints
-from dagan.io.images import resize_to_model, to_uint8
+from dagan.io.images import MediaError, resize_to_model, to_uint8
 from dagan.model import DaGAN
 from dagan.networks.generator import SourceFeatures
 
@@ -245,6 +245,28 @@ class DaGANPipeline:
         with self.autocast():
             return self.render(source.image.expand(batch, -1, -1, -1), source.keypoints, kp_norm,
                                source_features=source.features.expand(batch), return_deformed=return_deformed)
+
+
+def best_aligned_frame(source_image: np.ndarray, driving_frames: Iterable[np.ndarray], analyzer=None) -> int:
+    """Index of the driving frame whose face is best aligned with the source: 68 landmarks normalised by
+    centroid and sqrt(convex-hull area), smallest squared difference (the reference demo's find_best_frame).
+
+    Frames are searched at their own resolution (normalised landmarks do not depend on it, and a small model
+    resolution may be too small for the face detector). Needs the ``[faces]`` extra.
+    """
+    from dagan.faces import find_best_frame, get_face_analyzer
+
+    return find_best_frame(to_uint8(source_image) if source_image.dtype != np.uint8 else source_image,
+                           iter(driving_frames), analyzer or get_face_analyzer("auto"))
+
+
+def frame_at(driving_frames: Iterable[np.ndarray], index: int) -> np.ndarray:
+    """Frame ``index`` of a re-iterable frame source (a VideoSource reads the video again)."""
+    count = 0
+    for count, frame in enumerate(driving_frames, start=1):
+        if count - 1 == index:
+            return frame
+    raise MediaError(f"frame {index} is past the end of the driving video ({count} frames)")
 
 
 def _float(keypoints: Keypoints) -> Keypoints:

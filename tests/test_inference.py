@@ -12,7 +12,7 @@ from conftest import PARITY_DIR, config_path, make_test_clip, require_shared
 from dagan.checkpoint import load_official
 from dagan.cli.demo import main as demo_main
 from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother, OneEuroFilter
-from dagan.io import open_video, probe
+from dagan.io import probe
 from dagan.config import load_config
 from dagan.geometry import Keypoints
 from dagan.model import DaGAN

@@ -6,7 +6,6 @@ Test media are generated with the ffmpeg binary from imageio-ffmpeg (lavfi tests
 from __future__ import annotations
 
 import os
-import subprocess
 import types
 from pathlib import Path
 from typing import List
@@ -21,7 +20,6 @@ from dagan.io import (
     FrameDirectoryWriter,
     MediaError,
     VideoWriter,
-    ffmpeg_executable,
     open_video,
     open_writer,
     probe,

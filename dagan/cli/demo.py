@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 import traceback
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from dagan.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint_or_official
 from dagan.config import ConfigError, load_config
-from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother
+from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother, best_aligned_frame, frame_at
 from dagan.io import MediaError, open_video, open_writer, read_image
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -100,24 +100,10 @@ def anchor_frame(args, source: np.ndarray, video) -> Optional[np.ndarray]:
     """The driving frame that anchors relative motion: --best_frame N, the best-aligned face, or the first."""
     index = args.best_frame
     if args.find_best_frame and index is None:
-        from dagan.faces import find_best_frame, get_face_analyzer
-
-        analyzer = get_face_analyzer("auto")
         print("finding the driving frame best aligned with the source...", file=sys.stderr)
-        # Normalised landmarks do not depend on resolution: search the frames as they are (the model's own
-        # resolution may be too small for the face detector).
-        index = find_best_frame(to_uint8(source), iter(video), analyzer)
+        index = best_aligned_frame(source, video)
         print(f"best frame: {index}", file=sys.stderr)
-    if index is None:
-        return None
-    for position, frame in enumerate(video):
-        if position == index:
-            return frame
-    raise MediaError(f"--best_frame {index} is past the end of the driving video ({position + 1} frames)")
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+    return None if index is None else frame_at(video, index)
 
 
 def visualization_path(result: str) -> str:
