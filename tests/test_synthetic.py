@@ -1,7 +1,8 @@
 """Synthetic talking-head clips: determinism, shapes, and the exactness of their ground-truth geometry.
 
-The back-projection / projection helpers below are deliberately local (pixel i's centre at coordinate i,
-``grid_sample`` with ``align_corners=False``); they will move to ``dagan.geometry``.
+Back-projection, projection and sampling go through ``dagan.geometry`` (pixel i's centre at coordinate i,
+``grid_sample`` with ``align_corners=False``), the functions the depth stage trains with; the helpers below
+only adapt them to single (H, W) maps.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
+from dagan import geometry
 from dagan.data import synthetic
 from dagan.data.synthetic import HeadShape, MotionRanges, SyntheticClip, relative_pose, render_clip, warp_points
 
@@ -18,15 +20,12 @@ SIZE = 64
 CLOSED_MOUTH = MotionRanges(mouth_opening_range=(0.0, 0.0))
 
 
-# Local camera geometry.
+# Camera geometry on single frames, through dagan.geometry (float64).
 def backproject(depth: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
     """Camera points (H, W, 3) of a depth map (H, W), pixel (i, j) at (u, v) = (j, i)."""
     height, width = depth.shape
-    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
-                          indexing="ij")
-    pixels = torch.stack([u, v, torch.ones_like(u)], dim=-1)  # (H, W, 3)
-    rays = pixels @ torch.linalg.inv(intrinsics.double()).T
-    return rays * depth.double()[..., None]
+    points = geometry.backproject(depth.double()[None, None], intrinsics.double()[None])  # (1, 3, H*W)
+    return points[0].T.reshape(height, width, 3)
 
 
 def transform(points: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
@@ -37,17 +36,16 @@ def transform(points: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
 
 def project(points: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
     """Pixel coordinates (..., 2) of camera points (..., 3)."""
-    projected = points @ intrinsics.double().T
-    return projected[..., :2] / projected[..., 2:3]
+    flat = points.reshape(1, -1, 3).transpose(1, 2)  # (1, 3, N)
+    pixels, _ = geometry.project(flat, intrinsics.double()[None])  # (1, N, 2)
+    return pixels[0].reshape(*points.shape[:-1], 2)
 
 
 def sample(image: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     """Bilinearly sample image (C, H, W) at pixel coordinates (H', W', 2): (C, H', W')."""
     height, width = image.shape[-2:]
-    normalized = torch.stack([(pixels[..., 0] + 0.5) / width * 2 - 1,
-                              (pixels[..., 1] + 0.5) / height * 2 - 1], dim=-1)
-    return F.grid_sample(image[None].double(), normalized[None], mode="bilinear", padding_mode="border",
-                         align_corners=False)[0]
+    grid = geometry.pixels_to_normalized(pixels, height, width)  # (H', W', 2)
+    return geometry.warp(image[None].double(), grid[None], padding_mode="border")[0]
 
 
 def erode(mask: torch.Tensor, pixels: int) -> torch.Tensor:

@@ -21,7 +21,8 @@ from torch import nn
 
 from dagan.checkpoint import export_official_depth
 from dagan.config import Config, DepthTrainParams, config_to_dict
-from dagan.data import DepthTripletDataset, make_sampler
+from dagan.data import DepthTripletDataset, SeededDataset, make_sampler
+from dagan.data.synthetic_dataset import SyntheticTripletDataset, is_synthetic_root
 from dagan.geometry import pose_to_matrix, reproject_grid, warp
 from dagan.losses import edge_aware_smoothness, photometric_error
 from dagan.model import DaGAN
@@ -115,6 +116,13 @@ def depth_grid(batch: dict, output: DepthStepOutput, rows: int = 4) -> np.ndarra
     return np.concatenate(lines, 0)
 
 
+def triplet_dataset(config: Config) -> SeededDataset:
+    """Stage 1's training triplets: rendered synthetic clips for a ``synthetic://`` root, else video frames."""
+    make = SyntheticTripletDataset if is_synthetic_root(config.dataset_params.root_dir) else DepthTripletDataset
+    return make.from_config(config.dataset_params, is_train=True, seed=config.train_params.seed,
+                            stride=config.depth_train_params.frame_stride)
+
+
 def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> dict:
     """Run stage 1 for ``depth_train_params.num_steps``; writes checkpoints and ``<log_dir>/depth/{encoder,depth}.pth``."""
     # Initialize.
@@ -124,8 +132,7 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
     device = context.device
 
     # Load data.
-    dataset = DepthTripletDataset.from_config(config.dataset_params, is_train=True, seed=run.seed,
-                                              stride=params.frame_stride)
+    dataset = triplet_dataset(config)
     per_rank = per_rank_batch(params.batch_size, context.world_size, run.grad_accumulation)
     sampler = make_sampler(dataset, run.seed, context.rank, context.world_size, block_size=per_rank)
 

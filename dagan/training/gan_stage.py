@@ -19,7 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dagan.checkpoint import load_official_depth_into
 from dagan.config import Config, TrainParams, config_to_dict
-from dagan.data import DatasetRepeater, FramesDataset, make_sampler
+from dagan.data import DatasetRepeater, FramesDataset, SeededDataset, make_sampler
+from dagan.data.synthetic_dataset import SyntheticPairDataset, is_synthetic_root
 from dagan.geometry import Keypoints, RandomTransform
 from dagan.losses import (ImagePyramid, equivariance_jacobian_loss, equivariance_value_loss, feature_matching_loss,
                           keypoint_distance_loss, lsgan_discriminator_loss, lsgan_generator_loss, perceptual_loss)
@@ -181,6 +182,12 @@ def wrap(module: nn.Module, context: distributed.DistributedContext, params: Tra
     return torch.compile(module) if params.compile else module
 
 
+def pair_dataset(config: Config) -> SeededDataset:
+    """Stage 2's training pairs: rendered synthetic clips for a ``synthetic://`` root, else video frames."""
+    make = SyntheticPairDataset if is_synthetic_root(config.dataset_params.root_dir) else FramesDataset
+    return make.from_config(config.dataset_params, is_train=True, seed=config.train_params.seed)
+
+
 def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dict:
     """Run stage 2 until ``train_params.num_steps``; returns the last logged statistics."""
     # Initialize.
@@ -190,8 +197,7 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
     device = context.device
 
     # Load data.
-    dataset = DatasetRepeater(FramesDataset.from_config(config.dataset_params, is_train=True, seed=params.seed),
-                              params.num_repeats)
+    dataset = DatasetRepeater(pair_dataset(config), params.num_repeats)
     per_rank = per_rank_batch(params.batch_size, context.world_size, params.grad_accumulation)
     epoch_steps = steps_per_epoch(len(dataset), params.batch_size)
     total_steps = params.num_steps or params.num_epochs * epoch_steps
