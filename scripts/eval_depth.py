@@ -4,7 +4,9 @@
 Renders ``--num_clips`` clips with seeds disjoint from the training clips, predicts depth with the trained
 network, the untrained network (the initialisation ``train_depth`` starts from) and a constant-depth baseline,
 and reports AbsRel, RMSE and delta<1.25 after per-image median scaling, on head pixels and on the full image
-(definitions: ``dagan/eval_depth.py``). Prints a Markdown table and writes everything to ``--output`` (JSON).
+(definitions: ``dagan/eval_depth.py``). The held-out clips follow the training clips' motion limits
+(``rotation_scale`` / ``translation_scale`` of the config's synthetic root; ``--default_motion`` for the renderer's
+defaults). Prints a Markdown table and writes everything to ``--output`` (JSON).
 
     python scripts/eval_depth.py --checkpoint runs/synthetic-depth/checkpoints             # newest checkpoint
     python scripts/eval_depth.py --checkpoint runs/synthetic-depth/checkpoints/00000900.pt --num_clips 64
@@ -13,6 +15,7 @@ and reports AbsRel, RMSE and delta<1.25 after per-image median scaling, on head 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,9 +26,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dagan.config import load_config  # noqa: E402
+from dagan.data.synthetic import MotionRanges  # noqa: E402
 from dagan.eval_depth import (EVAL_FPS, EVAL_SEED, check_disjoint_seeds, compare_depth, format_table,  # noqa: E402
                               load_depth_model, relative_improvement, render_evaluation_set, results_to_dict,
-                              training_seeds)
+                              training_motion, training_seeds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames_per_clip", type=int, default=4, help=f"frames per clip, {1 / EVAL_FPS:g} s apart")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"render seed of the first clip ({EVAL_SEED})")
     parser.add_argument("--size", type=int, default=None, help="frame size (default: the config's frame_shape)")
+    parser.add_argument("--default_motion", action="store_true", help="render the evaluation clips with the "
+                        "renderer's default head motion instead of the training clips' motion limits")
     parser.add_argument("--output", default="eval_depth.json", help="JSON file for the results")
     return parser
 
@@ -50,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     check_disjoint_seeds(seeds, training_seeds(config))
 
     start = time.time()
-    data = render_evaluation_set(args.num_clips, args.frames_per_clip, size, args.seed)
+    motion = MotionRanges() if args.default_motion else training_motion(config)
+    data = render_evaluation_set(args.num_clips, args.frames_per_clip, size, args.seed, motion=motion)
     results = compare_depth(model, config, data)
     print(f"{data.frames.shape[0]} frames of {args.num_clips} held-out clips (seeds {seeds[0]}..{seeds[-1]}), "
           f"{size}x{size}, {time.time() - start:.0f} s; errors after per-image median scaling\n")
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
               "min_depth": config.depth_train_params.min_depth, "max_depth": config.depth_train_params.max_depth,
               "evaluation": {"num_clips": args.num_clips, "frames_per_clip": args.frames_per_clip,
                              "seeds": [seeds[0], seeds[-1]], "size": size, "fps": EVAL_FPS,
-                             "frames": int(data.frames.shape[0])},
+                             "frames": int(data.frames.shape[0]), "motion": dataclasses.asdict(motion)},
               "results": results_to_dict(results)}
     with open(args.output, "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
