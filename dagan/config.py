@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 import yaml
+
+from dagan.io.files import atomic_write_text
 
 GENERATOR_TYPES = ("DepthAwareGenerator", "SPADEDepthAwareGenerator")
 KP_DETECTOR_INPUTS = {"rgbd": 4, "rgb": 3, "depth": 1}  # input name -> number of channels
@@ -425,14 +426,4 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, suffix=".yaml.tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            yaml.safe_dump(config_to_dict(config), stream, sort_keys=False)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -261,13 +261,36 @@ def training_motion(config: Config) -> MotionRanges:
     return spec.motion if spec is not None else MotionRanges()
 
 
+def predict_depths(model, config: Config, data: EvaluationSet) -> dict[str, torch.Tensor]:
+    """Depth (N, 1, H, W) of the evaluation frames from the constant baseline, the untrained network
+    (``untrained_model``) and ``model``, by method name."""
+    predictors = {"constant depth": constant_depth,
+                  "untrained network": network_depth(untrained_model(config), config),
+                  "trained network": network_depth(model, config)}
+    return {name: predictor(data.frames) for name, predictor in predictors.items()}
+
+
 def compare_depth(model, config: Config, data: EvaluationSet) -> dict[str, dict[str, DepthErrors]]:
-    """Errors of the constant baseline, the untrained network (``untrained_model``) and ``model``."""
-    results = {"constant depth": evaluate_predictor(constant_depth, data)}
-    untrained = untrained_model(config)
-    results["untrained network"] = evaluate_predictor(network_depth(untrained, config), data)
-    results["trained network"] = evaluate_predictor(network_depth(model, config), data)
-    return results
+    """Errors of the constant baseline, the untrained network and ``model`` (``predict_depths``)."""
+    return {name: evaluate_predictions(depth, data) for name, depth in predict_depths(model, config, data).items()}
+
+
+def depth_figure(data: EvaluationSet, predictions: dict[str, torch.Tensor], indices: list[int]) -> torch.Tensor:
+    """A picture of head depth: one row per evaluation frame in ``indices``; columns: the frame, the ground truth,
+    then each prediction median-scaled on the head pixels. Near = bright; every depth map of a row is drawn with
+    the ground truth's head range of that row (values outside it clipped) and black background, so the shapes
+    compare directly. Returns (3, rows * H, columns * W) in [0, 1]."""
+    rows = []
+    for index in indices:
+        mask, truth = data.head_mask[index], data.depth[index]
+        near, far = truth[mask].min(), truth[mask].max()
+        tiles = [data.frames[index]]
+        for depth in [truth] + [prediction[index] for prediction in predictions.values()]:
+            scaled = depth * truth[mask].median() / depth[mask].median()
+            brightness = ((far - scaled) / (far - near).clamp_min(1e-8)).clamp(0, 1) * mask
+            tiles.append(brightness.expand(3, -1, -1))
+        rows.append(torch.cat(tiles, dim=2))
+    return torch.cat(rows, dim=1)
 
 
 def results_to_dict(results: dict[str, dict[str, DepthErrors]]) -> dict:

@@ -3,13 +3,15 @@
 
 Renders ``--num_clips`` clips with seeds disjoint from the training clips, predicts depth with the trained
 network, the untrained network (the initialisation ``train_depth`` starts from) and a constant-depth baseline,
-and reports AbsRel, RMSE and delta<1.25 after per-image median scaling, on head pixels and on the full image
+and reports AbsRel, RMSE, delta<1.25 and delta<1.05 after per-image median scaling, on head pixels and on the full image
 (definitions: ``dagan/eval_depth.py``). The held-out clips follow the training clips' motion limits
 (``rotation_scale`` / ``translation_scale`` of the config's synthetic root; ``--default_motion`` for the renderer's
-defaults). Prints a Markdown table and writes everything to ``--output`` (JSON).
+defaults). Prints a Markdown table, writes everything to ``--output`` (JSON) and, with ``--figure``, a
+picture of the depth maps.
 
     python scripts/eval_depth.py --checkpoint runs/synthetic-depth/checkpoints             # newest checkpoint
-    python scripts/eval_depth.py --checkpoint runs/synthetic-depth/checkpoints/00000900.pt --num_clips 64
+    python scripts/eval_depth.py --checkpoint runs/synthetic-depth/checkpoints/00003000.pt --num_clips 64 \
+        --default_motion --figure depth.png
     python scripts/eval_depth.py --checkpoint runs/synthetic-depth/depth                   # encoder.pth + depth.pth
 """
 from __future__ import annotations
@@ -27,9 +29,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dagan.config import load_config  # noqa: E402
 from dagan.data.synthetic import MotionRanges  # noqa: E402
-from dagan.eval_depth import (EVAL_FPS, EVAL_SEED, check_disjoint_seeds, compare_depth, format_table,  # noqa: E402
-                              load_depth_model, relative_improvement, render_evaluation_set, results_to_dict,
-                              training_motion, training_seeds)
+from dagan.eval_depth import (EVAL_FPS, EVAL_SEED, check_disjoint_seeds, depth_figure,  # noqa: E402
+                              evaluate_predictions, format_table, load_depth_model, predict_depths,
+                              relative_improvement, render_evaluation_set, results_to_dict, training_motion,
+                              training_seeds)
+from dagan.io import write_png  # noqa: E402
+from dagan.io.files import atomic_write_text  # noqa: E402
+from dagan.visualization import to_image  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,11 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--default_motion", action="store_true", help="render the evaluation clips with the "
                         "renderer's default head motion instead of the training clips' motion limits")
     parser.add_argument("--output", default="eval_depth.json", help="JSON file for the results")
+    parser.add_argument("--figure", default=None, help="also write a PNG of head depth maps (frame, ground truth, "
+                        "each method) for the first frame of the first --figure_rows clips")
+    parser.add_argument("--figure_rows", type=int, default=4, help="rows of the --figure picture (4)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return evaluate(args)
+    except (ValueError, OSError) as error:  # CheckpointError and ConfigError are ValueErrors
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    for name in ("num_clips", "frames_per_clip", "figure_rows"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1 (got {getattr(args, name)})")
     model, config = load_depth_model(args.checkpoint, load_config(args.config) if args.config else None)
     size = args.size or config.dataset_params.frame_shape[0]
     seeds = list(range(args.seed, args.seed + args.num_clips))
@@ -58,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     motion = MotionRanges() if args.default_motion else training_motion(config)
     data = render_evaluation_set(args.num_clips, args.frames_per_clip, size, args.seed, motion=motion)
-    results = compare_depth(model, config, data)
+    predictions = predict_depths(model, config, data)
+    results = {name: evaluate_predictions(depth, data) for name, depth in predictions.items()}
     print(f"{data.frames.shape[0]} frames of {args.num_clips} held-out clips (seeds {seeds[0]}..{seeds[-1]}), "
           f"{size}x{size}, {time.time() - start:.0f} s; errors after per-image median scaling\n")
     print(format_table(results))
@@ -73,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
                              "seeds": [seeds[0], seeds[-1]], "size": size, "fps": EVAL_FPS,
                              "frames": int(data.frames.shape[0]), "motion": dataclasses.asdict(motion)},
               "results": results_to_dict(results)}
-    with open(args.output, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2)
+    atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.output}")
+    if args.figure:
+        rows = list(range(0, min(args.figure_rows, args.num_clips) * args.frames_per_clip, args.frames_per_clip))
+        write_png(args.figure, to_image(depth_figure(data, predictions, rows)))
+        print(f"wrote {args.figure} (columns: frame, ground truth, {', '.join(predictions)})")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Shared test fixtures: the tiny config, seeded models, and the location of the parity fixture."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 from pathlib import Path
@@ -22,6 +23,19 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 def config_path(name: str) -> str:
     return str(REPO_ROOT / "configs" / name)
+
+
+def load_module(path: Path, name: str):
+    """Import a Python file that is not in a package (a script, the parity fixture's materialize.py)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module (its ``main(argv)`` can then be called in-process)."""
+    return load_module(REPO_ROOT / "scripts" / f"{name}.py", f"{name}_script")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ docs/app-screenshot.png (DAGAN_APP_TEST_CHECKPOINT picks another checkpoint for 
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -18,7 +17,7 @@ import torch
 gr = pytest.importorskip("gradio", reason="the web app needs gradio: pip install gradio==6.31.0")
 
 from app_browser import PLAY_VIDEO_JS, WATCH_PROGRESS_JS, AppServer, browser_missing, launch_chromium  # noqa: E402
-from conftest import REPO_ROOT, config_path, ffmpeg, make_test_clip  # noqa: E402
+from conftest import REPO_ROOT, config_path, ffmpeg, load_script, make_test_clip  # noqa: E402
 from dagan.app import AnimationRequest, Animator, AppSettings, build_app, find_checkpoints  # noqa: E402
 from dagan.checkpoint import export_official  # noqa: E402
 from dagan.config import load_config  # noqa: E402
@@ -194,9 +193,7 @@ def test_requests_are_queued_one_at_a_time(tmp_path, tiny_checkpoint):
 
 
 def test_script_refuses_a_missing_checkpoint(capsys):
-    spec = importlib.util.spec_from_file_location("app_script", REPO_ROOT / "scripts" / "app.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("app")
     defaults = script.build_parser().parse_args([])
     assert (defaults.host, defaults.port, defaults.max_upload_mb, defaults.device) == ("127.0.0.1", 7860, 200, "auto")
     assert script.main(["--checkpoint", "missing.pt"]) == 1

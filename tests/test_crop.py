@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import importlib.util
 import io
 import subprocess
 from pathlib import Path
@@ -19,19 +18,12 @@ pytest.importorskip("dlib")
 pytest.importorskip("face_recognition_models")
 pytest.importorskip("cv2")
 
+from conftest import load_script  # noqa: E402
 from dagan import crop  # noqa: E402
 from dagan.faces import Box  # noqa: E402
 from dagan.io import ffmpeg_executable, open_video, probe, read_image_uint8, write_png  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 VIDEO = "feat/tests/data/WolfgangLanger_Pexels.mp4"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_main(module, argv: list[str]) -> tuple[int, str, str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
-import importlib.util
 import json
 import math
 import warnings
@@ -19,7 +18,7 @@ import torch
 from skimage import data as skimage_data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from conftest import REPO_ROOT, config_path, ffmpeg
+from conftest import REPO_ROOT, config_path, ffmpeg, load_script
 from dagan.eval import (LPIPSWeightsMissing, l1_distance, load_lpips, lpips_distance, pair_items,
                         psnr, read_pairs, select_metrics, ssim)
 from dagan.eval.lpips import AlexNetTrunk, LPIPSHead, VGG16Trunk
@@ -30,11 +29,8 @@ SAMPLE_VIDEO = REPO_ROOT / "data" / "samples" / "driving.mp4"
 SHIFT = 8
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO_ROOT / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_evaluate_script():
+    return load_script("evaluate")
 
 
 def has_face_backend() -> bool:
@@ -160,7 +156,7 @@ def test_lpips_refuses_without_weights(tmp_path, capsys):
         assert needed in message
     with pytest.raises(LPIPSWeightsMissing, match="does not exist"):
         load_lpips("vgg", str(tmp_path / "missing.pth"), str(tmp_path / "missing_head.pth"))
-    code = load_script().main(["--generated", str(SAMPLE_VIDEO), "--reference", str(SAMPLE_VIDEO),
+    code = load_evaluate_script().main(["--generated", str(SAMPLE_VIDEO), "--reference", str(SAMPLE_VIDEO),
                                "--metrics", "lpips", "--output", str(tmp_path / "r.json"), "--no_progress"])
     assert code == 1 and "alexnet-owt-7be5be79.pth" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
@@ -245,7 +241,7 @@ def test_evaluate_script_on_directories(tmp_path, capsys):
     ffmpeg("-i", str(SAMPLE_VIDEO), "-frames:v", "2", "-an", str(tmp_path / "reference" / "extra.mp4"))
     write_png(tmp_path / "source.png", frames[0])
     out = tmp_path / "out"
-    code = load_script().main([
+    code = load_evaluate_script().main([
         "--generated", str(tmp_path / "generated"), "--reference", str(tmp_path / "reference"),
         "--source", str(tmp_path / "source.png"), "--metrics", "l1,ssim,psnr,akd,aed,csim,prmse",
         "--output", str(out / "results.json"), "--csv", str(out / "per_item.csv"), "--no_progress"])
@@ -287,7 +283,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 def test_reconstruction_protocol_from_checkpoint(tmp_path, tiny_checkpoint, tiny_dataset, capsys):
     metrics = "l1,ssim,psnr,akd" if has_face_backend() else "l1,ssim,psnr"
-    code = load_script().main(["--checkpoint", str(tiny_checkpoint), "--protocol", "reconstruction",
+    code = load_evaluate_script().main(["--checkpoint", str(tiny_checkpoint), "--protocol", "reconstruction",
                                "--dataset", str(tiny_dataset), "--metrics", metrics, "--output", str(tmp_path),
                                "--save_videos", "--device", "cpu", "--no_progress"])
     assert code == 0 and "protocol: reconstruction" in capsys.readouterr().out
@@ -304,7 +300,7 @@ def test_pairs_protocol_from_checkpoint(tmp_path, tiny_checkpoint, tiny_dataset)
     write_png(tiny_dataset / "face.png", sample_frames(1)[0])
     (tmp_path / "pairs.csv").write_text("source,driving,mode\ntest/clip.mp4:0,test/clip.mp4:5,\n"
                                         "face.png,test/clip.mp4:7,\n")
-    code = load_script().main(["--checkpoint", str(tiny_checkpoint), "--protocol", "pairs", "--pairs",
+    code = load_evaluate_script().main(["--checkpoint", str(tiny_checkpoint), "--protocol", "pairs", "--pairs",
                                str(tmp_path / "pairs.csv"), "--dataset", str(tiny_dataset), "--metrics", "l1,psnr",
                                "--output", str(tmp_path / "out"), "--device", "cpu", "--no_progress"])
     assert code == 0

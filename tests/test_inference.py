@@ -1,14 +1,13 @@
 """The animation pipeline and demo.py end to end on the tiny config (CPU, seconds)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import PARITY_DIR, config_path, make_test_clip, require_shared
+from conftest import PARITY_DIR, config_path, load_module, make_test_clip, require_shared
 from dagan.checkpoint import load_official
 from dagan.cli.demo import main as demo_main
 from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother, OneEuroFilter
@@ -131,9 +130,7 @@ def test_batch_size_does_not_change_results(tiny_checkpoint):
 def test_relative_adapt_scale_matches_parity_fixture(tmp_path):
     """The pipeline's transferred keypoints equal the reference's normalize_kp output."""
     require_shared(PARITY_DIR)
-    spec = importlib.util.spec_from_file_location("materialize", PARITY_DIR / "materialize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module(PARITY_DIR / "materialize.py", "dagan_parity_materialize")
     paths = module.materialize(str(tmp_path))
     model = load_official(paths["checkpoint"], os.path.dirname(paths["encoder"]), str(PARITY_DIR / "model.yaml"))
     inputs, expected = np.load(PARITY_DIR / "inputs.npz"), np.load(PARITY_DIR / "expected.npz")

@@ -6,7 +6,6 @@ arrays; "end_to_end": everything computed from the images).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PARITY_DIR, require_shared
+from conftest import PARITY_DIR, load_module, require_shared
 from dagan.geometry import Keypoints, adapt_movement_scale, normalize_keypoints
 from dagan.model import DaGAN
 
@@ -32,9 +31,7 @@ def fixture_data():
 
 
 def materialize(out_dir, module_prefix: bool):
-    spec = importlib.util.spec_from_file_location("dagan_parity_materialize", PARITY_DIR / "materialize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module(PARITY_DIR / "materialize.py", "dagan_parity_materialize")
     return module.materialize(str(out_dir), module_prefix=module_prefix)
 
 

@@ -10,16 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import config_path
+from conftest import config_path, load_script
 from dagan.cli.train import main as train_main
 from dagan.config import load_config
 from dagan.data.synthetic import BACKGROUND_DEPTH, relative_pose
 from dagan.data.synthetic_dataset import (SyntheticPairDataset, SyntheticSpec, SyntheticTripletDataset,
                                           is_synthetic_root)
 from dagan.eval_depth import (EVAL_SEED, DepthErrors, check_disjoint_seeds, compare_depth, constant_depth,
-                              depth_errors, evaluate_predictions, format_table, load_depth_model,
+                              depth_errors, depth_figure, evaluate_predictions, format_table, load_depth_model,
                               relative_improvement, render_evaluation_set, training_motion, training_seeds)
 from dagan.geometry import backproject, project, reproject_grid, warp
+from dagan.io import read_image_uint8
 
 SIZE = 64
 RIGID = SyntheticSpec(num_clips=2, num_frames=5, seed=7, talking=False)  # fps 5: 1-4 pixels between frames
@@ -140,6 +141,17 @@ def test_depth_errors_are_scale_invariant_and_zero_for_the_truth():
     assert 0.01 < constant["head"].abs_rel < 0.1 < constant["full"].abs_rel
     with pytest.raises(ValueError, match="positive"):
         depth_errors(-data.depth, data.depth, data.head_mask)
+    # The picture: frame, ground truth, then each method; near = bright, background black.
+    depth_before = data.depth.clone()
+    figure = depth_figure(data, {"truth": data.depth * 3.0, "constant depth": constant_depth(data.frames)}, [0, 1])
+    assert figure.shape == (3, 2 * 32, 4 * 32) and 0 <= figure.min() and figure.max() <= 1
+    tiles = figure[0].unflatten(0, (2, 32)).unflatten(2, (4, 32))  # (row, y, column, x)
+    for row in range(2):
+        mask = data.head_mask[row, 0]
+        assert torch.allclose(tiles[row, :, 1], tiles[row, :, 2], atol=1e-6)  # a scaled truth draws as the truth
+        assert tiles[row, :, 1][~mask].max() == 0 and tiles[row, :, 1][mask].max() == 1
+        assert tiles[row, :, 3][mask].unique().numel() == 1  # the constant depth is flat
+    assert torch.equal(data.depth, depth_before)  # drawing leaves the evaluation set alone
     table = format_table({"constant depth": constant})
     assert "head AbsRel" in table and "head δ<1.05" in table and "constant depth" in table
     check_disjoint_seeds(data.seeds, range(0, 64))
@@ -193,3 +205,24 @@ def test_short_depth_run_learns_head_geometry(short_run):
     folder_model, _ = load_depth_model(short_run / "depth")
     frames = data.frames[:2]
     assert torch.allclose(folder_model.depth(frames), model.depth(frames))
+
+
+def test_eval_depth_script_report_figure_and_errors(short_run, tmp_path, capsys):
+    script = load_script("eval_depth")
+    report_path, figure_path = tmp_path / "eval" / "report.json", tmp_path / "depth.png"
+    arguments = ["--checkpoint", str(short_run / "depth"), "--num_clips", "2", "--frames_per_clip", "2"]
+    assert script.main(arguments + ["--output", str(report_path), "--figure", str(figure_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| trained network |" in printed and "head δ<1.05" in printed
+    report = json.loads(report_path.read_text())
+    assert set(report["results"]) == {"constant depth", "untrained network", "trained network"}
+    assert report["evaluation"]["frames"] == 4 and report["evaluation"]["motion"]["max_yaw_degrees"] == 30
+    assert set(report["results"]["trained network"]["head"]) >= {"abs_rel", "rmse", "delta_1", "delta_tight"}
+    figure = read_image_uint8(figure_path)
+    assert figure.shape == (2 * SIZE, 5 * SIZE, 3)  # 2 clips; frame, truth, constant, untrained, trained
+    # Held-out seeds that overlap the training clips, and a bad count, are refused with a message.
+    assert script.main(arguments + ["--seed", "3", "--output", str(tmp_path / "x.json")]) == 1
+    assert "overlap the training clips" in capsys.readouterr().err
+    assert script.main(arguments[:2] + ["--num_clips", "0"]) == 1
+    assert "--num_clips must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT, config_path
+from conftest import REPO_ROOT, config_path, load_script
 from dagan.cli.train import main as train_main
 from dagan.checkpoint import export_official_depth, read_file
 from dagan.config import load_config
@@ -215,11 +215,8 @@ def test_gan_stage_learns_to_reconstruct(tmp_path, depth_dir):
 
 
 def test_export_checkpoint_script(tmp_path, depth_dir):
-    import importlib.util
     assert run_train(tmp_path / "run", gan_overrides(depth_dir, 2)) == 0
-    spec = importlib.util.spec_from_file_location("export_checkpoint", REPO_ROOT / "scripts" / "export_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("export_checkpoint")
     trained = tmp_path / "run" / "checkpoints" / "00000002.pt"
     assert module.main(["--checkpoint", str(trained), "--inference", str(tmp_path / "dagan.pt"),
                         "--official", str(tmp_path / "release")]) == 0

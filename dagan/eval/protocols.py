@@ -42,6 +42,7 @@ from dagan.eval.lpips import LPIPS, LPIPSWeightsMissing, load_lpips, lpips_dista
 from dagan.eval.metrics import METRIC_NAMES, METRICS, PIXEL_BACKENDS, PIXEL_METRICS, MetricTotal
 from dagan.faces import FaceAnalyzer, MissingFaceBackend, get_face_analyzer
 from dagan.io import IMAGE_SUFFIXES, MediaError, open_video, read_image_uint8, resize_to_model, to_uint8
+from dagan.io.files import atomic_write_text
 
 if TYPE_CHECKING:
     from dagan.inference import DaGANPipeline
@@ -250,7 +251,7 @@ class EvaluationReport:
         return notes
 
     def write_json(self, path: str | os.PathLike) -> None:
-        _atomic_write_text(path, json.dumps(self.summary(), indent=2, allow_nan=False) + "\n")
+        atomic_write_text(path, json.dumps(self.summary(), indent=2, allow_nan=False) + "\n")
 
     def write_csv(self, path: str | os.PathLike) -> None:
         """One row per item: name, [group], frames, each metric, skipped counts of face metrics, extras, notes."""
@@ -266,7 +267,7 @@ class EvaluationReport:
             row += [str(item.totals[name].skipped) if name in item.totals else "" for name in face]
             row += [item.columns.get(key, "") for key in extras] + ["; ".join(item.notes)]
             rows.append(row)
-        _atomic_write_text(path, _csv_text([header] + rows))
+        atomic_write_text(path, _csv_text([header] + rows))
 
     def table(self) -> str:
         """A plain-text table of the pooled means with each metric's backend, and the notes."""
@@ -302,12 +303,6 @@ def _csv_text(rows: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 # Scoring a sequence of frame pairs.
