@@ -4,6 +4,7 @@ constant depth on held-out clips)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -226,3 +227,24 @@ def test_eval_depth_script_report_figure_and_errors(short_run, tmp_path, capsys)
     assert script.main(arguments[:2] + ["--num_clips", "0"]) == 1
     assert "--num_clips must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_gan_stage_runs_on_synthetic_clips_with_the_trained_depth(short_run, tmp_path):
+    """configs/synthetic-gan.yaml: stage 2 on synthetic pairs, the stage-1 depth folder loaded and kept frozen."""
+    log_dir = tmp_path / "synthetic-gan"
+    overrides = [f"model_params.depth_params.checkpoint_dir={short_run / 'depth'}", "train_params.num_steps=2",
+                 "train_params.batch_size=2", "train_params.log_every=1", "train_params.checkpoint_every=2",
+                 "dataset_params.root_dir=synthetic://num_clips=4,num_frames=8,fps=5,seed=0"]
+    arguments = ["--config", config_path("synthetic-gan.yaml"), "--log_dir", str(log_dir)]
+    for override in overrides:
+        arguments += ["--set", override]
+    assert train_main(arguments) == 0
+    records = [json.loads(line) for line in open(log_dir / "stats.jsonl")]
+    assert [record["step"] for record in records] == [1, 2] and "Loss/perceptual" in records[0]
+    assert all(math.isfinite(value) for record in records for key, value in record.items() if key.startswith("Loss"))
+    from dagan.model import DaGAN
+    trained = DaGAN.from_checkpoint(log_dir / "checkpoints" / "00000002.pt")
+    depth_model, _ = load_depth_model(short_run / "depth")
+    for name in ("depth_encoder", "depth_decoder"):
+        for key, value in depth_model.network_state_dicts()[name].items():
+            assert torch.equal(trained.network_state_dicts()[name][key], value), (name, key)
