@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dagan.config import load_config  # noqa: E402
 from dagan.model import DaGAN  # noqa: E402
 from dagan.training.gan_stage import DiscriminatorStep, GeneratorStep, build_vgg, step_transform  # noqa: E402
+from dagan.training.run import adam  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "vox-adv-256.yaml")
 
@@ -38,8 +39,8 @@ def measure(config, device: torch.device, batch_size: int, steps: int, bf16: boo
     if compile_steps:
         generator_step, discriminator_step = torch.compile(generator_step), torch.compile(discriminator_step)
     generator_parameters = list(model.generator.parameters()) + list(model.kp_detector.parameters())
-    optimizer_g = torch.optim.Adam(generator_parameters, lr=params.lr_generator, betas=(0.5, 0.999))
-    optimizer_d = torch.optim.Adam(model.discriminator.parameters(), lr=params.lr_discriminator, betas=(0.5, 0.999))
+    optimizer_g = adam(generator_parameters, params.lr_generator, betas=(0.5, 0.999))  # as train.py builds them
+    optimizer_d = adam(model.discriminator.parameters(), params.lr_discriminator, betas=(0.5, 0.999))
     height, width = config.dataset_params.frame_shape[:2]
     source = torch.rand(batch_size, 3, height, width, device=device)
     driving = torch.rand(batch_size, 3, height, width, device=device)

@@ -28,7 +28,7 @@ from dagan.losses import edge_aware_smoothness, photometric_error
 from dagan.model import DaGAN
 from dagan.networks.depth import NUM_SCALES, PoseNetwork
 from dagan.training import distributed
-from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, check_finite,
+from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, adam, check_finite,
                                 load_training_state,
                                 per_rank_batch, rng_state, seed_everything, set_rng_state)
 from dagan.visualization import disparity_image, to_image
@@ -145,7 +145,7 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
         if device.type != "cuda":
             raise TrainingError("train_params.sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm); set it to false")
         step_module = nn.SyncBatchNorm.convert_sync_batchnorm(step_module)
-    optimizer = torch.optim.Adam([p for p in step_module.parameters() if p.requires_grad], lr=params.lr)
+    optimizer = adam([p for p in step_module.parameters() if p.requires_grad], lr=params.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=params.lr_step or 10 ** 12, gamma=0.1)
 
     # Resume.

@@ -27,7 +27,7 @@ from dagan.losses import (ImagePyramid, equivariance_jacobian_loss, equivariance
 from dagan.model import DaGAN
 from dagan.networks.backbones import VGG19, load_vgg19_weights
 from dagan.training import distributed
-from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, check_finite,
+from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, adam, check_finite,
                                 load_training_state, per_rank_batch, rng_state, seed_everything, set_rng_state,
                                 steps_per_epoch)
 from dagan.visualization import training_grid
@@ -222,10 +222,9 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
     generator_step = GeneratorStep(model, vgg, params).to(device)
     discriminator_step = DiscriminatorStep(model, params).to(device)
     optimizers = {
-        "generator": torch.optim.Adam(model.generator.parameters(), lr=params.lr_generator, betas=(0.5, 0.999)),
-        "kp_detector": torch.optim.Adam(model.kp_detector.parameters(), lr=params.lr_kp_detector, betas=(0.5, 0.999)),
-        "discriminator": torch.optim.Adam(model.discriminator.parameters(), lr=params.lr_discriminator,
-                                          betas=(0.5, 0.999)),
+        "generator": adam(model.generator.parameters(), params.lr_generator, betas=(0.5, 0.999)),
+        "kp_detector": adam(model.kp_detector.parameters(), params.lr_kp_detector, betas=(0.5, 0.999)),
+        "discriminator": adam(model.discriminator.parameters(), params.lr_discriminator, betas=(0.5, 0.999)),
     }
     milestones = [milestone * epoch_steps for milestone in params.epoch_milestones]
     schedulers = {name: torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
