@@ -170,8 +170,7 @@ TRAIN_STEPS = 50
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    """A short depth-stage run on synthetic clips through the CLI (config synthetic-depth.yaml), on one thread:
-    deterministic, and on a busy CPU far faster than several OpenMP threads waiting for each other."""
+    """A short depth-stage run on synthetic clips through the CLI (config synthetic-depth.yaml)."""
     log_dir = tmp_path_factory.mktemp("synthetic-depth")
     overrides = [f"dataset_params.root_dir={TRAIN_ROOT}", f"depth_train_params.num_steps={TRAIN_STEPS}",
                  f"train_params.checkpoint_every={TRAIN_STEPS}", "train_params.image_every=1000",
@@ -179,12 +178,7 @@ def short_run(tmp_path_factory):
     arguments = ["--config", config_path("synthetic-depth.yaml"), "--log_dir", str(log_dir)]
     for override in overrides:
         arguments += ["--set", override]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert train_main(arguments) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert train_main(arguments) == 0
     return log_dir
 
 
