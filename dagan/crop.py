@@ -32,6 +32,7 @@ right and y down; ``image_shape`` is ``(height, width)`` of the output; times ar
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -50,15 +51,16 @@ from tqdm import tqdm
 
 from dagan.faces import Box, FaceAnalyzer, NoFaceFound, get_face_analyzer
 from dagan.io import (
-    IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     FrameDirectoryWriter,
     MediaError,
     VideoSource,
     VideoWriter,
     ffmpeg_executable,
+    is_image_file,
     open_video,
 )
+from dagan.io.files import atomic_write_text
 
 __all__ = [
     "CropPlan",
@@ -81,6 +83,8 @@ __all__ = [
     "crop_image",
     "is_image_path",
     "parse_image_shape",
+    "add_crop_arguments",
+    "crop_settings",
     "build_analyzer",
     "PrepareSummary",
     "prepare_dataset",
@@ -135,6 +139,27 @@ def parse_image_shape(text: str) -> tuple[int, int]:
     if min(height, width) < 1:
         raise ValueError(f"sizes must be positive, got {text!r}")
     return height, width
+
+
+def add_crop_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command-line options of :class:`CropSettings` and the face backend, shared by the crop scripts."""
+    defaults = CropSettings()
+    parser.add_argument("--image_shape", type=parse_image_shape, default=defaults.image_shape, metavar="H,W",
+                        help="output HEIGHT,WIDTH (256,256)")
+    parser.add_argument("--iou_with_initial", type=float, default=defaults.iou_with_initial,
+                        help="a tube continues while a detection overlaps its first box by more than this IoU")
+    parser.add_argument("--min_frames", type=int, default=defaults.min_frames,
+                        help="drop face tubes of this many frames or fewer (150: ~6 s at 25 fps)")
+    parser.add_argument("--increase", type=float, default=defaults.increase,
+                        help="box enlargement per side (fraction)")
+    parser.add_argument("--backend", choices=("auto", "dlib", "face_alignment"), default="auto",
+                        help="face detector backend (auto: dlib if installed, else face_alignment)")
+
+
+def crop_settings(args: argparse.Namespace) -> CropSettings:
+    """The :class:`CropSettings` of options added by :func:`add_crop_arguments`."""
+    return CropSettings(image_shape=args.image_shape, iou_with_initial=args.iou_with_initial,
+                        min_frames=args.min_frames, increase=args.increase)
 
 
 # Box geometry.
@@ -455,7 +480,7 @@ def crop_video(inp: PathLike, out_dir: PathLike, analyzer: FaceAnalyzer,
 def is_image_path(path: PathLike) -> bool:
     """True for a file with an image suffix (png, jpg, jpeg, bmp, webp)."""
     path = Path(path)
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    return path.is_file() and is_image_file(path)
 
 
 def image_crop_box(box: Box, image_size: tuple[int, int], increase: float = 0.1,
@@ -643,10 +668,8 @@ def _load_state(root: Path, settings: dict) -> dict:
 
 
 def _save_state(root: Path, state: dict) -> None:
-    """Write the state file atomically (temporary file + os.replace)."""
-    temporary = root / f"{STATE_FILE}.partial-{os.getpid()}"
-    temporary.write_text(json.dumps(state, indent=1, sort_keys=True))
-    os.replace(temporary, root / STATE_FILE)
+    """Write the state file atomically."""
+    atomic_write_text(root / STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
 
 
 def _is_finished(entry: Optional[dict], root: Path) -> bool:

@@ -184,8 +184,12 @@ class DaGANPipeline:
     # Source and driving work.
     @torch.no_grad()
     def prepare_source(self, source_image: np.ndarray) -> SourceState:
-        """Disparity, keypoints and generator features of the source, computed once."""
-        image = self.to_tensor([source_image])
+        """Disparity, keypoints and generator features of the source image (H, W, 3), computed once."""
+        return self.source_state(self.to_tensor([source_image]))
+
+    @torch.no_grad()
+    def source_state(self, image: torch.Tensor) -> SourceState:
+        """:meth:`prepare_source` for a source already on the model's device: image (1, 3, H, W) in [0, 1]."""
         with self.autocast():
             disparity = self.model.depth(image)
             keypoints = self.model.keypoints(image, disparity)

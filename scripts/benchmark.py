@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dagan.config import load_config  # noqa: E402
 from dagan.geometry import adapt_movement_scale, normalize_keypoints, warp_by_deformation  # noqa: E402
-from dagan.inference import DaGANPipeline, SourceState  # noqa: E402
+from dagan.inference import DaGANPipeline  # noqa: E402
+from dagan.io.files import atomic_write_text  # noqa: E402
 from dagan.model import DaGAN  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "vox-adv-256.yaml")
@@ -83,12 +84,10 @@ class Cached:
     def __init__(self, model: DaGAN, source: torch.Tensor, initial: torch.Tensor, compile_model: bool = False,
                  precision: str = "fp32"):
         self.pipeline = DaGANPipeline(model, device=source.device, compile=compile_model, precision=precision)
+        self.state = self.pipeline.source_state(source)
+        self.source, self.disparity = source, self.state.disparity
+        self.kp_source, self.features = self.state.keypoints, self.state.features
         with torch.no_grad():
-            self.source = source
-            self.disparity = model.depth(source)
-            self.kp_source = model.keypoints(source, self.disparity)
-            self.features = model.encode_source(source, self.disparity)
-            self.state = SourceState(source, self.disparity, self.kp_source, self.features)
             self.kp_initial = model.keypoints(initial)
             self.scale = adapt_movement_scale(self.kp_source, self.kp_initial)
 
@@ -204,8 +203,7 @@ def main(argv=None) -> int:
                                                device, args.repeats, "bf16", compile_model=True))
         results["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
     print_table(results)
-    with open(args.output, "w") as handle:
-        json.dump(results, handle, indent=1)
+    atomic_write_text(args.output, json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.output}")
     return 0
 

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dagan.config import load_config  # noqa: E402
 from dagan.model import DaGAN  # noqa: E402
 from dagan.training.gan_stage import DiscriminatorStep, GeneratorStep, build_vgg, step_transform  # noqa: E402
+from dagan.io.files import atomic_write_text  # noqa: E402
 from dagan.training.run import adam  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "vox-adv-256.yaml")
@@ -108,8 +109,7 @@ def main(argv=None) -> int:
     for run in results["runs"]:
         print(f"{run['batch_size']:5d} {str(run['bf16']):>5s} {str(run['compile']):>7s} {run['seconds_per_step']:8.2f} "
               f"{run['steps_per_second']:8.3f} {run['samples_per_second']:9.3f} {run['peak_memory_gib']:9.2f}")
-    with open(args.output, "w") as handle:
-        json.dump(results, handle, indent=1)
+    atomic_write_text(args.output, json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.output}")
     return 0
 

@@ -36,15 +36,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inp", required=True, help="input video (or frame folder), or an image (png/jpg/...)")
     parser.add_argument("--out", required=True, help="output folder: <stem>_<k>.mp4 per clip, <stem>.png for an image")
-    parser.add_argument("--image_shape", type=crop.parse_image_shape, default=(256, 256), metavar="H,W",
-                        help="output HEIGHT,WIDTH (256,256)")
-    parser.add_argument("--iou_with_initial", type=float, default=0.25,
-                        help="a tube continues while a detection overlaps its first box by more than this IoU")
-    parser.add_argument("--min_frames", type=int, default=150,
-                        help="drop tubes of this many frames or fewer (150: ~6 s at 25 fps)")
-    parser.add_argument("--increase", type=float, default=0.1, help="box enlargement per side (fraction)")
-    parser.add_argument("--backend", choices=("auto", "dlib", "face_alignment"), default="auto",
-                        help="face detector backend (auto: dlib if installed, else face_alignment)")
+    crop.add_crop_arguments(parser)
     parser.add_argument("--print_commands", action="store_true",
                         help="print the equivalent ffmpeg commands instead of writing the clips (dry run)")
     parser.add_argument("--no_audio", action="store_true", help="write the clips without audio")
@@ -54,8 +46,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    settings = crop.CropSettings(image_shape=args.image_shape, iou_with_initial=args.iou_with_initial,
-                                 min_frames=args.min_frames, increase=args.increase)
+    settings = crop.crop_settings(args)
     try:
         analyzer = crop.build_analyzer(args.backend, cpu=args.cpu, detect_max_side=settings.detect_max_side)
         if crop.is_image_path(args.inp):

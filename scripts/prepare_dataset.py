@@ -43,15 +43,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="mp4 clips (H.264 with audio) or folders of PNG frames")
     parser.add_argument("--test_fraction", type=float, default=0.1, help="fraction of identities in test/")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="worker processes")
-    parser.add_argument("--image_shape", type=crop.parse_image_shape, default=(256, 256), metavar="H,W",
-                        help="output HEIGHT,WIDTH")
     parser.add_argument("--seed", type=int, default=0, help="seed of the identity split")
-    parser.add_argument("--min_frames", type=int, default=150,
-                        help="drop face tubes of this many frames or fewer (150: ~6 s at 25 fps)")
-    parser.add_argument("--iou_with_initial", type=float, default=0.25, help="tube continuation IoU threshold")
-    parser.add_argument("--increase", type=float, default=0.1, help="box enlargement per side (fraction)")
-    parser.add_argument("--backend", choices=("auto", "dlib", "face_alignment"), default="auto",
-                        help="face detector backend")
+    crop.add_crop_arguments(parser)
     parser.add_argument("--no_audio", action="store_true", help="write mp4 clips without audio")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
@@ -59,8 +52,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    settings = crop.CropSettings(image_shape=args.image_shape, iou_with_initial=args.iou_with_initial,
-                                 min_frames=args.min_frames, increase=args.increase)
+    settings = crop.crop_settings(args)
     try:
         crop.build_analyzer(args.backend)  # fail early, with install instructions, if no backend is there
         summary = crop.prepare_dataset(args.inp, args.out, args.format, args.test_fraction, args.workers, settings,

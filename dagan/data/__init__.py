@@ -27,10 +27,9 @@ from dagan.data.datasets import (
     SeededDataset,
     make_sampler,
 )
-from dagan.data.frames import VIDEO_SUFFIXES, Clip, DatasetError, VideoItem, VideoStore
+from dagan.data.frames import Clip, DatasetError, VideoItem, VideoStore
 
 __all__ = [
-    "VIDEO_SUFFIXES",
     "AugmentationDraw",
     "Clip",
     "DatasetError",

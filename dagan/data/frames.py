@@ -8,7 +8,7 @@ Layouts (``root`` is ``dataset_params.root_dir``):
   train on ``data/samples/``.
 
 A ``<video>`` is either a folder of frames (png/jpg/jpeg/bmp/webp, natural name order: ``2.png`` before
-``10.png``) or a video file that ffmpeg decodes (see ``VIDEO_SUFFIXES``). Other files (a README, a
+``10.png``) or a video file that ffmpeg decodes (see ``dagan.io.VIDEO_SUFFIXES``). Other files (a README, a
 stray image next to the videos) are ignored. Names follow the reference, ``idXXXXX#ytid#start#end.mp4``;
 the identity of a video is its name up to the first ``#``.
 
@@ -36,7 +36,7 @@ import numpy as np
 import skimage.transform
 import torch
 
-from dagan.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, natural_sort_key, open_video, probe, read_image_uint8
+from dagan.io import IMAGE_SUFFIXES, MediaError, is_video_file, natural_sort_key, open_video, probe, read_image_uint8
 
 PathLike = Union[str, os.PathLike]
 Split = Literal["train", "test"]
@@ -254,7 +254,7 @@ def _is_video_entry(path: Path) -> bool:
     """A candidate video: a visible folder, or a file with a video suffix."""
     if path.name.startswith("."):
         return False
-    return path.is_dir() or path.suffix.lower() in VIDEO_SUFFIXES
+    return path.is_dir() or is_video_file(path)
 
 
 def _index_entry(path: Path, probe_videos: bool, min_frames: int) -> tuple[Optional[VideoItem], str]:

@@ -35,13 +35,13 @@ import numpy as np
 import skimage.transform
 from tqdm import tqdm
 
-from dagan.data.frames import VIDEO_SUFFIXES
 from dagan.eval.face_metrics import (FACE_METRICS, IDENTITY_NOTE, FaceMeasurement, FaceMeasurer,
                                      face_metric_backends, frame_face_values)
 from dagan.eval.lpips import LPIPS, LPIPSWeightsMissing, load_lpips, lpips_distance, missing_weights_message
 from dagan.eval.metrics import METRIC_NAMES, METRICS, PIXEL_BACKENDS, PIXEL_METRICS, MetricTotal
 from dagan.faces import FaceAnalyzer, MissingFaceBackend, get_face_analyzer
-from dagan.io import IMAGE_SUFFIXES, MediaError, open_video, read_image_uint8, resize_to_model, to_uint8
+from dagan.io import (MediaError, is_image_file, is_video_file, open_video, read_image_uint8, resize_to_model,
+                      to_uint8)
 from dagan.io.files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -337,13 +337,9 @@ class ItemPaths:
     source: Optional[Path] = None
 
 
-def _is_video_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
-
-
 def is_collection(path: Path) -> bool:
     """A folder of items (video files or frame folders), as opposed to a folder of frames or a file."""
-    return path.is_dir() and any(not child.name.startswith(".") and (child.is_dir() or _is_video_file(child))
+    return path.is_dir() and any(not child.name.startswith(".") and (child.is_dir() or (child.is_file() and is_video_file(child)))
                                  for child in path.iterdir())
 
 
@@ -353,7 +349,7 @@ def _collection_entries(path: Path, images: bool = False) -> dict[str, Path]:
     for child in sorted(path.iterdir()):
         if child.name.startswith("."):
             continue
-        if child.is_dir() or _is_video_file(child) or (images and child.suffix.lower() in IMAGE_SUFFIXES):
+        if child.is_dir() or (child.is_file() and (is_video_file(child) or (images and is_image_file(child)))):
             entries.setdefault(child.stem if child.is_file() else child.name, child)
     return entries
 
@@ -395,7 +391,7 @@ def pair_items(generated: str | os.PathLike, reference: str | os.PathLike,
 
 def read_first_frame(path: Path) -> np.ndarray:
     """An image file, or the first frame of a video file or frame folder, as ``(H, W, 3)`` uint8."""
-    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+    if path.is_file() and is_image_file(path):
         return read_image_uint8(path)
     return next(iter(open_video(path)))
 
@@ -543,7 +539,7 @@ def parse_frame_ref(text: str, base: Path, row: int, column: str) -> FrameRef:
     to ``base`` unless absolute."""
     text = text.strip()
     direct = base / text
-    if direct.is_file() and direct.suffix.lower() in IMAGE_SUFFIXES:
+    if direct.is_file() and is_image_file(direct):
         return FrameRef(direct, None, text)
     match = re.fullmatch(r"(.+):(\d+)", text)
     if match is not None and (base / match.group(1)).exists():

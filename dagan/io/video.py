@@ -43,6 +43,11 @@ Size = Tuple[int, int]  # (width, height)
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv", ".gif", ".mpg", ".mpeg", ".flv", ".wmv")
 
 
+def is_video_file(path: Path) -> bool:
+    """True when `path` has one of the video suffixes (case-insensitive); the file itself is not opened."""
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
 def ffmpeg_executable() -> str:
     """Path of the static ffmpeg binary shipped in the imageio-ffmpeg wheel."""
     return imageio_ffmpeg.get_ffmpeg_exe()
