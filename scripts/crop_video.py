@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from dagan import crop  # noqa: E402
 from dagan.faces import MissingFaceBackend, NoFaceFound  # noqa: E402
-from dagan.io import MediaError, read_image_uint8, write_png  # noqa: E402
+from dagan.io import read_image_uint8, write_png  # noqa: E402
 
 EXAMPLE = """\
 examples:
@@ -46,8 +46,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    settings = crop.crop_settings(args)
     try:
+        settings = crop.crop_settings(args)
         analyzer = crop.build_analyzer(args.backend, cpu=args.cpu, detect_max_side=settings.detect_max_side)
         if crop.is_image_path(args.inp):
             output = Path(args.out) / f"{Path(args.inp).stem}.png"
@@ -61,7 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except NoFaceFound as error:  # also TubesTooShort (faces, but no tube longer than --min_frames)
         print(error, file=sys.stderr)
         return 1
-    except (MissingFaceBackend, MediaError) as error:
+    except (MissingFaceBackend, ValueError) as error:  # MediaError and bad crop settings are ValueErrors
         print(error, file=sys.stderr)
         return 2
     for plan, output in zip(plans, outputs):

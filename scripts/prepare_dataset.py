@@ -15,7 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from dagan import crop  # noqa: E402
 from dagan.faces import MissingFaceBackend  # noqa: E402
-from dagan.io import MediaError  # noqa: E402
 
 EXAMPLE = """\
 layout:
@@ -52,13 +51,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    settings = crop.crop_settings(args)
     try:
+        settings = crop.crop_settings(args)
         crop.build_analyzer(args.backend)  # fail early, with install instructions, if no backend is there
         summary = crop.prepare_dataset(args.inp, args.out, args.format, args.test_fraction, args.workers, settings,
                                        args.seed, args.backend, keep_audio=not args.no_audio,
                                        progress=not args.no_progress)
-    except (MissingFaceBackend, MediaError, ValueError) as error:
+    except (MissingFaceBackend, ValueError) as error:  # MediaError and bad crop settings are ValueErrors
         print(error, file=sys.stderr)
         return 2
     print(summary)

@@ -216,6 +216,15 @@ def test_min_frames_longer_than_the_video(media, crop_script, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_bad_crop_settings_are_one_line_errors(crop_script, tmp_path):
+    prepare = load_script("prepare_dataset")
+    for script in (crop_script, prepare):
+        code, _, stderr = run_main(script, ["--inp", str(tmp_path), "--out", str(tmp_path / "out"),
+                                            "--iou_with_initial", "1.5"])
+        assert code == 2 and stderr.strip() == "iou_with_initial must be in [0, 1), got 1.5"
+    assert not (tmp_path / "out").exists()
+
+
 def test_video_without_faces(crop_script, tmp_path):
     video = tmp_path / "pattern.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10", "-t", "1", "-pix_fmt", "yuv420p", str(video))
