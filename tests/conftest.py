@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 from pathlib import Path
 
@@ -14,9 +13,9 @@ from dagan.io import ffmpeg_executable
 from dagan.model import DaGAN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DIR = Path(os.environ.get("DAGAN_SHARED_DIR", REPO_ROOT.parent / "shared"))
-PARITY_DIR = SHARED_DIR / "fixtures" / "dagan_parity"
-STATE_DICT_KEYS = SHARED_DIR / "reference" / "dagan_state_dict_keys.txt"
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
+PARITY_DIR = FIXTURES_DIR / "dagan_parity"  # part of the repository: the parity tests run on every clone
+STATE_DICT_KEYS = FIXTURES_DIR / "dagan_state_dict_keys.txt"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -26,7 +25,7 @@ def config_path(name: str) -> str:
 
 
 def load_module(path: Path, name: str):
-    """Import a Python file that is not in a package (a script, the parity fixture's materialize.py)."""
+    """Import a Python file that is not in a package (a script)."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -59,9 +58,10 @@ def images() -> torch.Tensor:
     return (base.unsqueeze(0) * 0.8 + noise).clamp(0, 1)
 
 
-def require_shared(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"{path} is absent (the shared fixtures live next to the repository in ../shared)")
+def write_parity_release(out_dir, module_prefix: bool = False) -> dict[str, str]:
+    """The parity fixture's weights as official release files in ``out_dir``: {checkpoint, encoder, decoder}."""
+    from parity_release import write_official_release
+    return write_official_release(PARITY_DIR / "weights.npz", Path(out_dir), module_prefix=module_prefix)
 
 
 def ffmpeg(*arguments: str) -> None:

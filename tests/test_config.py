@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from conftest import PARITY_DIR, config_path, require_shared
+from conftest import PARITY_DIR, config_path
 from dagan.config import Config, ConfigError, config_to_dict, load_config, save_config
 
 
@@ -35,7 +35,6 @@ def test_official_layout_loads_unchanged(tmp_path):
 
 
 def test_parity_fixture_yaml_loads():
-    require_shared(PARITY_DIR)
     config = load_config(PARITY_DIR / "model.yaml")
     assert config.model_params.kp_detector_params.block_expansion == 8
     assert config.model_params.generator_params.num_bottleneck_blocks == 2

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PARITY_DIR, config_path, load_module, make_test_clip, require_shared
+from conftest import PARITY_DIR, config_path, make_test_clip, write_parity_release
 from dagan.checkpoint import load_official
 from dagan.cli.demo import main as demo_main
 from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother, OneEuroFilter
@@ -129,9 +129,7 @@ def test_batch_size_does_not_change_results(tiny_checkpoint):
 
 def test_relative_adapt_scale_matches_parity_fixture(tmp_path):
     """The pipeline's transferred keypoints equal the reference's normalize_kp output."""
-    require_shared(PARITY_DIR)
-    module = load_module(PARITY_DIR / "materialize.py", "dagan_parity_materialize")
-    paths = module.materialize(str(tmp_path))
+    paths = write_parity_release(tmp_path)
     model = load_official(paths["checkpoint"], os.path.dirname(paths["encoder"]), str(PARITY_DIR / "model.yaml"))
     inputs, expected = np.load(PARITY_DIR / "inputs.npz"), np.load(PARITY_DIR / "expected.npz")
     pipeline = DaGANPipeline(model, device="cpu", batch_size=2)

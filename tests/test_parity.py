@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PARITY_DIR, load_module, require_shared
+from conftest import PARITY_DIR, write_parity_release
 from dagan.geometry import Keypoints, adapt_movement_scale, normalize_keypoints
 from dagan.model import DaGAN
 
@@ -23,21 +23,15 @@ GENERATOR_FIELDS = ("prediction", "deformed", "occlusion_map", "mask", "sparse_d
 
 @pytest.fixture(scope="module")
 def fixture_data():
-    require_shared(PARITY_DIR)
     inputs = dict(np.load(PARITY_DIR / "inputs.npz"))
     expected = dict(np.load(PARITY_DIR / "expected.npz"))
     tolerances = json.loads((PARITY_DIR / "tolerances.json").read_text())["arrays"]
     return inputs, expected, tolerances
 
 
-def materialize(out_dir, module_prefix: bool):
-    module = load_module(PARITY_DIR / "materialize.py", "dagan_parity_materialize")
-    return module.materialize(str(out_dir), module_prefix=module_prefix)
-
-
 @pytest.fixture(scope="module", params=[False, True], ids=["plain-keys", "module-prefix"])
 def official_model(request, tmp_path_factory, fixture_data):
-    paths = materialize(tmp_path_factory.mktemp("release"), module_prefix=request.param)
+    paths = write_parity_release(tmp_path_factory.mktemp("release"), module_prefix=request.param)
     depth_dir = os.path.dirname(paths["encoder"])
     return DaGAN.from_official(paths["checkpoint"], depth_dir=depth_dir, config=str(PARITY_DIR / "model.yaml"))
 
