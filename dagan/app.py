@@ -40,6 +40,7 @@ from dagan.config import ConfigError
 from dagan.inference import (DaGANPipeline, InferenceError, KeypointSmoother, best_aligned_frame, frame_at,
                              resolve_device)
 from dagan.io import MediaError, open_video, open_writer, read_image
+from dagan.io.images import PixelLimitError
 
 logger = logging.getLogger(__name__)
 
@@ -216,13 +217,16 @@ class Animator:
                                f"{self.settings.max_upload_mb:g} MB.", print_exception=False)
 
     def resolve_checkpoint(self, checkpoint: Optional[str]) -> str:
+        """The server path of a checkpoint from the page's list; anything else gets one answer, whether or not such
+        a file exists (the app must not load, nor reveal, files outside its checkpoint folders)."""
         if not checkpoint:
             raise gr.Error("No checkpoint selected: put one in checkpoints/ or start the app with --checkpoint.",
                            print_exception=False)
-        for candidate in (Path(self.settings.search_root) / checkpoint, Path(checkpoint)):
-            if candidate.is_file():
-                return str(candidate)
-        raise gr.Error(f"Checkpoint '{checkpoint}' does not exist on the server.", print_exception=False)
+        if checkpoint in find_checkpoints(self.settings.search_root, self.settings.checkpoint):
+            candidate = Path(checkpoint)
+            return str(candidate if candidate.is_absolute() else Path(self.settings.search_root) / candidate)
+        raise gr.Error(f"Checkpoint '{checkpoint}' is not one of this server's checkpoints; pick one from the list.",
+                       print_exception=False)
 
     def best_anchor_frame(self, pipeline: DaGANPipeline, source: np.ndarray, video, progress: Progress) -> np.ndarray:
         """The driving frame whose face is best aligned with the source (``demo.py --find_best_frame``)."""
@@ -250,6 +254,9 @@ def no_progress(*args, **kwargs) -> None:
 def read_portrait(path: str) -> np.ndarray:
     try:
         return read_image(path)
+    except PixelLimitError as error:
+        raise gr.Error(f"The portrait '{os.path.basename(path)}' is too large: {error.summary}; downscale it first.",
+                       print_exception=False) from None
     except MediaError:
         raise gr.Error(f"The portrait '{os.path.basename(path)}' is not an image that can be read; upload a PNG, "
                        "JPEG, BMP or WebP file.", print_exception=False) from None
@@ -258,6 +265,10 @@ def read_portrait(path: str) -> np.ndarray:
 def open_driving(path: str):
     try:
         video = open_video(path)
+    except PixelLimitError as error:
+        raise gr.Error(f"The driving video '{os.path.basename(path)}' is too large: {error.summary}; downscale it "
+                       "first.",
+                       print_exception=False) from None
     except MediaError as error:
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             reason = "the file is empty"
@@ -302,6 +313,17 @@ def scrub(message: str, names: dict[str, str]) -> str:
 
 
 # The page.
+class UploadedImage(gr.Image):
+    """An image upload that hands the uploaded file itself to the request handler, undecoded.
+
+    gradio's own image preprocessing decodes every upload in full before the handler runs: a wrong file type then
+    fails inside gradio with no message for the caller, and a small file that claims 13000x13000 pixels takes
+    gigabytes. Here :func:`read_portrait` reads it (pixel limit checked from the header, readable errors)."""
+
+    def preprocess(self, payload):
+        return None if payload is None else payload.path
+
+
 CSS = "#status {min-height: 1.5em}"
 INTRO = """# DaGAN: depth-aware talking heads
 Upload a **portrait** (a face, roughly centred; it is resized to the model's square input) and a **driving video**
@@ -318,7 +340,7 @@ def build_app(settings: AppSettings, animator: Optional[Animator] = None) -> gr.
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column():
-                source = gr.Image(label="Source portrait", type="filepath", image_mode=None, sources=["upload"],
+                source = UploadedImage(label="Source portrait", type="filepath", image_mode=None, sources=["upload"],
                                   height=300, elem_id="source-image")
                 driving = gr.Video(label="Driving video", sources=["upload"], height=300, elem_id="driving-video")
                 if (SAMPLES_DIR / "source.png").is_file() and (SAMPLES_DIR / "driving.mp4").is_file():
@@ -327,8 +349,8 @@ def build_app(settings: AppSettings, animator: Optional[Animator] = None) -> gr.
                                 elem_id="samples")
                 with gr.Accordion("Settings", open=True):
                     checkpoint = gr.Dropdown(checkpoints, value=checkpoints[0] if checkpoints else None,
-                                             label="Checkpoint", allow_custom_value=True, elem_id="checkpoint",
-                                             info="found in checkpoints/ and runs/*/checkpoints/; or type a path")
+                                             label="Checkpoint", elem_id="checkpoint",
+                                             info="found in checkpoints/ and runs/*/checkpoints/")
                     device = gr.Dropdown(devices, value=settings.device if settings.device in devices else "auto",
                                          label="Device", elem_id="device")
                     with gr.Row():

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from typing import Any, Optional
 
 import torch
 
 from dagan.config import Config, load_config
+from dagan.io.files import OutputError, atomic_write, first_line
 
 FORMAT_NAME = "dagan"
 FORMAT_VERSION = 1
@@ -38,31 +38,35 @@ class CheckpointError(ValueError):
 
 # Atomic I/O.
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename it into place."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(handle)
+    """``torch.save`` to a temporary file next to ``path``, fsync it, then rename it into place.
+
+    A full disk or an unwritable folder raises :class:`CheckpointError` naming the file and the cause; the
+    previous file at ``path`` is never damaged.
+    """
     try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+        atomic_write(path, lambda stream: torch.save(obj, stream))
+    except OutputError as error:
+        raise CheckpointError(str(error)) from None
+
+
+CHECKPOINTS_README = "checkpoints/README.md"
 
 
 def read_file(path: str | os.PathLike, map_location: str = "cpu", what: str = "checkpoint") -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors for missing or unreadable files."""
+    """``torch.load(weights_only=True)`` with one-line errors for missing, empty, truncated or foreign files."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"{what} file {path!r} does not exist")
+        raise CheckpointError(f"{what} file {path!r} does not exist (where the official files go: "
+                              f"{CHECKPOINTS_README})")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{what} file {path!r} is empty (0 bytes): its save was interrupted or the disk was "
+                              "full; use an older checkpoint or download the file again")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         raise CheckpointError(f"{what} file {path!r} could not be read as a torch file "
-                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+                              f"({type(error).__name__}: {first_line(error)}); it may be truncated or not a "
+                              f"checkpoint (see {CHECKPOINTS_README})") from None
 
 
 # Our format.

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="device selected at start")
     parser.add_argument("--max_upload_mb", type=float, default=200.0, help="largest accepted upload")
+    parser.add_argument("--max_pixels", type=int, default=None, help="largest accepted picture or video frame, in "
+                        "pixels, checked before decoding (default 50 MP, or DAGAN_MAX_PIXELS)")
     parser.add_argument("--batch_size", type=int, default=8, help="driving frames per forward pass")
     return parser
 
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the web app needs gradio ({error}); pip install gradio==6.31.0", file=sys.stderr)
         return 1
 
+    if args.max_pixels is not None:
+        from dagan.io import set_pixel_limit
+
+        set_pixel_limit(args.max_pixels)
     settings = AppSettings(checkpoint=args.checkpoint, depth_checkpoint=args.depth_checkpoint, config=args.config,
                            device=args.device, max_upload_mb=args.max_upload_mb, batch_size=args.batch_size)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl+C: close, then delete temp files

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from dagan import crop  # noqa: E402
 from dagan.faces import MissingFaceBackend, NoFaceFound  # noqa: E402
 from dagan.io import read_image_uint8, write_png  # noqa: E402
+from dagan.io.files import refuse_to_overwrite  # noqa: E402
 
 EXAMPLE = """\
 examples:
@@ -48,9 +49,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         settings = crop.crop_settings(args)
+        output = Path(args.out) / f"{Path(args.inp).stem}.png"
+        is_image = crop.is_image_path(args.inp)
+        if is_image:  # before any work: the crop must never replace the photo it is made from
+            refuse_to_overwrite(output, [args.inp], "crop", "--out")
         analyzer = crop.build_analyzer(args.backend, cpu=args.cpu, detect_max_side=settings.detect_max_side)
-        if crop.is_image_path(args.inp):
-            output = Path(args.out) / f"{Path(args.inp).stem}.png"
+        if is_image:
             output.parent.mkdir(parents=True, exist_ok=True)
             image = read_image_uint8(args.inp)
             write_png(output, crop.crop_image(image, analyzer, args.image_shape, args.increase, source=args.inp))

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dagan.eval import (LPIPS_NETS, METRIC_NAMES, build_scorer, evaluate_files, evaluate_pairs,  # noqa: E402
                         evaluate_reconstruction, lpips_paths_from_env, select_metrics)
 from dagan.inference import DaGANPipeline, resolve_device  # noqa: E402
+from dagan.io.files import refuse_to_overwrite  # noqa: E402
 
 EPILOG = """\
 PATH (--generated, --reference, --source) is a video file, a folder of frames, or a folder of such items paired
@@ -94,7 +95,27 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--protocol pairs needs --pairs CSV")
 
 
+def output_paths(args: argparse.Namespace) -> tuple[Path, Optional[Path]]:
+    """The JSON summary and the per-item CSV (None: no CSV) this run writes."""
+    if args.checkpoint is None:
+        return Path(args.output or "results.json"), Path(args.csv) if args.csv else None
+    return Path(args.output) / "results.json", Path(args.csv) if args.csv else Path(args.output) / "per_item.csv"
+
+
+def check_outputs(args: argparse.Namespace, json_path: Path, csv_path: Optional[Path]) -> None:
+    """Refuse, before any work, outputs that would replace an input (or each other)."""
+    inputs = [args.generated, args.reference, args.source, args.checkpoint, args.depth_checkpoint, args.config,
+              args.dataset, args.pairs, args.lpips_trunk, args.lpips_head]
+    refuse_to_overwrite(json_path, inputs, "JSON summary", "--output")
+    if csv_path is not None:
+        refuse_to_overwrite(csv_path, [*inputs, json_path], "per-item CSV", "--csv")
+    if args.checkpoint is not None:  # the protocols write into a folder (results, generated/)
+        refuse_to_overwrite(args.output, inputs, "output folder", "--output", output_is_folder=True)
+
+
 def run(args: argparse.Namespace) -> int:
+    json_path, csv_path = output_paths(args)
+    check_outputs(args, json_path, csv_path)
     trunk, head = lpips_paths_from_env(args.lpips_trunk, args.lpips_head)
     has_source = args.checkpoint is not None or args.source is not None
     metrics, notes = select_metrics(args.metrics, has_source, bool(trunk and head), args.backend)
@@ -102,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.checkpoint is None:
         report = evaluate_files(scorer, args.generated, args.reference, args.source, progress)
-        json_path, csv_path = Path(args.output or "results.json"), args.csv
     else:
         pipeline = DaGANPipeline.load(args.checkpoint, args.depth_checkpoint, args.config, device=args.device,
                                       batch_size=args.batch_size)
@@ -112,7 +132,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             report = evaluate_pairs(pipeline, scorer, args.pairs, args.dataset, args.output, args.save_videos, progress)
         report.settings["checkpoint"] = args.checkpoint
-        json_path, csv_path = Path(args.output) / "results.json", args.csv or Path(args.output) / "per_item.csv"
     report.notes = notes + report.notes
     report.write_json(json_path)
     if csv_path:

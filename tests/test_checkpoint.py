@@ -54,8 +54,7 @@ def test_interrupted_save_leaves_old_file_intact(tiny_model, tmp_path, monkeypat
     before = path.read_bytes()
 
     def broken_save(obj, target, *args, **kwargs):
-        with open(target, "wb") as handle:
-            handle.write(b"partial")
+        target.write(b"partial")  # the open temporary file
         raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of a save
 
     monkeypatch.setattr(torch, "save", broken_save)

@@ -255,18 +255,20 @@ def test_frame_directory_round_trip_is_lossless(tmp_path: Path, media: types.Sim
         for frame in source:
             writer.write(frame)
     names = sorted(path.name for path in (tmp_path / "frames").iterdir())
-    assert names == [f"{index:06d}.png" for index in range(NUM_FRAMES)]
+    assert names == [".dagan-result"] + [f"{index:06d}.png" for index in range(NUM_FRAMES)]  # our result marker
     np.testing.assert_array_equal(open_video(tmp_path / "frames").read_all(), source.read_all())
 
 
 def test_frame_directory_writer_replaces_an_older_longer_result(tmp_path: Path) -> None:
-    for index in range(5):
-        Image.new("RGB", (4, 4)).save(tmp_path / f"{index:06d}.png")
+    with open_writer(tmp_path, fps=25) as writer:  # An existing (empty) directory: PNG frames.
+        for _ in range(5):
+            writer.write(np.full((4, 4, 3), 100, np.uint8))
     (tmp_path / "notes.txt").write_text("kept")
-    with open_writer(tmp_path, fps=25) as writer:  # An existing directory: PNG frames.
+    with open_writer(tmp_path, fps=25) as writer:  # our own result folder (it has the marker): replaced
         for _ in range(2):
             writer.write(np.full((4, 4, 3), 200, np.uint8))
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["000000.png", "000001.png", "notes.txt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".dagan-result", "000000.png", "000001.png",
+                                                                 "notes.txt"]
     assert open_video(tmp_path).read_all().min() == 200
 
 
@@ -300,13 +302,14 @@ def test_video_writer_is_atomic_when_writing_fails(tmp_path: Path) -> None:
 
 
 def test_frame_directory_writer_is_atomic_when_writing_fails(tmp_path: Path) -> None:
-    Image.new("RGB", (4, 4), (9, 9, 9)).save(tmp_path / "000000.png")
+    with FrameDirectoryWriter(tmp_path) as writer:  # an earlier result
+        writer.write(np.full((4, 4, 3), 9, np.uint8))
     before = (tmp_path / "000000.png").read_bytes()
     with pytest.raises(RuntimeError):
         with FrameDirectoryWriter(tmp_path) as writer:
             writer.write(np.zeros((4, 4, 3), np.uint8))
             raise RuntimeError("model crashed")
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["000000.png"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".dagan-result", "000000.png"]
     assert (tmp_path / "000000.png").read_bytes() == before
 
 

@@ -15,7 +15,8 @@ from tqdm import tqdm
 from dagan.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint_or_official
 from dagan.config import ConfigError, load_config
 from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother, best_aligned_frame, frame_at
-from dagan.io import MediaError, open_video, open_writer, read_image
+from dagan.io import MediaError, check_result_path, open_video, open_writer, read_image, set_pixel_limit
+from dagan.io.images import pixel_limit
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "vox-adv-256.yaml")
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--visualize", action="store_true", help="also write <result>_visualization.mp4: source, "
                         "driving, result (with keypoints) and both depth maps side by side")
     parser.add_argument("--no_audio", action="store_true", help="do not copy the driving video's audio")
+    parser.add_argument("--max_pixels", type=int, default=pixel_limit(), help="refuse images and video frames larger "
+                        "than this many pixels before decoding them (default %(default)s = 50 MP, or DAGAN_MAX_PIXELS)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. model_params.common_params.num_kp=15")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -114,7 +117,17 @@ def visualization_path(result: str) -> str:
     return f"{stem}_visualization{extension or '.mp4'}"
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, results that would replace an input or land in an unwritable folder."""
+    inputs = [args.source_image, args.driving_video, args.checkpoint, args.depth_checkpoint]
+    check_result_path(args.result_video, inputs)
+    if args.visualize:
+        check_result_path(visualization_path(args.result_video), inputs)
+
+
 def run(args: argparse.Namespace) -> int:
+    set_pixel_limit(args.max_pixels)
+    check_outputs(args)
     source = read_image(args.source_image)
     video = open_video(args.driving_video)
     pipeline = load_pipeline(args)

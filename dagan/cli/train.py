@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from typing import Optional
 
 from dagan.checkpoint import CheckpointError
 from dagan.config import ConfigError, load_config
-from dagan.training.run import TrainingDiverged, TrainingError
+from dagan.training.run import TrainingDiverged, TrainingError, claim_run_directory
 
 EXAMPLE = """\
 examples:
@@ -24,6 +25,10 @@ examples:
   torchrun --nproc_per_node=8 train.py --config configs/vox-adv-256.yaml --log_dir runs/vox
   # continue the newest checkpoint of a run (also after SIGTERM / Ctrl-C)
   python train.py --config configs/vox-adv-256.yaml --log_dir runs/vox --resume auto
+
+A run directory that already holds a run is never overwritten: continue it with --resume auto, or pass
+--overwrite to move it aside (to <log_dir>.old-<time>) and start again. Exit status: 0 when the run finished,
+1 on an error, 130 after Ctrl-C and 143 after SIGTERM (a checkpoint is saved first).
 """
 
 
@@ -33,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="YAML config")
     parser.add_argument("--log_dir", default="runs/default", help="run directory (config, stats, images, "
                         "checkpoints)")
-    parser.add_argument("--resume", default=None, help="'auto' (newest checkpoint in --log_dir) or a checkpoint path")
+    parser.add_argument("--resume", default=None, help="'auto' (newest readable checkpoint in --log_dir; starts fresh "
+                        "when there is none) or a checkpoint path")
+    parser.add_argument("--overwrite", action="store_true", help="start a new run in a --log_dir that holds one: "
+                        "the old run is moved to <log_dir>.old-<time>, never deleted")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. train_params.batch_size=8 (repeatable)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -44,6 +52,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
+        is_main = os.environ.get("RANK", "0") == "0"  # torchrun sets RANK; distributed is not set up yet
+        moved = claim_run_directory(args.log_dir, args.resume, args.overwrite, is_main)
+        if moved:
+            print(f"moved the previous run in {args.log_dir} to {moved}", file=sys.stderr)
         if config.train_params.stage == "depth":
             from dagan.training.depth_stage import train_depth
 
@@ -52,8 +64,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             from dagan.training.gan_stage import train_gan
 
             result = train_gan(config, args.log_dir, args.resume)
+        if result.get("stopped_by"):
+            print(f"stopped at step {result['step']}; continue with --resume auto", file=sys.stderr)
+            return 128 + int(result["stopped_by"])  # 130 after Ctrl-C, 143 after SIGTERM
         print(f"finished at step {result['step']}; run directory: {args.log_dir}", file=sys.stderr)
         return 0
+    except KeyboardInterrupt:
+        print("interrupted; the newest checkpoint in the run directory is intact (continue with --resume auto)",
+              file=sys.stderr)
+        return 130
     except Exception as error:
         if args.debug:
             traceback.print_exc()

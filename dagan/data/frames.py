@@ -18,7 +18,8 @@ a folder without images) is skipped with one summary warning and recorded in ``V
 A split with no usable video raises :class:`DatasetError` naming the path and the expected layout.
 
 Reading: frame folders read only the requested files; a video file is decoded whole (VoxCeleb clips are
-short) and kept in a small per-process LRU cache bounded in bytes. Frames come back as float32
+short) and kept in a small per-process LRU cache bounded in bytes; a video too long for that cache (HDTF clips
+run for minutes) is never decoded whole: each frame a sample needs is read by seeking. Frames come back as float32
 ``(T, 3, H, W)`` tensors in [0, 1] at ``frame_shape``; frames of another size are resized with
 ``skimage.transform.resize(..., anti_aliasing=True)``.
 """
@@ -36,7 +37,8 @@ import numpy as np
 import skimage.transform
 import torch
 
-from dagan.io import IMAGE_SUFFIXES, MediaError, is_video_file, natural_sort_key, open_video, probe, read_image_uint8
+from dagan.io import (IMAGE_SUFFIXES, MediaError, VideoSource, is_video_file, natural_sort_key, open_video, probe,
+                      read_image_uint8)
 
 PathLike = Union[str, os.PathLike]
 Split = Literal["train", "test"]
@@ -171,6 +173,7 @@ class VideoStore:
         self.skipped: list[tuple[str, str]] = []
         self._bad: dict[Path, str] = {}
         self._cache = _ClipCache(cache_bytes)
+        self._sources: dict[Path, VideoSource] = {}  # opened (probed) video files, metadata only
         self.items = self._index(probe_videos)
 
     def __len__(self) -> int:
@@ -228,9 +231,15 @@ class VideoStore:
                 raise MediaError(f"frame folder '{item.path}' contains no images")
             return Clip(item.name, len(paths), lambda index: read_image_uint8(paths[index]), self.frame_shape)
         array = self._cache.get(item.path)
-        if array is None:
-            array = open_video(item.path).read_all()  # (T, h, w, 3) uint8
-            self._cache.put(item.path, array)
+        if array is not None:
+            return Clip(item.name, len(array), lambda index: array[index], self.frame_shape)
+        video = self._sources.get(item.path) or self._sources.setdefault(item.path, open_video(item.path))
+        width, height = video.size
+        if video.num_frames is not None and video.num_frames * width * height * 3 > self._cache.max_bytes:
+            # Too long to keep decoded (HDTF clips run for minutes): seek to each frame a sample needs.
+            return Clip(item.name, video.num_frames, video.read_frame, self.frame_shape)
+        array = video.read_all()  # (T, h, w, 3) uint8
+        self._cache.put(item.path, array)
         return Clip(item.name, len(array), lambda index: array[index], self.frame_shape)
 
 

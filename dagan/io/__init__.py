@@ -13,6 +13,7 @@ from dagan.io.images import (
     read_image,
     read_image_uint8,
     resize_to_model,
+    set_pixel_limit,
     to_uint8,
     write_png,
 )
@@ -22,6 +23,7 @@ from dagan.io.video import (
     VideoInfo,
     VideoSource,
     VideoWriter,
+    check_result_path,
     ffmpeg_executable,
     is_video_file,
     frame_file_name,
@@ -41,6 +43,7 @@ __all__ = [
     "VideoInfo",
     "VideoSource",
     "VideoWriter",
+    "check_result_path",
     "ffmpeg_executable",
     "frame_file_name",
     "has_audio_stream",
@@ -54,6 +57,7 @@ __all__ = [
     "read_image_uint8",
     "refuse_to_overwrite_inputs",
     "resize_to_model",
+    "set_pixel_limit",
     "to_uint8",
     "write_png",
 ]

@@ -1,24 +1,207 @@
-"""Atomic text files (JSON summaries, CSV tables, YAML configs): a failed write never leaves a half file."""
+"""Files that survive crashes and never damage what the user already has.
+
+* Atomic writes: every result (checkpoint, video, PNG, JSON, CSV, YAML) is written under a temporary name in its
+  destination folder (:func:`temporary_sibling`), flushed to disk (``fsync``) and renamed into place, so a crash,
+  a kill or a full disk leaves either the old file or the new one, never half of one.
+* Temporary names carry the writer's host and process id (``.<stem>.partial-<host>-<pid>-<token><suffix>``), so
+  :func:`remove_stale_temporaries` can delete those left by killed processes without touching a live writer's.
+* Output checks done before any work starts: :func:`refuse_to_overwrite` (an output that is one of the inputs,
+  or a folder output that holds inputs) and :func:`check_writable` (the folder can be written to).
+* :func:`describe_write_error` turns ``OSError`` (full disk, read-only folder) and torch's serialisation errors
+  into one line that names the file and the cause.
+"""
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
-import tempfile
+import re
+import secrets
+import shutil
+import socket
+from pathlib import Path
+from typing import IO, Callable, Iterable, Optional, Union
+
+PathLike = Union[str, os.PathLike]
+
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+TEMPORARY_NAME = re.compile(r"^\..*\.partial-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}")
+LOW_DISK_BYTES = 64 * 2**20  # below this much free space, a failed write is reported as a full disk
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path``: a hidden temporary file in the same folder, then ``os.replace``.
+class OutputError(ValueError):
+    """An output path cannot be used (it is an input, a folder of someone else's files, or not writable)."""
 
-    The folder is created when missing. If anything fails, the temporary file is removed and an existing
-    ``path`` keeps its old content.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".partial")
+
+# Temporary names and their clean-up.
+def temporary_sibling(path: PathLike) -> Path:
+    """A hidden, unique name next to ``path`` (same folder, so ``os.replace`` is an atomic rename)."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.partial-{HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+
+
+def process_is_alive(pid: int) -> bool:
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: PathLike) -> list[Path]:
+    """Delete the temporary files and folders in ``directory`` that killed processes of this host left behind.
+
+    Only names made by :func:`temporary_sibling` whose process no longer runs are removed; returns them.
+    """
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        match = TEMPORARY_NAME.match(entry.name)
+        if match is None or match["host"] != HOST_TAG or process_is_alive(int(match["pid"])):
+            continue
+        try:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            removed.append(entry)
+        except OSError:  # another process cleaned it first, or we may not: leave it
+            pass
+    return removed
+
+
+# Atomic writing.
+def fsync_directory(directory: PathLike) -> None:
+    """Make a rename in ``directory`` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(stream)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
+
+    The folder is created when missing. If anything fails (the disk fills up, the process is interrupted), the
+    temporary file is removed, an existing ``path`` keeps its old content, and the error is an
+    :class:`OutputError` naming the file and the cause.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(path)
+    try:
+        with open(temporary, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        fsync_directory(path.parent)
+    except BaseException as error:
+        remove_quietly(temporary)
+        if isinstance(error, (OSError, RuntimeError)):
+            raise OutputError(describe_write_error(path, error)) from error
         raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+
+
+def remove_quietly(path: PathLike) -> None:
+    """Delete a file if it exists; a failure to delete never hides the error being handled."""
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def describe_write_error(path: PathLike, error: BaseException) -> str:
+    """One line for a failed write: the file, then 'the disk is full', 'permission denied', ... ."""
+    directory = Path(path).parent
+    number = getattr(error, "errno", None)
+    if number == errno.ENOSPC or "No space left" in str(error) or disk_is_nearly_full(directory):
+        return f"could not write '{path}': the disk is full ({free_space(directory)} free); free some space"
+    if number in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"could not write '{path}': the folder '{directory}' is not writable; choose another output path"
+    reason = getattr(error, "strerror", None) or first_line(error)
+    return f"could not write '{path}': {reason}"
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(error).__name__
+
+
+def free_space(directory: PathLike) -> str:
+    try:
+        return f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB"
+    except OSError:
+        return "unknown"
+
+
+def disk_is_nearly_full(directory: PathLike) -> bool:
+    try:
+        return shutil.disk_usage(directory).free < LOW_DISK_BYTES
+    except OSError:
+        return False
+
+
+# Checks before the work starts.
+def check_writable(path: PathLike, what: str = "output") -> None:
+    """Raise OutputError unless a file can be created next to ``path`` (its folder is made when missing)."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe_path = temporary_sibling(directory / "write-check")
+        with open(probe_path, "wb"):
+            pass
+        os.remove(probe_path)
+    except OSError as error:
+        cause = "it is not writable" if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else \
+            (error.strerror or first_line(error))
+        raise OutputError(f"cannot write the {what} '{path}': folder '{directory}': {cause}; choose another "
+                          "path") from None
+    if disk_is_nearly_full(directory):
+        raise OutputError(f"cannot write the {what} '{path}': the disk is full ({free_space(directory)} free in "
+                          f"'{directory}'); free some space or choose another path")
+
+
+def is_inside(path: PathLike, folder: PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies (at any depth) inside it, after resolving links."""
+    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return path == folder or folder in path.parents
+
+
+def refuse_to_overwrite(output: PathLike, inputs: Iterable[Optional[PathLike]], what: str = "output",
+                        flag: Optional[str] = None, output_is_folder: bool = False) -> None:
+    """Raise OutputError if writing ``output`` could replace one of ``inputs``.
+
+    An input is at risk when it is the output itself (also through a link), or, for a folder of results
+    (``output_is_folder``), when it lies inside that folder. ``None`` inputs are skipped; ``flag`` names the
+    option to change in the message.
+    """
+    for item in inputs:
+        if item is None:
+            continue
+        same = os.path.realpath(item) == os.path.realpath(output) or _same_file(output, item)
+        if same or (output_is_folder and is_inside(item, output)):
+            fix = f"give {flag} another path" if flag else "choose a different output path"
+            raise OutputError(f"refusing to write the {what} '{output}': that would overwrite the input '{item}'; "
+                              f"{fix}")
+
+
+def _same_file(first: PathLike, second: PathLike) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist
+        return False

@@ -8,13 +8,14 @@ expanded to three channels. `MediaError` is the single error type of `dagan.io`.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import skimage.transform
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dagan.io.files import atomic_write, first_line
 
 PathLike = Union[str, os.PathLike]
 RGB = Tuple[int, int, int]
@@ -24,12 +25,51 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
+# The largest picture decoded, in pixels: 50 MP holds the largest real photos (a 8688x5792 full-frame camera
+# image) and stops a small file that claims an enormous size (a 500 KB PNG of 13000x13000 would take gigabytes)
+# before anything is allocated. DAGAN_MAX_PIXELS, or set_pixel_limit(), changes it.
+DEFAULT_MAX_PIXELS = 50_000_000
+_pixel_limit = [int(os.environ.get("DAGAN_MAX_PIXELS", DEFAULT_MAX_PIXELS))]
+
 
 class MediaError(ValueError):
     """A media file is missing, unreadable, empty, or an output would overwrite an input.
 
     The message is one line: the path, the problem, and what to do about it.
     """
+
+
+class PixelLimitError(MediaError):
+    """An image or video frame has more pixels than the limit (found from its header, before decoding)."""
+
+    def __init__(self, what: str, size: Optional[Tuple[int, int]], limit: int):
+        self.size, self.limit = size, limit
+        super().__init__(f"{what} is {self.summary}; downscale it first, or raise the limit with --max_pixels "
+                         "(or DAGAN_MAX_PIXELS)")
+
+    @property
+    def summary(self) -> str:
+        """'13000x13000 pixels (169 MP), over the limit of 50 MP'."""
+        size = f"{self.size[0]}x{self.size[1]} pixels ({self.size[0] * self.size[1] / 1e6:.0f} MP)" if self.size \
+            else "far too many pixels"
+        return f"{size}, over the limit of {self.limit / 1e6:.0f} MP"
+
+
+def set_pixel_limit(max_pixels: int) -> None:
+    """The largest width x height that images and video frames may have (``demo.py --max_pixels``)."""
+    if max_pixels <= 0:
+        raise ValueError(f"the pixel limit must be positive, got {max_pixels}")
+    _pixel_limit[0] = int(max_pixels)
+
+
+def pixel_limit() -> int:
+    return _pixel_limit[0]
+
+
+def check_pixel_count(width: int, height: int, what: str) -> None:
+    """MediaError if a ``width`` x ``height`` picture is over the pixel limit (checked before decoding)."""
+    if width * height > pixel_limit():
+        raise PixelLimitError(what, (width, height), pixel_limit())
 
 
 def read_image(path: PathLike, background: RGB = WHITE) -> np.ndarray:
@@ -87,19 +127,12 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def write_png(path: PathLike, image: np.ndarray) -> None:
-    """Write a (H, W, 3) uint8 image as a lossless PNG, atomically (temp file, then `os.replace`).
+    """Write a (H, W, 3) uint8 image as a lossless PNG, atomically (temp file, fsync, then `os.replace`).
 
     On any error the temp file is removed and a pre-existing `path` is left untouched.
     """
-    path = Path(path)
     check_frame(image)
-    temporary = path.with_name(f".{path.stem}.partial-{secrets.token_hex(4)}.png")
-    try:
-        Image.fromarray(image).save(temporary, format="PNG")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    atomic_write(path, lambda stream: Image.fromarray(image).save(stream, format="PNG"))
 
 
 def check_frame(frame: np.ndarray) -> None:
@@ -137,11 +170,16 @@ def _open_upright(path: Path) -> Image.Image:
     if path.is_dir():
         raise MediaError(f"image '{path}' is a directory; give the path of an image file")
     try:
-        with Image.open(path) as opened:
+        with Image.open(path) as opened:  # reads the header only
+            check_pixel_count(*opened.size, f"image '{path}'")
             opened.load()
             return ImageOps.exif_transpose(opened)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    except MediaError:
+        raise
+    except Image.DecompressionBombError:  # Pillow's own, larger limit, hit while reading the header
+        raise PixelLimitError(f"image '{path}'", None, pixel_limit()) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        reason = first_line(error)
         raise MediaError(
             f"image '{path}' could not be read ({reason}); use a valid PNG, JPEG, BMP or WebP file"
         ) from error

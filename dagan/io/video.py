@@ -13,9 +13,9 @@ leaves a half-written result and never damages an older one. Neither will overwr
 
 from __future__ import annotations
 
+import errno
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -29,7 +29,11 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
-from dagan.io.images import IMAGE_SUFFIXES, MediaError, PathLike, check_frame, is_image_file, read_image_uint8
+from dagan.io.files import (OutputError, check_writable, describe_write_error, disk_is_nearly_full,
+                            fsync_directory, refuse_to_overwrite, remove_quietly, remove_stale_temporaries,
+                            temporary_sibling)
+from dagan.io.images import (IMAGE_SUFFIXES, MediaError, PathLike, check_frame, check_pixel_count, is_image_file,
+                             read_image_uint8)
 
 DEFAULT_DIRECTORY_FPS = 25.0
 FALLBACK_FPS = 25.0  # Used when a file states no frame rate (ffmpeg assumes the same).
@@ -232,6 +236,18 @@ class VideoSource:
         """All frames as one (T, H, W, 3) uint8 array. Holds the whole video in memory: short clips only."""
         return np.stack(list(self))
 
+    def read_frame(self, index: int) -> np.ndarray:
+        """Frame ``index`` as (H, W, 3) uint8, without decoding the frames before it.
+
+        A frame folder reads one file; a video file is seeked: ffmpeg jumps to the keyframe before the frame's
+        time and decodes from there (exact for constant-frame-rate videos, such as VoxCeleb and HDTF clips).
+        """
+        if self.num_frames is not None and not 0 <= index < self.num_frames:
+            raise IndexError(f"frame {index} of '{self.path}' is out of range (it has {self.num_frames})")
+        if self.frame_paths is not None:
+            return next(_iterate_frame_files(self.frame_paths[index:index + 1], self.size))
+        return _decode_frame_at(self.path, self.size, (index - 0.5) / self.fps if index else 0.0, index)
+
 
 def open_video(path: PathLike, directory_fps: float = DEFAULT_DIRECTORY_FPS) -> VideoSource:
     """Open a video file or a directory of frames for lazy reading.
@@ -249,6 +265,7 @@ def open_video(path: PathLike, directory_fps: float = DEFAULT_DIRECTORY_FPS) -> 
     info = probe(path)
     if info.num_frames == 0:
         raise MediaError(f"video '{path}' has no frames; {VIDEO_HINT}")
+    check_pixel_count(*info.size, f"video '{path}'")
     return VideoSource(path=path, fps=info.fps, num_frames=info.num_frames, size=info.size, has_audio=info.has_audio)
 
 
@@ -320,6 +337,21 @@ def _iterate_video_file(path: Path, size: Size) -> Iterator[np.ndarray]:
             _stop_process(process)
 
 
+def _decode_frame_at(path: Path, size: Size, seconds: float, index: int) -> np.ndarray:
+    """The first frame at or after ``seconds`` (half a frame before frame ``index``'s time, so rounding of
+    timestamps never skips it)."""
+    width, height = size
+    command = [
+        ffmpeg_executable(), "-hide_banner", "-nostdin", "-loglevel", "error", "-ss", f"{max(seconds, 0.0):.6f}",
+        "-i", _ffmpeg_url(path), "-map", "0:V:0", "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
+    ]  # fmt: skip
+    result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True)
+    if result.returncode != 0 or len(result.stdout) != width * height * 3:
+        problem = _reason(result.stderr.decode("utf-8", "replace")) if result.returncode else "no frame there"
+        raise MediaError(f"frame {index} of video '{path}' could not be decoded ({problem}); {VIDEO_HINT}")
+    return np.frombuffer(result.stdout, dtype=np.uint8).reshape(height, width, 3).copy()
+
+
 def _read_into(stream: IO[bytes], buffer: memoryview) -> int:
     """Fill `buffer` from `stream`; returns the number of bytes read (less than its size only at EOF)."""
     filled = 0
@@ -358,40 +390,16 @@ def refuse_to_overwrite_inputs(
 ) -> None:
     """Raise MediaError if writing `output` would replace one of `inputs` (None entries are skipped).
 
-    For a frame directory, an input is at risk when it is the directory itself or a file in it named
-    like an output frame (000000.png, ...).
+    For a frame directory, an input is at risk when it is the directory itself or lies inside it.
     """
-    output_real = os.path.realpath(output)
-    for item in inputs:
-        if item is None:
-            continue
-        input_real = os.path.realpath(item)
-        same = input_real == output_real or _same_file(output, item)
-        in_directory = output_is_directory and os.path.dirname(input_real) == output_real
-        if same or (in_directory and FRAME_FILE_NAME.match(os.path.basename(input_real))):
-            raise MediaError(
-                f"refusing to write the result to '{output}': that would overwrite the input '{item}'; "
-                "choose a different output path"
-            )
-
-
-def _same_file(first: PathLike, second: PathLike) -> bool:
     try:
-        return os.path.samefile(first, second)
-    except OSError:  # One of them does not exist.
-        return False
-
-
-def _temporary_sibling(path: Path) -> Path:
-    """A hidden, unique name in the same directory as `path` (so `os.replace` is an atomic rename)."""
-    return path.with_name(f".{path.stem}.partial-{secrets.token_hex(4)}{path.suffix}")
+        refuse_to_overwrite(output, inputs, what="result", output_is_folder=output_is_directory)
+    except OutputError as error:
+        raise MediaError(str(error)) from None
 
 
 def _remove_if_exists(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+    remove_quietly(path)  # a failed clean-up must never hide the error that caused it
 
 
 def _discard_encoder(process: subprocess.Popen, temporary: Path) -> None:
@@ -466,13 +474,11 @@ class VideoWriter(_AtomicFrameWriter):
         self.frames_written = 0
         if not self.fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
-        self._container = _container_format(self.path)
-        refuse_to_overwrite_inputs(self.path, [audio_from, *protected_paths])
-        if self.path.is_dir():
-            raise MediaError(f"video output '{self.path}' is an existing directory; give a .mp4 file path")
+        self._container = check_video_path(self.path, [audio_from, *protected_paths])
         self.audio_path = Path(audio_from) if audio_from is not None and has_audio_stream(audio_from) else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._temporary = _temporary_sibling(self.path)
+        remove_stale_temporaries(self.path.parent)  # left by killed runs
+        self._temporary = temporary_sibling(self.path)
         self._process: Optional[subprocess.Popen] = None
         self._log: Optional[IO[bytes]] = None
         self._finalizer: Optional[weakref.finalize] = None
@@ -486,7 +492,7 @@ class VideoWriter(_AtomicFrameWriter):
         try:
             self._process.stdin.write(np.ascontiguousarray(_pad_to_even(frame)).data)
         except OSError as error:  # Broken pipe: ffmpeg exited.
-            message = f"ffmpeg stopped while writing '{self.path}' ({self._failure_reason()})"
+            message = self._failure_message()
             self.abort()
             raise MediaError(message) from error
         self.frames_written += 1
@@ -505,8 +511,10 @@ class VideoWriter(_AtomicFrameWriter):
                 pass
             returncode = self._process.wait()
             if returncode != 0:
-                raise MediaError(f"ffmpeg failed to write '{self.path}' ({self._failure_reason()})")
+                raise MediaError(self._failure_message())
+            _fsync_file(self._temporary)
             os.replace(self._temporary, self.path)
+            fsync_directory(self.path.parent)
         except BaseException:
             self.abort()
             raise
@@ -545,6 +553,15 @@ class VideoWriter(_AtomicFrameWriter):
             command += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "128k", "-af", "apad", "-shortest"]
         command += ["-movflags", "+faststart", "-f", self._container, _ffmpeg_url(self._temporary)]
         return command
+
+    def _failure_message(self) -> str:
+        """One line for a failed encode: a full disk or an unwritable folder named as such, else ffmpeg's reason."""
+        reason = self._failure_reason()
+        if "No space left" in reason or disk_is_nearly_full(self.path.parent):
+            return describe_write_error(self.path, OSError(errno.ENOSPC, reason))
+        if "Permission denied" in reason or "Read-only file system" in reason:
+            return describe_write_error(self.path, OSError(errno.EACCES, reason))
+        return f"ffmpeg failed to write '{self.path}' ({reason})"
 
     def _failure_reason(self) -> str:
         """ffmpeg's last log line, or its exit status when it logged nothing."""
@@ -587,13 +604,17 @@ def frame_file_name(index: int) -> str:
     return f"{index:06d}.png"
 
 
+RESULT_MARKER = ".dagan-result"  # a frame folder holding this file was written by this project
+
+
 class FrameDirectoryWriter(_AtomicFrameWriter):
     """Write uint8 RGB frames as lossless PNG files 000000.png, 000001.png, ... in a directory.
 
-    Frames are staged in a hidden temporary directory inside `directory`; closing moves each one
-    into place with `os.replace` (an atomic rename per frame) and deletes numbered frames left by an
-    older, longer result (only files named like 000123.png; other files are never touched). If the
-    `with` block raises, the staged frames are deleted and the directory is left as it was.
+    The directory must be new, empty, or a result folder this project wrote before (it holds the marker file
+    ``.dagan-result``): a folder of the user's own files is refused, so nothing the user made is ever replaced.
+    Frames are staged in a hidden temporary directory inside `directory`; closing moves each one into place
+    with `os.replace` (an atomic rename per frame) and deletes numbered frames left by an older, longer result
+    of ours. If the `with` block raises, the staged frames are deleted and the directory is left as it was.
 
     Args:
         directory: created (with parents) if missing.
@@ -604,12 +625,12 @@ class FrameDirectoryWriter(_AtomicFrameWriter):
         self.directory = Path(directory)
         self.size: Optional[Size] = None
         self.frames_written = 0
-        refuse_to_overwrite_inputs(self.directory, protected_paths, output_is_directory=True)
-        if self.directory.exists() and not self.directory.is_dir():
-            raise MediaError(f"frame output '{self.directory}' is an existing file; give a directory path")
+        check_frame_directory(self.directory, protected_paths)
         self._created = not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._staging = Path(tempfile.mkdtemp(prefix=".partial-frames-", dir=self.directory))
+        remove_stale_temporaries(self.directory)  # staging folders of killed runs
+        self._staging = temporary_sibling(self.directory / "frames")
+        self._staging.mkdir()
         self._finalizer = weakref.finalize(self, shutil.rmtree, self._staging, ignore_errors=True)
         self._closed = False
 
@@ -627,10 +648,13 @@ class FrameDirectoryWriter(_AtomicFrameWriter):
             self.abort()
             raise MediaError(f"no frames were written to '{self.directory}'; nothing was saved")
         try:
+            (self.directory / RESULT_MARKER).write_text("PNG frames written by dagan (demo.py); this folder's "
+                                                         "numbered frames are replaced by the next result\n")
             for index in range(self.frames_written):
                 name = frame_file_name(index)
                 os.replace(self._staging / name, self.directory / name)
             self._remove_stale_frames()
+            fsync_directory(self.directory)
         finally:
             self._closed = True
             self._finalizer()
@@ -648,6 +672,39 @@ class FrameDirectoryWriter(_AtomicFrameWriter):
                 path.unlink()
 
 
+def check_video_path(path: Path, protected_paths: Iterable[Optional[PathLike]]) -> str:
+    """The container for an .mp4/.mov output, after checking it replaces no input and is not a folder."""
+    container = _container_format(path)
+    refuse_to_overwrite_inputs(path, protected_paths)
+    if path.is_dir():
+        raise MediaError(f"video output '{path}' is an existing directory; give a .mp4 file path")
+    return container
+
+
+def check_frame_directory(directory: Path, protected_paths: Iterable[Optional[PathLike]]) -> None:
+    """A PNG-frame output folder must hold no input, not be a file, and be new, empty or one of ours."""
+    refuse_to_overwrite_inputs(directory, protected_paths, output_is_directory=True)
+    if directory.exists() and not directory.is_dir():
+        raise MediaError(f"frame output '{directory}' is an existing file; give a directory path")
+    refuse_foreign_directory(directory)
+
+
+def refuse_foreign_directory(directory: Path) -> None:
+    """MediaError if ``directory`` holds files and is not one of our result folders (no ``.dagan-result``)."""
+    if not directory.is_dir() or (directory / RESULT_MARKER).is_file():
+        return
+    entries = [entry.name for entry in directory.iterdir()]
+    if entries:
+        shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise MediaError(f"refusing to write PNG frames into '{directory}': it already holds {len(entries)} "
+                         f"file(s) this program did not write ({shown}); give a new or empty folder")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as stream:
+        os.fsync(stream.fileno())
+
+
 def open_writer(
     result_path: PathLike,
     fps: float,
@@ -660,7 +717,29 @@ def open_writer(
     (PNG frames; `fps` and audio do not apply); anything else gives an MP4 `VideoWriter`.
     `audio_from` and `protected_paths` are never overwritten.
     """
+    if is_frame_directory_path(result_path):
+        return FrameDirectoryWriter(result_path, protected_paths=[*protected_paths, audio_from])
+    return VideoWriter(result_path, fps, audio_from=audio_from, protected_paths=protected_paths)
+
+
+def is_frame_directory_path(result_path: PathLike) -> bool:
+    """Whether ``open_writer`` writes PNG frames for this path (an existing folder, or a path ending with '/')."""
     text = os.fspath(result_path)
-    if os.path.isdir(text) or text.endswith(("/", os.sep)):
-        return FrameDirectoryWriter(text, protected_paths=[*protected_paths, audio_from])
-    return VideoWriter(text, fps, audio_from=audio_from, protected_paths=protected_paths)
+    return os.path.isdir(text) or text.endswith(("/", os.sep))
+
+
+def check_result_path(result_path: PathLike, protected_paths: Iterable[Optional[PathLike]] = ()) -> None:
+    """Every check ``open_writer`` makes, without writing anything: run it before the work starts.
+
+    MediaError if the result would replace an input, is a folder of someone else's files, has a suffix that is
+    not a video container, or lies in a folder that cannot be written (read-only, full disk).
+    """
+    protected = list(protected_paths)
+    if is_frame_directory_path(result_path):
+        check_frame_directory(Path(result_path), protected)
+    else:
+        check_video_path(Path(result_path), protected)
+    try:
+        check_writable(result_path, "result")
+    except OutputError as error:
+        raise MediaError(str(error)) from None

@@ -28,8 +28,8 @@ from dagan.losses import edge_aware_smoothness, photometric_error
 from dagan.model import DaGAN
 from dagan.networks.depth import NUM_SCALES, PoseNetwork
 from dagan.training import distributed
-from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, adam, check_finite,
-                                load_training_state,
+from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, adam,
+                                apply_learning_rates, check_finite, reconcile_resumed_config,
                                 per_rank_batch, rng_state, seed_everything, set_rng_state)
 from dagan.visualization import disparity_image, to_image
 
@@ -151,15 +151,19 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
     # Resume.
     checkpoints = CheckpointManager(os.path.join(log_dir, "checkpoints"), run.keep_checkpoints)
     start_step = 0
-    resume_path = checkpoints.resolve(resume)
-    if resume_path is not None:
-        state = load_training_state(resume_path)
+    resumed = checkpoints.resume_state(resume)
+    if resumed is not None:
+        resume_path, state = resumed
+        changed_rates = reconcile_resumed_config(state["config"], config_to_dict(config), resume_path, "depth",
+                                                 state["training"].get("stage"), {"optimizer": "depth_train_params.lr"})
         model.load_network_state_dicts({name: state["networks"][name] for name in ("depth_encoder", "depth_decoder")})
         pose_network.load_state_dict(state["training"]["pose_network"])
         if uncertainty is not None:
             uncertainty.load_state_dict(state["training"]["uncertainty"])
         optimizer.load_state_dict(state["training"]["optimizer"])
         scheduler.load_state_dict(state["training"]["scheduler"])
+        for old, new in changed_rates.values():
+            apply_learning_rates(optimizer, scheduler, old, new)
         set_rng_state(state["training"]["rng"])
         start_step = state["step"]
     sampler.set_start(start_step * params.batch_size)
@@ -182,18 +186,20 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
                               "uncertainty": uncertainty.state_dict() if uncertainty is not None else {},
                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}}
         if context.is_main:
-            checkpoints.save(state, step)
-            export_official_depth(model, os.path.join(log_dir, "depth"))
+            with stop.saving():
+                checkpoints.save(state, step)
+                export_official_depth(model, os.path.join(log_dir, "depth"))
         distributed.barrier()
 
     # Loop.
+    stop = StopRequest()
     logger = RunLogger(log_dir, config, params.num_steps, start_step, enabled=context.is_main, description="depth")
     checkpoint_every = run.checkpoint_every or max(1, params.num_steps // 10)
     batches = iter(loader)
     step, running, stats = start_step, {}, {}
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.mixed_precision == "bf16" and device.type == "cuda"
                 else contextlib.nullcontext())
-    with StopRequest() as stop:
+    with stop:
         while step < params.num_steps:
             for micro in range(run.grad_accumulation):
                 batch = next(batches)
@@ -230,4 +236,4 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
                 logger.message(f"stopped at step {step}; resume with --resume auto")
                 break
     logger.close()
-    return {"step": step, **stats}
+    return {"step": step, "stopped_by": stop.signal_number, **stats}

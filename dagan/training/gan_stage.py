@@ -27,10 +27,14 @@ from dagan.losses import (ImagePyramid, equivariance_jacobian_loss, equivariance
 from dagan.model import DaGAN
 from dagan.networks.backbones import VGG19, load_vgg19_weights
 from dagan.training import distributed
-from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, adam, check_finite,
-                                load_training_state, per_rank_batch, rng_state, seed_everything, set_rng_state,
-                                steps_per_epoch)
+from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, adam,
+                                apply_learning_rates, check_finite, per_rank_batch, reconcile_resumed_config,
+                                rng_state, seed_everything, set_rng_state, steps_per_epoch)
 from dagan.visualization import training_grid
+
+# Each optimizer's learning rate in the config (a changed rate reaches the optimizer on resume).
+LEARNING_RATE_KEYS = {"generator": "train_params.lr_generator", "kp_detector": "train_params.lr_kp_detector",
+                      "discriminator": "train_params.lr_discriminator"}
 
 
 class FrozenParts:
@@ -233,14 +237,18 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
     # Resume.
     checkpoints = CheckpointManager(os.path.join(log_dir, "checkpoints"), params.keep_checkpoints)
     start_step = 0
-    resume_path = checkpoints.resolve(resume)
-    if resume_path is not None:
-        state = load_training_state(resume_path)
+    resumed = checkpoints.resume_state(resume)
+    if resumed is not None:
+        resume_path, state = resumed
+        changed_rates = reconcile_resumed_config(state["config"], config_to_dict(config), resume_path, "gan",
+                                                 state["training"].get("stage"), LEARNING_RATE_KEYS)
         model.load_network_state_dicts({name: state["networks"][name] for name in
                                         ("kp_detector", "generator", "discriminator")})
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state["training"]["optimizers"][name])
             schedulers[name].load_state_dict(state["training"]["schedulers"][name])
+        for name, (old, new) in changed_rates.items():
+            apply_learning_rates(optimizers[name], schedulers[name], old, new)
         set_rng_state(state["training"]["rng"])
         start_step = state["step"]
     sampler.set_start(start_step * params.batch_size)
@@ -262,15 +270,17 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
                               "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
                               "schedulers": {name: scheduler.state_dict() for name, scheduler in schedulers.items()}}}
         if context.is_main:
-            checkpoints.save(state, step)
+            with stop.saving():
+                checkpoints.save(state, step)
         distributed.barrier()
 
     # Loop.
+    stop = StopRequest()
     logger = RunLogger(log_dir, config, total_steps, start_step, enabled=context.is_main, description="gan")
     checkpoint_every = params.checkpoint_every or params.checkpoint_freq * epoch_steps
     batches = iter(loader)
     step, running, stats = start_step, {}, {}
-    with StopRequest() as stop:
+    with stop:
         while step < total_steps:
             transform = step_transform(params, step)
             outputs = []
@@ -330,7 +340,7 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
     skipped = getattr(dataset, "skipped", [])
     if skipped and context.is_main:
         print(f"{len(skipped)} unreadable video(s) were skipped: {', '.join(name for name, _ in skipped[:5])}")
-    return {"step": step, **stats}
+    return {"step": step, "stopped_by": stop.signal_number, **stats}
 
 
 def accumulate(running: dict[str, tuple[float, int]], losses: dict[str, torch.Tensor]) -> None:

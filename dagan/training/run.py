@@ -2,6 +2,7 @@
 survive (atomic, last k kept, resumable), stop requests (SIGTERM / Ctrl-C) and divergence checks."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,8 +16,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from dagan.checkpoint import atomic_save, read_file
+from dagan.checkpoint import CheckpointError, atomic_save, read_file
 from dagan.config import Config, save_config
+from dagan.io.files import OutputError, check_writable, remove_stale_temporaries
 
 CHECKPOINT_PATTERN = re.compile(r"^(\d{8})\.pt$")
 
@@ -53,11 +55,15 @@ def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
 class StopRequest:
     """Turns SIGTERM and Ctrl-C into a flag the loop checks, so that it can save a checkpoint before exiting.
 
-    A second Ctrl-C raises KeyboardInterrupt as usual.
+    ``signal_number`` remembers which signal asked (the run then exits with 128 + it: 130 for Ctrl-C, 143 for
+    SIGTERM). A second Ctrl-C stops at once (KeyboardInterrupt), except while a checkpoint is being written
+    (inside ``saving()``): the save finishes first, so the last good checkpoint is never lost.
     """
 
     def __init__(self):
         self.requested = False
+        self.signal_number: Optional[int] = None
+        self.in_save = False
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -70,9 +76,21 @@ class StopRequest:
 
     def _handle(self, number, frame) -> None:
         if self.requested and number == signal.SIGINT:
+            if self.in_save:
+                print("\nstill writing the checkpoint; the run stops right after it", file=sys.stderr)
+                return
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signal_number = True, number
         print(f"\nreceived {signal.Signals(number).name}: saving a checkpoint and stopping", file=sys.stderr)
+
+    @contextlib.contextmanager
+    def saving(self):
+        """Defer a second Ctrl-C until the block (a checkpoint write) is done."""
+        self.in_save = True
+        try:
+            yield
+        finally:
+            self.in_save = False
 
     def __exit__(self, *exc) -> None:
         for number, handler in self.previous.items():
@@ -80,10 +98,16 @@ class StopRequest:
 
 
 class CheckpointManager:
-    """``<run>/checkpoints/<step:08d>.pt``, written atomically; only the newest ``keep`` are kept."""
+    """``<run>/checkpoints/<step:08d>.pt``, written atomically and fsync'ed; only the newest ``keep`` are kept.
+
+    Temporary files of killed runs are removed when the manager is made. A half-written checkpoint is never
+    picked: it only ever exists under a temporary name, and ``--resume auto`` also skips, with a warning, a
+    newest file that does not load (truncated or emptied by a crash of the file system)."""
 
     def __init__(self, directory: str, keep: int):
         self.directory, self.keep = directory, keep
+        for stale in remove_stale_temporaries(directory):
+            warnings.warn(f"removed {stale.name}, a partial checkpoint left by a killed run", stacklevel=2)
 
     def path(self, step: int) -> str:
         return os.path.join(self.directory, f"{step:08d}.pt")
@@ -104,16 +128,31 @@ class CheckpointManager:
             os.remove(old)
         return path
 
-    def resolve(self, resume: Optional[str]) -> Optional[str]:
-        """``None``: start fresh; ``"auto"``: the newest checkpoint of this run, if any; else a path."""
+    def resume_state(self, resume: Optional[str]) -> Optional[tuple[str, dict]]:
+        """``(path, state)`` to continue from: ``None`` starts fresh; ``"auto"``: the newest checkpoint of this run
+        that loads (older ones are tried, with a warning, when the newest is damaged); else the given file."""
         if resume is None:
             return None
-        if resume == "auto":
-            return self.latest()
-        if not os.path.isfile(resume):
-            raise TrainingError(f"--resume {resume!r}: no such checkpoint file (use --resume auto to continue the "
-                                "newest checkpoint of --log_dir)")
-        return resume
+        if resume != "auto":
+            if not os.path.isfile(resume):
+                raise TrainingError(f"--resume {resume!r}: no such checkpoint file (use --resume auto to continue "
+                                    "the newest checkpoint of --log_dir)")
+            return resume, load_training_state(resume)
+        damaged = []
+        for path in reversed(self.all()):
+            try:
+                state = load_training_state(path)
+            except CheckpointError as error:
+                damaged.append(path)
+                warnings.warn(f"skipping a damaged checkpoint: {error}", stacklevel=2)
+                continue
+            if damaged:
+                warnings.warn(f"resuming from {path}, the newest checkpoint that loads", stacklevel=2)
+            return path, state
+        if damaged:
+            raise TrainingError(f"no checkpoint in {self.directory!r} can be read ({len(damaged)} damaged); start a "
+                                "new run with another --log_dir, or --overwrite to move this one aside")
+        return None
 
 
 def load_training_state(path: str) -> dict:
@@ -122,6 +161,106 @@ def load_training_state(path: str) -> dict:
         raise TrainingError(f"{path!r} holds no training state (optimizers, step); it cannot be resumed. To start "
                             "from its weights, put them in the config instead")
     return state
+
+
+# Run directories: never overwrite a run.
+RUN_FILES = ("config.yaml", "stats.jsonl")
+
+
+def has_run(log_dir: str) -> bool:
+    """Whether ``log_dir`` holds (part of) a training run: its config, statistics or checkpoints."""
+    checkpoints = os.path.join(log_dir, "checkpoints")
+    return any(os.path.exists(os.path.join(log_dir, name)) for name in RUN_FILES) or (
+        os.path.isdir(checkpoints) and any(CHECKPOINT_PATTERN.match(name) for name in os.listdir(checkpoints)))
+
+
+def claim_run_directory(log_dir: str, resume: Optional[str], overwrite: bool, is_main: bool = True) -> Optional[str]:
+    """Make ``log_dir`` ready for this run before any work starts; returns where an old run was moved, if anywhere.
+
+    A directory that holds a run is only continued (``--resume``) or, with ``overwrite``, moved aside to
+    ``<log_dir>.old-<time>`` (never deleted); otherwise the run is refused with what to do. The directory must be
+    writable. Only the main rank moves or creates anything.
+    """
+    if overwrite and resume is not None:
+        raise TrainingError("--overwrite starts a new run and --resume continues one; give only one of them")
+    moved = None
+    if resume is None and has_run(log_dir):
+        if not overwrite:
+            newest = CheckpointManager(os.path.join(log_dir, "checkpoints"), 1).latest()
+            holds = f"checkpoints up to {os.path.basename(newest)}" if newest else "a config and statistics"
+            raise TrainingError(f"run directory {log_dir!r} already holds a run ({holds}); continue it with "
+                                "--resume auto, start a new run with another --log_dir, or pass --overwrite to move "
+                                "the old run aside")
+        if is_main:
+            moved = f"{log_dir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(log_dir, moved)
+    if is_main:
+        try:
+            check_writable(os.path.join(log_dir, "checkpoints", "00000000.pt"), "run directory")
+        except OutputError as error:
+            raise TrainingError(str(error)) from None
+    return moved
+
+
+# Resuming with a changed config.
+ARCHITECTURE_SECTIONS = ("model_params",)
+
+
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (value in the checkpoint, value now)}`` for every setting that differs."""
+    old, new = flatten(saved), flatten(current)
+    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)}
+
+
+def reconcile_resumed_config(saved: dict, current: dict, path: str, stage: str, saved_stage: str,
+                             learning_rates: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """Check the config of a resumed run against its checkpoint's.
+
+    Refuses another stage's checkpoint and any change to the networks (``model_params``), listing the
+    differences. Returns the learning rates that changed, ``{optimizer name: (old, new)}``, for
+    :func:`apply_learning_rates`; ``learning_rates`` maps optimizer names to their dotted config keys.
+    Other changes (steps, logging, data) are allowed and listed on stderr.
+    """
+    if saved_stage != stage:
+        raise TrainingError(f"{path!r} is a {saved_stage}-stage checkpoint, but this run is the {stage} stage; "
+                            f"resume it with --set train_params.stage={saved_stage}, or start the {stage} stage with "
+                            "a new --log_dir")
+    changes = config_changes(saved, current)
+    architecture = [key for key in changes if key.split(".")[0] in ARCHITECTURE_SECTIONS]
+    if architecture:
+        listed = "; ".join(f"{key}: {changes[key][0]!r} -> {changes[key][1]!r}" for key in architecture[:6])
+        raise TrainingError(f"cannot resume {path!r}: the networks in the config differ from the checkpoint's "
+                            f"({listed}); resume with the run's own config ({os.path.dirname(os.path.dirname(path))}"
+                            "/config.yaml) or start a new run with another --log_dir")
+    changed_rates = {name: changes[key] for name, key in learning_rates.items() if key in changes}
+    for key, (old, new) in changes.items():
+        how = "applied to the optimizer" if key in learning_rates.values() else "takes effect from here"
+        print(f"resume: {key} changed from {old!r} to {new!r} ({how})", file=sys.stderr)
+    return changed_rates
+
+
+def apply_learning_rates(optimizer: torch.optim.Optimizer, scheduler, old: float, new: float) -> None:
+    """Scale a resumed optimizer's learning rate (and its scheduler's base) by ``new / old``: the new rate
+    applies, with the decays the schedule already made."""
+    ratio = new / old
+    for group in optimizer.param_groups:
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+    scheduler.base_lrs = [rate * ratio for rate in scheduler.base_lrs]
+    if hasattr(scheduler, "_last_lr"):
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 # Random-number states, in a form torch.load(weights_only=True) accepts.
