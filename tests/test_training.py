@@ -103,7 +103,7 @@ def test_stop_request_saves_a_checkpoint(tmp_path, depth_dir, monkeypatch):
         self.requested = True  # as if SIGTERM arrived during the first step
         return self
     monkeypatch.setattr(run_module.StopRequest, "__enter__", enter_and_request)
-    assert run_train(tmp_path, gan_overrides(depth_dir, 50)) == 0
+    assert run_train(tmp_path, gan_overrides(depth_dir, 50)) == 0  # a stop without a signal (set in code)
     assert os.listdir(tmp_path / "checkpoints") == ["00000001.pt"]
 
 
@@ -249,7 +249,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, depth_dir):
         time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     _, error = process.communicate(timeout=300)
-    assert process.returncode == 0, error[-2000:]
+    assert process.returncode == 143, error[-2000:]  # 128 + SIGTERM, after saving: `train && export` stops here
     assert "resume with --resume auto" in error
     saved = os.listdir(tmp_path / "checkpoints")
     assert len(saved) == 1 and int(saved[0][:8]) >= 2
@@ -284,3 +284,115 @@ def test_fused_adam_matches_the_reference_update_and_resumes_across_kinds():
         assert torch.allclose(a, b, atol=1e-6)
     # Integer or meta tensors fall back to the default implementation.
     assert not adam([torch.zeros(2, device="meta", requires_grad=True)], 1e-3).defaults["fused"]
+
+
+# Run directories and resuming: a run is never overwritten, damaged or mixed with another.
+@pytest.fixture(scope="module")
+def three_step_run(tmp_path_factory, depth_dir):
+    """A finished 3-step GAN run with a checkpoint after every step; tests work on copies of it."""
+    run = tmp_path_factory.mktemp("three-steps") / "run"
+    assert run_train(run, gan_overrides(depth_dir, 3, "train_params.checkpoint_every=1")) == 0
+    return run
+
+
+def copy_of(run, tmp_path):
+    import shutil
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def test_rerun_into_a_run_directory_is_refused_and_overwrite_moves_it_aside(three_step_run, tmp_path, depth_dir,
+                                                                             capsys):
+    from dagan.training.run import claim_run_directory
+    run = copy_of(three_step_run, tmp_path)
+    before = sorted(os.listdir(run / "checkpoints"))
+    assert run_train(run, gan_overrides(depth_dir, 2)) == 1
+    error = capsys.readouterr().err.strip()
+    assert "already holds a run (checkpoints up to 00000003.pt)" in error and "--resume auto" in error
+    assert "--overwrite" in error and len(error.splitlines()) == 1
+    assert sorted(os.listdir(run / "checkpoints")) == before
+    moved = claim_run_directory(str(run), None, overwrite=True)
+    assert sorted(os.listdir(os.path.join(moved, "checkpoints"))) == before  # moved aside, never deleted
+    assert os.listdir(run / "checkpoints") == []  # the new run starts in an empty directory
+
+
+def test_resume_auto_falls_back_to_the_newest_readable_checkpoint(three_step_run, tmp_path, depth_dir):
+    run = copy_of(three_step_run, tmp_path)
+    newest = run / "checkpoints" / "00000003.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash of the machine
+    (run / "checkpoints" / "00000002.pt").write_bytes(b"")  # emptied
+    with pytest.warns(UserWarning, match="resuming from .*00000001.pt"):
+        assert run_train(run, gan_overrides(depth_dir, 2, "train_params.checkpoint_every=1"), resume="auto") == 0
+    assert read_file(run / "checkpoints" / "00000002.pt")["step"] == 2  # continued from step 1
+
+
+def test_resume_applies_a_changed_learning_rate_and_refuses_other_networks(three_step_run, tmp_path, depth_dir,
+                                                                           capsys):
+    run = copy_of(three_step_run, tmp_path)
+    changed = gan_overrides(depth_dir, 4, "train_params.lr_generator=1e-5", "train_params.checkpoint_every=1")
+    assert run_train(run, changed, resume="auto") == 0
+    assert "lr_generator changed from 0.0002 to 1e-05 (applied to the optimizer)" in capsys.readouterr().err
+    state = read_file(run / "checkpoints" / "00000004.pt")
+    assert state["training"]["optimizers"]["generator"]["param_groups"][0]["lr"] == pytest.approx(1e-5)
+    assert state["training"]["optimizers"]["kp_detector"]["param_groups"][0]["lr"] == pytest.approx(2e-4)
+    wider = "model_params.generator_params.block_expansion=16"
+    assert run_train(run, gan_overrides(depth_dir, 6, wider), resume="auto") == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "model_params.generator_params.block_expansion: 8 -> 16" in error
+
+
+def test_a_checkpoint_of_the_other_stage_is_named(tmp_path, depth_dir, capsys):
+    from dagan.checkpoint import atomic_save
+    from dagan.config import config_to_dict
+    config = load_config(config_path("tiny.yaml"))
+    atomic_save({"format": "dagan", "version": 1, "config": config_to_dict(config), "step": 1, "networks": {},
+                 "training": {"stage": "depth"}}, tmp_path / "checkpoints" / "00000001.pt")
+    assert run_train(tmp_path, gan_overrides(depth_dir, 2), resume="auto") == 1
+    error = capsys.readouterr().err.strip()
+    assert "is a depth-stage checkpoint" in error and "train_params.stage=depth" in error
+    assert len(error.splitlines()) == 1
+
+
+def test_stale_temporary_checkpoints_are_removed_but_live_ones_kept(tmp_path):
+    from dagan.io.files import temporary_sibling
+    from dagan.training.run import CheckpointManager
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    (tmp_path / "checkpoints").mkdir()
+    live = temporary_sibling(tmp_path / "checkpoints" / "00000006.pt")
+    dead = live.with_name(live.name.replace(f"-{os.getpid()}-", f"-{dead_pid}-"))
+    live.write_bytes(b"being written"), dead.write_bytes(b"left by a killed run")
+    with pytest.warns(UserWarning, match="partial checkpoint"):
+        CheckpointManager(str(tmp_path / "checkpoints"), keep=3)
+    assert live.exists() and not dead.exists()
+
+
+def test_a_second_ctrl_c_waits_for_the_checkpoint_being_written():
+    import signal
+    from dagan.training.run import StopRequest
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # first Ctrl-C: save and stop
+        assert stop.requested and stop.signal_number == signal.SIGINT
+        with stop.saving():
+            os.kill(os.getpid(), signal.SIGINT)  # second one during the save: deferred, nothing raised
+            written = True
+        assert written
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # outside a save it stops at once
+
+
+def test_full_disk_during_a_checkpoint_save_is_one_line(tmp_path, monkeypatch):
+    import dagan.io.files as files
+    from dagan.checkpoint import CheckpointError, atomic_save
+    (tmp_path / "00000002.pt").write_bytes(b"older checkpoint")
+
+    def full_disk_save(obj, target, *args, **kwargs):
+        target.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2176 vs 2064")
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    monkeypatch.setattr(files, "disk_is_nearly_full", lambda directory: True)
+    with pytest.raises(CheckpointError) as error:
+        atomic_save({"step": 2}, tmp_path / "00000002.pt")
+    message = str(error.value)
+    assert "could not write" in message and "00000002.pt" in message and "the disk is full" in message
+    assert "\n" not in message and "enforce fail" not in message
+    assert os.listdir(tmp_path) == ["00000002.pt"] and (tmp_path / "00000002.pt").read_bytes() == b"older checkpoint"

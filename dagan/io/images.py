@@ -8,6 +8,7 @@ expanded to three channels. `MediaError` is the single error type of `dagan.io`.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -170,7 +171,10 @@ def _open_upright(path: Path) -> Image.Image:
     if path.is_dir():
         raise MediaError(f"image '{path}' is a directory; give the path of an image file")
     try:
-        with Image.open(path) as opened:  # reads the header only
+        with warnings.catch_warnings():  # Pillow warns of large pictures: our own limit is checked just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)  # reads the header only
+        with opened:
             check_pixel_count(*opened.size, f"image '{path}'")
             opened.load()
             return ImageOps.exif_transpose(opened)
