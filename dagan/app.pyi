@@ -321,6 +321,8 @@ class UploadedImage(gr.Image):
     fails inside gradio with no message for the caller, and a small file that claims 13000x13000 pixels takes
     gigabytes. Here :func:`read_portrait` reads it (pixel limit checked from the header, readable errors)."""
 
+    is_template = True  # rendered by gradio's own image component in the page
+
     def preprocess(self, payload):
         return None if payload is None else payload.path
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING

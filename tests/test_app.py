@@ -108,12 +108,13 @@ def test_too_large_upload_is_reported(tmp_path, tiny_checkpoint, short_clip):
 
 @pytest.mark.parametrize("checkpoint, message", [
     (None, "No checkpoint selected"),
-    ("missing.pt", "Checkpoint 'missing.pt' does not exist on the server"),
-    ("notes.pt", "could not be read as a torch file"),
+    ("missing.pt", "Checkpoint 'missing.pt' is not one of this server's checkpoints"),
+    ("checkpoints/notes.pt", "could not be read as a torch file"),
 ])
 def test_bad_checkpoint_is_reported(animator, short_clip, tmp_path, checkpoint, message):
-    if checkpoint == "notes.pt":
-        checkpoint = text_file(tmp_path, checkpoint)
+    if checkpoint == "checkpoints/notes.pt":  # listed (in the app's checkpoints/ folder) but not a checkpoint
+        (tmp_path / "checkpoints").mkdir()
+        text_file(tmp_path / "checkpoints", "notes.pt")
     with pytest.raises(gr.Error, match=message):
         animator(request(driving=str(short_clip), checkpoint=checkpoint))
 
@@ -164,10 +165,11 @@ def test_animation_keeps_frames_and_audio_and_reuses_the_model(animator, tiny_ch
 def test_official_checkpoint_uses_the_depth_folder_and_config(tmp_path, short_clip):
     torch.manual_seed(0)
     release = export_official(DaGAN(load_config(config_path("tiny.yaml"))), tmp_path / "release")
-    without_depth = Animator(AppSettings(work_dir=str(tmp_path / "work")))
+    without_depth = Animator(AppSettings(checkpoint=release["checkpoint"], work_dir=str(tmp_path / "work")))
     with pytest.raises(gr.Error, match="official DaGAN checkpoint: it needs the depth network"):
         without_depth(request(driving=str(short_clip), checkpoint=release["checkpoint"]))
-    animator = Animator(AppSettings(depth_checkpoint=str(tmp_path / "release" / "depth"),
+    animator = Animator(AppSettings(checkpoint=release["checkpoint"],
+                                    depth_checkpoint=str(tmp_path / "release" / "depth"),
                                     config=config_path("tiny.yaml"), work_dir=str(tmp_path / "work")))
     result = animator(request(driving=str(short_clip), checkpoint=release["checkpoint"]))
     assert probe(result.video).num_frames == probe(short_clip).num_frames
@@ -299,3 +301,27 @@ def test_browser_bundled_sample_fills_the_inputs(page):
     page.locator("#samples [data-testid=dataset-cell-0-0]").click()
     page.wait_for_selector("#source-image img[src]", timeout=30_000)
     page.wait_for_selector("#driving-video video[src]", timeout=30_000)
+
+
+# A path that is not listed, existing or not: gradio's own check of the choices, or ours, with no path-specific text.
+SAME_ANSWER = r"is not in the list of choices|is not one of this server's checkpoints"
+
+
+@pytest.mark.parametrize("portrait, checkpoint, message", [
+    ("notes.txt", None, "is not an image that can be read"),
+    ("fake.png", None, "is not an image that can be read"),
+    ("clip.mp4", None, "is not an image that can be read"),
+    ("source.png", "/etc/shadow", SAME_ANSWER),
+    ("source.png", "/no/such/file.pt", SAME_ANSWER),
+])
+def test_api_callers_get_readable_errors(server, short_clip, tmp_path, portrait, checkpoint, message):
+    """Through gradio's HTTP API (no page), as a script or an attacker on the network would call it."""
+    from gradio_client import Client, handle_file
+
+    paths = {"notes.txt": text_file(tmp_path, "notes.txt"), "fake.png": text_file(tmp_path, "fake.png"),
+             "clip.mp4": str(short_clip), "source.png": str(SAMPLES / "source.png")}
+    client = Client(server.url, verbose=False)
+    with pytest.raises(Exception, match=message):
+        client.predict(handle_file(paths[portrait]), handle_file(str(short_clip)),
+                       checkpoint or "checkpoints/tiny.pt", "cpu", True, True, False, 1.0, False, False,
+                       api_name="/animate")
