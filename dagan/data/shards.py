@@ -278,6 +278,10 @@ def _load_or_make_plan(root: Path, output: Path, settings: ShardSettings, probe_
     shards: dict[str, dict] = {}
     for split in splits:
         items = _split_items(root, split, probe_videos)
+        folders = [item.name for item in items if item.kind == "frames"]
+        if settings.encoding == "mp4" and folders:
+            raise ShardError(f"'{root}/{split}' has {len(folders)} frame folder(s) (e.g. '{folders[0]}'); encoding "
+                             "mp4 stores video files as they are: use --encoding png or jpeg for frame folders")
         for name, clips in plan_shards(items, estimate_clip_bytes(items, settings), settings, split).items():
             shards[name] = {"split": split, "clips": clips}
     plan = {**wanted, "layout": layout, "splits": splits, "shards": shards}
