@@ -51,7 +51,10 @@ def test_killed_rank_restarts_and_ends_with_the_weights_of_an_unbroken_run(tmp_p
     torch.manual_seed(0)
     depth_dir = tmp_path / "depth"
     export_official_depth(DaGAN(load_config(config_path("tiny.yaml"))), depth_dir)
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    # Without TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 the relaunched ranks find the dead ranks' addresses in the
+    # rendezvous store that torchrun shares with them, and fail to connect (pytorch/pytorch#135712).
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT),
+                   "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     unbroken = subprocess.run(torchrun_command(tmp_path / "unbroken", depth_dir, free_port()), capture_output=True,
                               text=True, timeout=900, env=environment)
     assert unbroken.returncode == 0, unbroken.stderr[-3000:]
