@@ -291,3 +291,16 @@ def test_training_from_shards_resumes_bit_identically(png_index, tmp_path):
     for network in ("generator", "kp_detector", "discriminator"):
         for key, value in a[network].items():
             assert torch.equal(value, b[network][key]), f"{network}.{key}"
+
+
+def test_format_fields_are_validated():
+    from dagan.config import ConfigError, load_config
+
+    from conftest import config_path
+    assert load_config(config_path("tiny.yaml")).dataset_params.format == "folders"
+    with pytest.raises(ConfigError, match="dataset_params.format"):
+        load_config(config_path("tiny.yaml"), ["dataset_params.format=zip"])
+    with pytest.raises(ConfigError, match="dataset_params.shard_shuffle_buffer"):
+        load_config(config_path("tiny.yaml"), ["dataset_params.shard_shuffle_buffer=0"])
+    with pytest.raises(ShardError, match="could not be read"):
+        load_index(Path(config_path("tiny.yaml")))  # a dataset folder or any other file given as the index
