@@ -304,3 +304,14 @@ def test_format_fields_are_validated():
         load_config(config_path("tiny.yaml"), ["dataset_params.shard_shuffle_buffer=0"])
     with pytest.raises(ShardError, match="could not be read"):
         load_index(Path(config_path("tiny.yaml")))  # a dataset folder or any other file given as the index
+
+
+def test_benchmark_data_script(dataset_root, tmp_path, capsys):
+    script = load_script("benchmark_data")
+    video = dataset_root / "train" / "id003#v3#0001#0005.mp4"
+    assert script.main(["--video", str(video), "--clips", "2", "--samples", "2", "--frame_size", str(SIZE),
+                        "--kinds", "pairs", "--output", str(tmp_path / "bench.json")]) == 0
+    results = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert [row["format"] for row in results] == ["folders", "videos", "shards-png", "shards-jpeg", "shards-mp4"]
+    assert all(row["decoded_per_cpu_s"] > 0 and row["bytes_per_sample"] > 0 for row in results)
+    assert "shards-jpeg" in capsys.readouterr().out

@@ -17,6 +17,8 @@ Two ways to use it:
   of keys, shuffled per pass by ``(seed, pass)``; ``sampler.set_start(step * global_batch_size)`` resumes
   mid-stream; each rank takes its own run of keys in every block, so no ``DistributedSampler`` is needed. Leave
   ``set_epoch`` at 0.
+* Reading shards (``dataset_params.format: shards``): ``make_sampler`` returns a :class:`ShardSampler`, the same
+  keys in an order that keeps each rank on its own shards; resumed the same way.
 * Counting epochs: a finite sampler (``shuffle=True`` with a seeded generator) and ``set_epoch(epoch)``
   before each epoch, in every process (with ``persistent_workers`` the workers keep their own copy).
 
@@ -127,7 +129,7 @@ class _VideoDataset(SeededDataset):
         pass_index, item = divmod(_check_index(key), len(self))
         rng = np.random.default_rng([self.seed, pass_index, item])
         for _ in range(MAX_ATTEMPTS):
-            video = self.groups[item][int(rng.integers(len(self.groups[item])))]  # as in planned_videos
+            video = self._draw_video(item, rng)
             try:
                 return self.make_sample(self.store.open_clip(video), rng)
             except (MediaError, OSError) as error:
@@ -142,9 +144,13 @@ class _VideoDataset(SeededDataset):
     def planned_videos(self, pass_index: int) -> np.ndarray:
         """``(len(self),)``: the index in ``videos`` of the clip each item reads in pass ``pass_index``: the
         first draw of ``sample`` (another clip is read only when this one turns out to be unreadable)."""
-        return np.array([group[0] if len(group) == 1 else
-                         group[int(np.random.default_rng([self.seed, pass_index, item]).integers(len(group)))]
+        return np.array([group[0] if len(group) == 1 else  # (a one-video group needs no generator)
+                         self._draw_video(item, np.random.default_rng([self.seed, pass_index, item]))
                          for item, group in enumerate(self.groups)], dtype=np.int64)
+
+    def _draw_video(self, item: int, rng: np.random.Generator) -> int:
+        """A video of item ``item`` (one of its identity's videos with id_sampling), drawn from ``rng``."""
+        return self.groups[item][int(rng.integers(len(self.groups[item])))]
 
     def _augment(self, frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """``(T, 3, H, W)`` -> ``(T, 3, H, W)``: one draw of flips and jitter for all frames (train only)."""
