@@ -38,7 +38,7 @@ from typing import Callable, Iterable, Literal, Optional, Sequence
 import numpy as np
 
 from dagan.data.frames import (DEFAULT_CACHE_BYTES, Clip, DatasetError, PathLike, Split, VideoItem, VideoStore,
-                               _ClipCache, list_frame_files)
+                               _ClipCache, list_frame_files, locate_split)
 from dagan.io import MediaError, decode_image_uint8, encode_image, natural_sort_key, open_video, read_image_uint8
 from dagan.io.files import atomic_write_text
 
@@ -188,18 +188,18 @@ def estimate_clip_bytes(items: Sequence[VideoItem], settings: ShardSettings, sam
 
 
 def plan_shards(items: Sequence[VideoItem], sizes: Sequence[float], settings: ShardSettings, split: str
-                ) -> dict[str, list[str]]:
-    """``{shard file name: [clip names]}``: clips in a ``seed``-shuffled order, cut every ``shard_bytes``."""
+                ) -> dict[str, list[VideoItem]]:
+    """``{shard file name: [clips]}``: clips in a ``seed``-shuffled order, cut every ``shard_bytes``."""
     order = np.random.default_rng([settings.seed]).permutation(len(items))
-    shards: list[list[str]] = [[]]
+    shards: list[list[VideoItem]] = [[]]
     filled = 0.0
     for index in order:
         if shards[-1] and filled + sizes[index] > settings.shard_bytes:
             shards.append([])
             filled = 0.0
-        shards[-1].append(items[index].name)
+        shards[-1].append(items[index])
         filled += sizes[index]
-    return {f"{split}-{number:06d}.tar": names for number, names in enumerate(shards)}
+    return {f"{split}-{number:06d}.tar": clips for number, clips in enumerate(shards)}
 
 
 def make_shards(root_dir: PathLike, output_dir: PathLike, settings: ShardSettings, workers: int = 1,
@@ -224,10 +224,8 @@ def make_shards(root_dir: PathLike, output_dir: PathLike, settings: ShardSetting
             records[name] = record
             if progress:
                 progress(len(entry["clips"]))
-    items_by_split = {split: {item.name: item for item in _split_items(Path(root_dir), split, probe_videos)}
-                      for split in plan["splits"]} if pending else {}
-    jobs = {name: ([items_by_split[plan["shards"][name]["split"]][clip] for clip in plan["shards"][name]["clips"]],
-                   plan["shards"][name]["split"]) for name in pending}
+    jobs = {name: ([VideoItem(clip, Path(path), kind, num_frames) for clip, path, kind, num_frames
+                    in plan["shards"][name]["clips"]], plan["shards"][name]["split"]) for name in pending}
     reused = len(records)
     for name, record in _run_jobs(output, jobs, settings, workers, progress):
         records[name] = record
@@ -257,12 +255,9 @@ def _run_jobs(output: Path, jobs: dict, settings: ShardSettings, workers: int, p
             yield name, future.result()
 
 
-def _split_items(root: Path, split: Split, probe_videos: bool) -> list[VideoItem]:
-    return VideoStore(root, split, probe_videos=probe_videos).items
-
-
 def _load_or_make_plan(root: Path, output: Path, settings: ShardSettings, probe_videos: bool) -> dict:
-    """The plan of an earlier run (same settings required) or a new one, written to ``plan.json``."""
+    """The plan of an earlier run (same settings required) or a new one, written to ``plan.json``: per shard its
+    split and clips ``[name, path, kind, num_frames]``, so a resumed run indexes nothing again."""
     wanted = {"root": str(root.resolve()), "settings": settings.__dict__}
     path = output / PLAN_NAME
     if path.exists():
@@ -273,17 +268,18 @@ def _load_or_make_plan(root: Path, output: Path, settings: ShardSettings, probe_
         return plan
     if any(output.glob("*.tar")):
         raise ShardError(f"'{output}' already holds .tar files but no {PLAN_NAME}; choose an empty --output folder")
-    layout = VideoStore(root, "train", probe_videos=probe_videos).layout
+    layout, _ = locate_split(root, "train")
     splits = ["train", "test"] if layout == "splits" and (root / "test").is_dir() else ["train"]
     shards: dict[str, dict] = {}
     for split in splits:
-        items = _split_items(root, split, probe_videos)
+        items = VideoStore(root, split, probe_videos=probe_videos).items
         folders = [item.name for item in items if item.kind == "frames"]
         if settings.encoding == "mp4" and folders:
             raise ShardError(f"'{root}/{split}' has {len(folders)} frame folder(s) (e.g. '{folders[0]}'); encoding "
                              "mp4 stores video files as they are: use --encoding png or jpeg for frame folders")
         for name, clips in plan_shards(items, estimate_clip_bytes(items, settings), settings, split).items():
-            shards[name] = {"split": split, "clips": clips}
+            shards[name] = {"split": split, "clips": [[clip.name, os.path.abspath(clip.path), clip.kind, clip.num_frames]
+                                                      for clip in clips]}
     plan = {**wanted, "layout": layout, "splits": splits, "shards": shards}
     atomic_write_text(path, json.dumps(plan))
     return plan
