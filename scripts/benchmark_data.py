@@ -132,7 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        "augmented_per_cpu_s": augmented[0], "augmented_per_wall_s": augmented[1]}
                 results.append(row)
                 print(f"{name:<13} {kind:<9} {row['bytes_per_sample'] / 1e6:>9.3f} "
-                      f"{decoded[0]:>7.1f} ({decoded[1]:>5.1f}) {augmented[0]:>7.1f} ({augmented[1]:>5.1f})", flush=True)
+                      f"{decoded[0]:>7.1f} ({decoded[1]:>5.1f}) {augmented[0]:>7.1f} ({augmented[1]:>5.1f})",
+                      flush=True)
     if args.output:
         atomic_write_text(args.output, json.dumps({"cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
                                                    "frame_size": args.frame_size,

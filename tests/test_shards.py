@@ -1,6 +1,7 @@
 """Tar shards: writing (resumable, verified), bit-identical samples, per-rank shards, exact resume, broken data."""
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import shutil
@@ -144,7 +145,10 @@ def shards_dataset(index: Path, **options) -> FramesDataset:
 @pytest.mark.parametrize("id_sampling", [False, True])
 def test_ranks_read_disjoint_shards_that_cover_each_pass(png_index, id_sampling):
     dataset = shards_dataset(png_index, id_sampling=id_sampling, seed=3, shuffle_buffer=3)
-    shard_of_key = lambda key, pass_index: dataset.store.items[dataset.planned_videos(pass_index)[key % len(dataset)]].shard
+
+    def shard_of_key(key: int, pass_index: int) -> int:
+        return dataset.store.items[dataset.planned_videos(pass_index)[key % len(dataset)]].shard
+
     for world_size in (1, 2, 3):
         for pass_index in (0, 1):
             samplers = [make_sampler(dataset, 3, rank, world_size, block_size=1) for rank in range(world_size)]
@@ -234,7 +238,6 @@ class RangeHandler(SimpleHTTPRequestHandler):
         self.send_response(206)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        import io
         return io.BytesIO(data)
 
     def log_message(self, *args):

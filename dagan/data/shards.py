@@ -278,8 +278,8 @@ def _load_or_make_plan(root: Path, output: Path, settings: ShardSettings, probe_
             raise ShardError(f"'{root}/{split}' has {len(folders)} frame folder(s) (e.g. '{folders[0]}'); encoding "
                              "mp4 stores video files as they are: use --encoding png or jpeg for frame folders")
         for name, clips in plan_shards(items, estimate_clip_bytes(items, settings), settings, split).items():
-            shards[name] = {"split": split, "clips": [[clip.name, os.path.abspath(clip.path), clip.kind, clip.num_frames]
-                                                      for clip in clips]}
+            entries = [[clip.name, os.path.abspath(clip.path), clip.kind, clip.num_frames] for clip in clips]
+            shards[name] = {"split": split, "clips": entries}
     plan = {**wanted, "layout": layout, "splits": splits, "shards": shards}
     atomic_write_text(path, json.dumps(plan))
     return plan
@@ -420,7 +420,7 @@ class ShardStore(VideoStore):
         if short:
             warnings.warn(f"skipping {short} clip(s) of '{self.index.location}' with fewer than {self.min_frames} "
                           "frames", stacklevel=3)
-        items.sort(key=lambda item: natural_sort_key(Path(item.name)))  # the order of VideoStore: same keys, same samples
+        items.sort(key=lambda item: natural_sort_key(Path(item.name)))  # VideoStore's order: same keys, same samples
         if not items:
             raise ShardError(f"shard index '{self.index.location}' has no usable '{self.split}' clip; write the "
                              "shards of a dataset root with that split (scripts/make_shards.py)")
