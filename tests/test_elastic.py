@@ -17,7 +17,7 @@ from dagan.config import load_config
 from dagan.model import DaGAN
 from test_training import free_port, gan_overrides
 
-STEPS = 3
+STEPS = 2  # killed after the checkpoint of step 1, resumed for step 2
 
 
 def torchrun_command(log_dir: Path, depth_dir: Path, port: int) -> list[str]:

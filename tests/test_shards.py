@@ -274,8 +274,8 @@ def test_make_shards_script(dataset_root, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_training_from_shards_resumes_bit_identically(png_index, tmp_path):
-    """The bit-exact resume test of the folder datasets (test_training), with dataset_params.format: shards:
-    2 steps straight against 1 step, then a resumed run to step 2 (the minimum that shows it)."""
+    """The bit-exact resume test of the folder datasets (test_training), with dataset_params.format: shards: two
+    steps straight, then step 2 again from the straight run's step-1 checkpoint (three steps in all)."""
     import test_training as training
     from dagan.checkpoint import export_official_depth, read_file
     from dagan.config import load_config
@@ -284,12 +284,13 @@ def test_training_from_shards_resumes_bit_identically(png_index, tmp_path):
     from conftest import config_path
     torch.manual_seed(0)
     export_official_depth(DaGAN(load_config(config_path("tiny.yaml"))), tmp_path / "depth")
-    overrides = lambda steps: [*training.gan_overrides(str(tmp_path / "depth"), steps), "dataset_params.format=shards",
-                               f"dataset_params.root_dir={png_index}", "train_params.image_every=100"]
+    overrides = [*training.gan_overrides(str(tmp_path / "depth"), 2, "train_params.checkpoint_every=1"),
+                 "dataset_params.format=shards", f"dataset_params.root_dir={png_index}", "train_params.image_every=100"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert training.run_train(straight, overrides(2)) == 0
-    assert training.run_train(resumed, overrides(1)) == 0
-    assert training.run_train(resumed, overrides(2), resume="auto") == 0
+    assert training.run_train(straight, overrides) == 0
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(straight / "checkpoints" / "00000001.pt", resumed / "checkpoints" / "00000001.pt")
+    assert training.run_train(resumed, overrides, resume="auto") == 0
     a, b = (read_file(run / "checkpoints" / "00000002.pt")["networks"] for run in (straight, resumed))
     for network in ("generator", "kp_detector", "discriminator"):
         for key, value in a[network].items():
