@@ -27,7 +27,8 @@ def torchrun_command(log_dir: Path, depth_dir: Path, port: int) -> list[str]:
                "--monitor-interval=0.2", str(REPO_ROOT / "train.py"), "--config", config_path("tiny.yaml"),
                "--log_dir", str(log_dir), "--resume", "auto"]
     for override in gan_overrides(str(depth_dir), STEPS, "train_params.checkpoint_every=1",
-                                  "train_params.image_every=100"):
+                                  "train_params.image_every=100",
+                                  "train_params.loss_weights.perceptual=[0, 0, 0, 0, 0]"):  # no VGG19: faster
         command += ["--set", override]
     return command
 
