@@ -25,6 +25,7 @@ from dagan.io.files import atomic_write_text
 GENERATOR_TYPES = ("DepthAwareGenerator", "SPADEDepthAwareGenerator")
 KP_DETECTOR_INPUTS = {"rgbd": 4, "rgb": 3, "depth": 1}  # input name -> number of channels
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
+DATA_FORMATS = ("folders", "shards")
 
 
 class ConfigError(ValueError):
@@ -72,10 +73,17 @@ class DatasetParams:
     id_sampling: bool = True
     pairs_list: Optional[str] = None
     augmentation_params: AugmentationParams = field(default_factory=AugmentationParams)
+    # dagan additions: "folders" (frame folders / videos under root_dir) or "shards" (root_dir = the index.json,
+    # path or http(s) URL, of scripts/make_shards.py); keys in each rank's shuffle buffer when reading shards.
+    format: str = "folders"
+    shard_shuffle_buffer: int = 1000
 
     def __post_init__(self) -> None:
         _check(len(self.frame_shape) == 3 and self.frame_shape[2] == 3 and min(self.frame_shape) > 0,
                "dataset_params.frame_shape", f"must be [height, width, 3], got {self.frame_shape}")
+        _check(self.format in DATA_FORMATS, "dataset_params.format",
+               f"must be one of {DATA_FORMATS}, got {self.format!r}")
+        _check(self.shard_shuffle_buffer >= 1, "dataset_params.shard_shuffle_buffer", "must be >= 1")
 
 
 # Model section.

@@ -5,6 +5,9 @@
     sampler = make_sampler(dataset, seed, rank, world_size)
     sampler.set_start(step * global_batch_size)   # resume exactly where a run stopped
 
+With ``dataset_params.format: shards`` the same datasets read tar shards (`dagan.data.shards`) and
+``make_sampler`` returns a `ShardSampler` that keeps each rank on its own shards.
+
 See `dagan.data.datasets` for the determinism scheme and `dagan.data.frames` for the accepted layouts.
 """
 from dagan.data.augmentation import (
@@ -25,9 +28,11 @@ from dagan.data.datasets import (
     FramesDataset,
     ResumableSampler,
     SeededDataset,
+    ShardSampler,
     make_sampler,
 )
 from dagan.data.frames import Clip, DatasetError, VideoItem, VideoStore
+from dagan.data.shards import ShardSettings, ShardStore, load_index, make_shards, verify_shards
 
 __all__ = [
     "AugmentationDraw",
@@ -38,6 +43,9 @@ __all__ = [
     "FramesDataset",
     "ResumableSampler",
     "SeededDataset",
+    "ShardSampler",
+    "ShardSettings",
+    "ShardStore",
     "VideoItem",
     "VideoStore",
     "adjust_brightness",
@@ -48,6 +56,9 @@ __all__ = [
     "color_jitter",
     "draw_augmentation",
     "hsv_to_rgb",
+    "load_index",
+    "make_shards",
     "make_sampler",
     "rgb_to_hsv",
+    "verify_shards",
 ]

@@ -9,6 +9,8 @@ raises `MediaError`, a `ValueError` with a one-line message.
 from dagan.io.images import (
     IMAGE_SUFFIXES,
     MediaError,
+    decode_image_uint8,
+    encode_image,
     is_image_file,
     read_image,
     read_image_uint8,
@@ -40,6 +42,8 @@ __all__ = [
     "VIDEO_SUFFIXES",
     "FrameDirectoryWriter",
     "MediaError",
+    "decode_image_uint8",
+    "encode_image",
     "VideoInfo",
     "VideoSource",
     "VideoWriter",

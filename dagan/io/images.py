@@ -7,6 +7,7 @@ expanded to three channels. `MediaError` is the single error type of `dagan.io`.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -90,8 +91,12 @@ def read_image(path: PathLike, background: RGB = WHITE) -> np.ndarray:
 
 def read_image_uint8(path: PathLike, background: RGB = WHITE) -> np.ndarray:
     """Read an image file like `read_image`, returning (H, W, 3) uint8 in [0, 255]."""
-    array = _decode_rgb(Path(path), background)
-    if array.dtype == np.uint16:  # Round 16-bit values to the nearest 8-bit level.
+    return _eight_bit(_decode_rgb(Path(path), background))
+
+
+def _eight_bit(array: np.ndarray) -> np.ndarray:
+    """uint8 as is; 16-bit values rounded to the nearest 8-bit level."""
+    if array.dtype == np.uint16:
         array = ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     return array
 
@@ -127,6 +132,25 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def decode_image_uint8(data: bytes, name: str, background: RGB = WHITE) -> np.ndarray:
+    """Decode an image held in memory (e.g. a PNG or JPEG member of a tar shard) exactly as `read_image_uint8`
+    reads the same bytes from a file: (H, W, 3) uint8. ``name`` labels the image in error messages."""
+    return _eight_bit(_to_rgb(_load_upright(io.BytesIO(data), name), background))
+
+
+def encode_image(image: np.ndarray, image_format: str = "png", quality: int = 95) -> bytes:
+    """A (H, W, 3) uint8 image as PNG (lossless) or JPEG (``quality`` 1-100, 4:2:0 chroma) file bytes."""
+    check_frame(image)
+    if image_format not in ("png", "jpeg"):
+        raise ValueError(f"image_format must be 'png' or 'jpeg', got {image_format!r}")
+    buffer = io.BytesIO()
+    if image_format == "png":
+        Image.fromarray(image).save(buffer, format="PNG")
+    else:
+        Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
+    return buffer.getvalue()
+
+
 def write_png(path: PathLike, image: np.ndarray) -> None:
     """Write a (H, W, 3) uint8 image as a lossless PNG, atomically (temp file, fsync, then `os.replace`).
 
@@ -155,7 +179,11 @@ def is_image_file(path: Path) -> bool:
 
 def _decode_rgb(path: Path, background: RGB) -> np.ndarray:
     """Open, orient and convert an image: (H, W, 3) uint8, or uint16 for 16-bit grayscale files."""
-    image = _open_upright(path)
+    return _to_rgb(_open_upright(path), background)
+
+
+def _to_rgb(image: Image.Image, background: RGB) -> np.ndarray:
+    """An opened image as (H, W, 3) uint8 (uint16 for 16-bit grayscale), transparency composited."""
     if image.mode in SIXTEEN_BIT_MODES:
         gray = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)  # (H, W)
         return np.repeat(gray[:, :, None], 3, axis=2)  # (H, W, 3)
@@ -170,22 +198,27 @@ def _open_upright(path: Path) -> Image.Image:
         raise MediaError(f"image '{path}' does not exist; check the path")
     if path.is_dir():
         raise MediaError(f"image '{path}' is a directory; give the path of an image file")
+    return _load_upright(path, str(path))
+
+
+def _load_upright(source: Union[Path, io.BytesIO], name: str) -> Image.Image:
+    """Decode a file or in-memory image with Pillow, EXIF orientation applied; MediaError naming ``name``."""
     try:
         with warnings.catch_warnings():  # Pillow warns of large pictures: our own limit is checked just below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)  # reads the header only
+            opened = Image.open(source)  # reads the header only
         with opened:
-            check_pixel_count(*opened.size, f"image '{path}'")
+            check_pixel_count(*opened.size, f"image '{name}'")
             opened.load()
             return ImageOps.exif_transpose(opened)
     except MediaError:
         raise
     except Image.DecompressionBombError:  # Pillow's own, larger limit, hit while reading the header
-        raise PixelLimitError(f"image '{path}'", None, pixel_limit()) from None
+        raise PixelLimitError(f"image '{name}'", None, pixel_limit()) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         reason = first_line(error)
         raise MediaError(
-            f"image '{path}' could not be read ({reason}); use a valid PNG, JPEG, BMP or WebP file"
+            f"image '{name}' could not be read ({reason}); use a valid PNG, JPEG, BMP or WebP file"
         ) from error
 
 

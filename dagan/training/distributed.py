@@ -6,6 +6,7 @@ here degrades to rank 0 of 1.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,11 @@ def setup() -> DistributedContext:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    if rank == 0 and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0 \
+            and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        warnings.warn("torchrun --max-restarts shares its rendezvous store with the ranks, so restarted ranks can "
+                      "find the addresses of the dead ones and fail to connect (pytorch/pytorch#135712); launch "
+                      "with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun ...")
     return DistributedContext(rank, local_rank, world_size, device)
 
 
