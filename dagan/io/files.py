@@ -167,13 +167,21 @@ def check_writable(path: PathLike, what: str = "output") -> None:
             pass
         os.remove(probe_path)
     except OSError as error:
-        cause = "it is not writable" if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else \
-            (error.strerror or first_line(error))
-        raise OutputError(f"cannot write the {what} '{path}': folder '{directory}': {cause}; choose another "
+        raise OutputError(f"cannot write the {what} '{path}': {folder_problem(directory, error)}; choose another "
                           "path") from None
     if disk_is_nearly_full(directory):
         raise OutputError(f"cannot write the {what} '{path}': the disk is full ({free_space(directory)} free in "
                           f"'{directory}'); free some space or choose another path")
+
+
+def folder_problem(directory: Path, error: OSError) -> str:
+    """Why files cannot be created in ``directory``, in words."""
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"the folder '{directory}' is not writable"
+    blocking = next((part for part in (directory, *directory.parents) if part.exists() and not part.is_dir()), None)
+    if blocking is not None:
+        return f"'{blocking}' is a file, not a folder"
+    return f"the folder '{directory}' cannot be written ({error.strerror or first_line(error)})"
 
 
 def is_inside(path: PathLike, folder: PathLike) -> bool:
