@@ -95,7 +95,7 @@ class FaceAnimator:
             raise ValueError("no face to animate")
         faces = faces if self.paste_back else faces[:1]
         sources = [self.pipeline.prepare_source(warp_to_crop(picture, face.transform)) for face in faces]
-        pastes = [PasteBack(face.transform, picture.shape[:2]) for face in faces]
+        pastes = [PasteBack(face.transform, picture.shape[:2], whole_picture=face.whole_picture) for face in faces]
         for kp_driving, anchor, count in self.driving_batches(driving_frames, driving_crops, driving_initial):
             rendered = [self.render(source, self.transfer(source.keypoints, kp_driving, anchor)) for source in sources]
             for index in range(count):
@@ -135,7 +135,10 @@ class FaceAnimator:
                 if not self.paste_back:
                     yield crop
                     continue
-                paste = PasteBack(transform, frame.shape[:2]) if paste is None else paste.moved(transform)
+                if paste is None:
+                    paste = PasteBack(transform, frame.shape[:2], whole_picture=source_crops.boxes is None)
+                else:
+                    paste = paste.moved(transform)
                 output = frame.copy()
                 paste(output, crop)
                 yield output

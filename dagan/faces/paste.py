@@ -56,15 +56,17 @@ def footprint(transform: CropTransform, picture_size: tuple[int, int]) -> Option
 class PasteBack:
     """Pastes generated crops of one face into pictures (one per frame) through the warped mask.
 
-    transform: the face's crop. picture_size: (height, width) of the pictures. Build one per face (and, for a
-    video source whose crop moves, one per frame with ``colour_state`` carried over: see :meth:`moved`).
+    transform: the face's crop. picture_size: (height, width) of the pictures. whole_picture: the crop is the
+    whole picture (an input that already was a face crop): the mask is 1 everywhere, so the result is the
+    generated crop resized to the picture. Build one per face (and, for a video source whose crop moves, one per
+    frame with the colour offset carried over: see :meth:`moved`).
     """
 
     def __init__(self, transform: CropTransform, picture_size: tuple[int, int],
-                 colour_offset: Optional[np.ndarray] = None):
+                 colour_offset: Optional[np.ndarray] = None, whole_picture: bool = False):
         import cv2
 
-        self.transform, self.picture_size = transform, picture_size
+        self.transform, self.picture_size, self.whole_picture = transform, picture_size, whole_picture
         self.region = footprint(transform, picture_size)
         self.colour_offset = colour_offset  # (3,) float32, picture minus generated on the seam
         if self.region is None:
@@ -74,14 +76,17 @@ class PasteBack:
         to_region[:, 2] -= (x0, y0)  # crop -> footprint pixels
         self.matrix = to_region
         self.size = (x1 - x0, y1 - y0)  # (width, height) for cv2
-        mask = cv2.warpAffine(face_mask(transform.size), to_region, self.size, flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        if whole_picture:
+            mask = np.ones((y1 - y0, x1 - x0), np.float32)
+        else:
+            mask = cv2.warpAffine(face_mask(transform.size), to_region, self.size, flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         self.mask = mask[..., None]  # (h, w, 1)
         self.seam = (mask > SEAM_BAND[0]) & (mask < SEAM_BAND[1])  # (h, w) bool
 
     def moved(self, transform: CropTransform) -> "PasteBack":
         """A paste-back for the same face at a new crop, keeping the colour matching's running offset."""
-        return PasteBack(transform, self.picture_size, self.colour_offset)
+        return PasteBack(transform, self.picture_size, self.colour_offset, self.whole_picture)
 
     def warp(self, generated: np.ndarray) -> np.ndarray:
         """The generated crop (h, w, 3) uint8 warped onto the footprint: (fh, fw, 3) float32."""
