@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import itertools
 import os
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -18,12 +18,11 @@ import numpy as np
 from tqdm import tqdm
 
 from dagan.faces.alignment import Framing
-from dagan.faces.animation import FaceAnimator, MotionOptions
-from dagan.faces.plans import (FacePlan, VideoCrops, parse_face_selection, plan_picture_faces, plan_video_crops)
+from dagan.faces.animation import FaceOptions, FaceSession, MotionOptions, fit_picture
+from dagan.faces.plans import parse_face_selection
 from dagan.io import MediaError, is_image_file, open_video, open_writer, read_image_uint8
 
-PHOTO_DETECT_MAX_SIDE = 1280  # photos are searched for faces at up to this size (small faces in big photos)
-DEFAULT_MAX_SIZE = 1920
+DEFAULT_MAX_SIZE = FaceOptions().max_size
 
 
 def add_face_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,125 +144,51 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
     return jobs, True
 
 
-def fit_picture(picture: np.ndarray, max_size: int) -> np.ndarray:
-    """Shrink (H, W, 3) uint8 so that its longer side is at most ``max_size`` (area filter) and trim it to even
-    sides (H.264); a picture that fits with even sides is returned as it is."""
-    import cv2
-
-    height, width = picture.shape[:2]
-    factor = max_size / max(height, width)
-    if factor < 1.0:
-        size = (max(2, round(width * factor)), max(2, round(height * factor)))
-        picture = cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(picture[: picture.shape[0] // 2 * 2, : picture.shape[1] // 2 * 2])
-
-
 # Running.
 
+def face_options(args: argparse.Namespace) -> FaceOptions:
+    """The :class:`~dagan.faces.animation.FaceOptions` of a command line."""
+    paste_back = args.crop == "auto" if args.paste_back is None else args.paste_back
+    return FaceOptions(crop=args.crop, paste_back=paste_back, faces=args.faces,
+                       framing=Framing(args.crop_scale, args.crop_offset_y, rotate=not args.no_crop_rotation),
+                       driving_crop=args.driving_crop, detect_every=args.detect_every, max_size=args.max_size,
+                       motion=MotionOptions(args.relative, args.adapt_scale, args.motion_scale))
+
+
 class FaceDemo:
-    """The face-mode demo for one command line: the model and the face analyzer are loaded once for all jobs,
-    driving crops are planned once per driving video."""
+    """The face-mode demo of one command line: one model, one :class:`~dagan.faces.animation.FaceSession` (face
+    analyzer, driving crops) for every job."""
 
     def __init__(self, args: argparse.Namespace, pipeline):
-        from dagan.faces import get_face_analyzer
+        self.args, self.pipeline = args, pipeline
+        self.session = FaceSession(pipeline, face_options(args), face_backend=args.face_backend)
+
+    def smoother(self, fps: float):
         from dagan.inference import KeypointSmoother
 
-        self.args, self.pipeline = args, pipeline
-        self.framing = Framing(args.crop_scale, args.crop_offset_y, rotate=not args.no_crop_rotation)
-        self.paste_back = args.crop == "auto" if args.paste_back is None else args.paste_back
-        if self.paste_back and args.crop == "none":
-            raise ValueError("--paste_back needs --crop auto (with --crop none the whole image is the face)")
-        self.motion = MotionOptions(args.relative, args.adapt_scale, args.motion_scale)
-        self.make_smoother = (lambda fps: KeypointSmoother(fps, min_cutoff=args.smooth)) if args.smooth else (
-            lambda fps: None)
-        needs_faces = args.crop == "auto" or args.driving_crop != "none"
-        self.analyzer = get_face_analyzer(args.face_backend, detect_max_side=PHOTO_DETECT_MAX_SIDE) \
-            if needs_faces else None
-        self.driving_plans: dict[str, VideoCrops] = {}
+        return KeypointSmoother(fps, min_cutoff=self.args.smooth) if self.args.smooth is not None else None
 
-    def driving_crops(self, video) -> VideoCrops:
-        """The crops of a driving video (planned once per path)."""
-        key = str(video.path)
-        if key not in self.driving_plans:
-            height, width = video.size[1], video.size[0]
-            if self.args.driving_crop == "none" or self.args.crop == "none":
-                self.driving_plans[key] = VideoCrops(None, (height, width))
-            else:
-                self.driving_plans[key] = plan_video_crops(
-                    video, video.num_frames, (height, width), self.analyzer, Framing(
-                        self.framing.crop_scale, self.framing.crop_offset_y, rotate=False),
-                    mode=self.args.driving_crop, detect_every=self.args.detect_every, fps=video.fps,
-                    name=f"the driving video {video.path}")
-        return self.driving_plans[key]
-
-    def picture_faces(self, picture: np.ndarray, name: str) -> list[FacePlan]:
-        from dagan.faces.alignment import resize_transform
-
-        if self.args.crop == "none":
-            return [FacePlan(resize_transform(picture.shape[:2], self.pipeline.image_size), None, None, True)]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            faces, found = plan_picture_faces(picture, self.analyzer, self.pipeline.image_size, self.framing,
-                                              self.args.faces, name=name)
-        for warning in caught:
-            print(f"warning: {warning.message}", file=sys.stderr)
-        if found > 1 and self.args.faces == "largest":
-            print(f"found {found} faces in {name}; animating the largest (--faces all animates every one)",
-                  file=sys.stderr)
-        elif found > 1:
-            print(f"found {found} faces in {name}; animating {len(faces)}", file=sys.stderr)
-        if faces[0].whole_picture:
-            print(f"{name} already is a face crop; it is used as it is", file=sys.stderr)
-        return faces
-
-    def frames(self, job: Job) -> tuple[Iterator[np.ndarray], float, Optional[int], list[str]]:
-        """The result frames of a job, its fps, its frame count and the paths to protect."""
+    def frames(self, job: Job) -> tuple[Iterator[np.ndarray], float, Optional[int]]:
+        """The result frames of a job (faces and crops planned now), its fps and its frame count."""
         driving = open_video(job.driving)
-        crops = self.driving_crops(driving)
-        animator = FaceAnimator(self.pipeline, self.motion, self.make_smoother(driving.fps), self.paste_back)
         if job.source_is_video:
             source = open_video(job.source)
-            height, width = source.size[1], source.size[0]
-            source_crops = self.source_video_crops(source) if self.args.crop == "auto" else VideoCrops(
-                None, (height, width))
-            frames = (fit_picture(frame, self.args.max_size) for frame in source)
-            scaled = self.scaled_crops(source_crops, (height, width))
+            frames = self.session.animate_video(source, driving, self.smoother(source.fps))
             known = [count for count in (source.num_frames, driving.num_frames) if count]
-            total = min(known) if known else None
-            return animator.animate_video(frames, scaled, driving, crops), source.fps, total, [job.source, job.driving]
+            return frames, source.fps, min(known) if known else None
         picture = fit_picture(read_image_uint8(job.source), self.args.max_size)
-        faces = self.picture_faces(picture, job.source)
-        anchor = self.anchor_frame(picture, faces, driving)
-        return (animator.animate_picture(picture, faces, driving, crops, driving_initial=anchor), driving.fps,
-                driving.num_frames, [job.source, job.driving])
+        anchor = self.anchor_frame(picture, driving)
+        frames = self.session.animate_picture(picture, driving, job.source, self.smoother(driving.fps), anchor)
+        return frames, driving.fps, driving.num_frames
 
-    def source_video_crops(self, source) -> VideoCrops:
-        height, width = source.size[1], source.size[0]
-        return plan_video_crops(source, source.num_frames, (height, width), self.analyzer, self.framing, mode="track",
-                                detect_every=self.args.detect_every, fps=source.fps,
-                                name=f"the source video {source.path}")
-
-    def scaled_crops(self, crops: VideoCrops, frame_size: tuple[int, int]) -> VideoCrops:
-        """Crops planned on full-size source frames, for the frames shrunk by :func:`fit_picture`."""
-        from dagan.faces.alignment import CropBox
-
-        factor = min(1.0, self.args.max_size / max(frame_size))
-        if factor == 1.0:
-            return VideoCrops(crops.boxes, (frame_size[0] // 2 * 2, frame_size[1] // 2 * 2))
-        shrunk = (max(2, round(frame_size[0] * factor)) // 2 * 2, max(2, round(frame_size[1] * factor)) // 2 * 2)
-        boxes = None if crops.boxes is None else [CropBox(box.center_x * factor, box.center_y * factor,
-                                                          box.side * factor, box.angle) for box in crops.boxes]
-        return VideoCrops(boxes, shrunk)
-
-    def anchor_frame(self, picture: np.ndarray, faces: list[FacePlan], driving) -> Optional[np.ndarray]:
-        """``--best_frame`` / ``--find_best_frame`` for the (first) face's crop."""
-        from dagan.faces.alignment import warp_to_crop
+    def anchor_frame(self, picture: np.ndarray, driving) -> Optional[np.ndarray]:
+        """``--best_frame`` / ``--find_best_frame`` (landmarks of the picture's largest face)."""
         from dagan.inference import best_aligned_frame, frame_at
 
         index = self.args.best_frame
         if self.args.find_best_frame and index is None:
             print("finding the driving frame best aligned with the source...", file=sys.stderr)
-            index = best_aligned_frame(warp_to_crop(picture, faces[0].transform), driving, self.analyzer)
+            index = best_aligned_frame(picture, driving, self.session.analyzer)
             print(f"best frame: {index}", file=sys.stderr)
         return None if index is None else frame_at(driving, index)
 
@@ -272,16 +197,22 @@ class FaceDemo:
         if choice == "source" and not job.source_is_video:
             raise ValueError("--audio source needs --source_video (a picture has no audio)")
         path = {"driving": job.driving, "source": job.source, "none": None}[choice]
-        if path is None:
-            return None
-        return path if open_video(path).has_audio else None
+        return path if path is not None and open_video(path).has_audio else None
 
     def run(self, job: Job) -> int:
         """Animate one job into its result file; returns the number of frames written."""
-        frames, fps, total, inputs = self.frames(job)
+        audio = self.audio_path(job)
+        frames, fps, total = self.frames(job)
+        first = next(frames, None)  # faces are found (and problems raised) before the writer opens
+        for message in self.session.messages:
+            print(message, file=sys.stderr)
+        self.session.messages.clear()
+        if first is None:
+            raise MediaError(f"nothing to animate: {job.driving} or {job.source} has no frames")
         count = 0
-        with open_writer(job.result, fps, audio_from=self.audio_path(job), protected_paths=inputs) as writer:
-            for frame in tqdm(frames, total=total, unit="frame", desc="animating", dynamic_ncols=True, leave=False):
+        with open_writer(job.result, fps, audio_from=audio, protected_paths=[job.source, job.driving]) as writer:
+            for frame in tqdm(itertools.chain([first], frames), total=total, unit="frame", desc="animating",
+                              dynamic_ncols=True, leave=False):
                 writer.write(frame)
                 count += 1
         return count

@@ -34,7 +34,8 @@ def face_mask(size: tuple[int, int]) -> np.ndarray:
     its feathered edge, 0 at the crop's border. size: (height, width)."""
     height, width = size
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    radius = np.hypot((x - (width - 1) / 2) / (MASK_RADII[0] * width), (y - (height - 1) / 2) / (MASK_RADII[1] * height))
+    radius = np.hypot((x - (width - 1) / 2) / (MASK_RADII[0] * width),
+                      (y - (height - 1) / 2) / (MASK_RADII[1] * height))  # 1 on the ellipse
     ramp = np.clip((1.0 - radius) / MASK_FEATHER, 0.0, 1.0)
     mask = (ramp * ramp * (3.0 - 2.0 * ramp)).astype(np.float32)
     mask.setflags(write=False)
