@@ -5,6 +5,7 @@ motion strength and batches. :func:`add_face_arguments` adds the options; :func:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import itertools
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from dagan.faces.alignment import Framing
 from dagan.faces.animation import FaceOptions, FaceSession, MotionOptions, fit_picture
 from dagan.faces.plans import parse_face_selection
+from dagan.inference import AnimatedFrame
 from dagan.io import MediaError, is_image_file, open_video, open_writer, read_image_uint8
 
 DEFAULT_MAX_SIZE = FaceOptions().max_size
@@ -168,7 +170,7 @@ class FaceDemo:
 
         return KeypointSmoother(fps, min_cutoff=self.args.smooth) if self.args.smooth is not None else None
 
-    def frames(self, job: Job) -> tuple[Iterator[np.ndarray], float, Optional[int]]:
+    def frames(self, job: Job) -> tuple[Iterator[AnimatedFrame], float, Optional[int]]:
         """The result frames of a job (faces and crops planned now), its fps and its frame count."""
         driving = open_video(job.driving)
         if job.source_is_video:
@@ -178,7 +180,8 @@ class FaceDemo:
             return frames, source.fps, min(known) if known else None
         picture = fit_picture(read_image_uint8(job.source), self.args.max_size)
         anchor = self.anchor_frame(picture, driving)
-        frames = self.session.animate_picture(picture, driving, job.source, self.smoother(driving.fps), anchor)
+        frames = self.session.animate_picture(picture, driving, job.source, self.smoother(driving.fps), anchor,
+                                              visualize=self.args.visualize)
         return frames, driving.fps, driving.num_frames
 
     def anchor_frame(self, picture: np.ndarray, driving) -> Optional[np.ndarray]:
@@ -209,20 +212,29 @@ class FaceDemo:
         self.session.messages.clear()
         if first is None:
             raise MediaError(f"nothing to animate: {job.driving} or {job.source} has no frames")
-        count = 0
-        with open_writer(job.result, fps, audio_from=audio, protected_paths=[job.source, job.driving]) as writer:
-            for frame in tqdm(itertools.chain([first], frames), total=total, unit="frame", desc="animating",
-                              dynamic_ncols=True, leave=False):
-                writer.write(frame)
+        from dagan.cli.demo import visualization_path
+
+        count, inputs = 0, [job.source, job.driving]
+        with contextlib.ExitStack() as stack:
+            writer = stack.enter_context(open_writer(job.result, fps, audio_from=audio, protected_paths=inputs))
+            panels = None
+            if first.visualization is not None:
+                panels = stack.enter_context(open_writer(visualization_path(job.result), fps, audio_from=audio,
+                                                         protected_paths=inputs))
+            for animated in tqdm(itertools.chain([first], frames), total=total, unit="frame", desc="animating",
+                                 dynamic_ncols=True, leave=False):
+                writer.write(animated.frame)
+                if panels is not None:
+                    panels.write(animated.visualization)
                 count += 1
         return count
 
 
 def run_faces(args: argparse.Namespace, load_pipeline: Callable[[argparse.Namespace], object]) -> int:
     """Run the face-mode demo (see the module docstring). Returns the exit status."""
-    if args.visualize:
-        raise ValueError("--visualize works with --crop none only")
     jobs, batch = plan_jobs(args)
+    if args.visualize and any(job.source_is_video for job in jobs):
+        raise ValueError("--visualize works with source images only (not with --source_video)")
     demo = FaceDemo(args, load_pipeline(args))
     if not batch:
         count = demo.run(jobs[0])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -21,10 +21,24 @@ from dagan.faces.alignment import CropBox, Framing, resize_transform, warp_to_cr
 from dagan.faces.paste import PasteBack
 from dagan.faces.plans import FacePlan, FaceSelection, VideoCrops, plan_picture_faces, plan_video_crops
 from dagan.geometry import Keypoints, adapt_movement_scale, normalize_keypoints
+from dagan.inference import AnimatedFrame
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["MotionOptions", "FaceOptions", "FaceAnimator", "FaceSession", "fit_picture", "PHOTO_DETECT_MAX_SIDE"]
 
 PHOTO_DETECT_MAX_SIDE = 1280  # photos are searched for faces at up to this size (small faces in big photos)
+
+
+class DrivingBatch(NamedTuple):
+    """Cropped driving frames (B, 3, h, w) on the model's device, their keypoints and disparities (B, 1, h, w),
+    and the keypoints of the anchor frame (batch of 1) that relative motion is measured from."""
+
+    frames: "torch.Tensor"
+    keypoints: Keypoints
+    disparity: "torch.Tensor"
+    anchor: Keypoints
 
 
 @dataclass(frozen=True)
@@ -69,15 +83,13 @@ class FaceAnimator:
                                    use_relative_jacobian=self.motion.relative, movement_scale=scale,
                                    motion_strength=self.motion.motion_scale)
 
-    def render(self, source, kp_norm: Keypoints) -> np.ndarray:
-        """(B, h, w, 3) uint8 crops of one prepared source at the transferred keypoints."""
-        from dagan.inference import to_uint8_batch
-
-        return to_uint8_batch(self.pipeline.generate(source, kp_norm).prediction)
+    def render(self, source, kp_norm: Keypoints):
+        """The generator's prediction (B, 3, h, w) in [0, 1] for one prepared source at the transferred keypoints."""
+        return self.pipeline.generate(source, kp_norm).prediction
 
     def driving_batches(self, driving_frames: Iterable[np.ndarray], driving_crops: VideoCrops,
-                        driving_initial: Optional[np.ndarray] = None) -> Iterator[tuple[Keypoints, Keypoints, int]]:
-        """Yield ``(driving keypoints of a batch, anchor keypoints, batch length)``; the anchor is the cropped
+                        driving_initial: Optional[np.ndarray] = None) -> Iterator[DrivingBatch]:
+        """The cropped driving frames, batch by batch, with their keypoints; the anchor is the cropped
         ``driving_initial`` (cropped like frame 0) or the first driving frame."""
         from dagan.inference import chunks
 
@@ -87,46 +99,65 @@ class FaceAnimator:
             crop = warp_to_crop(driving_initial, driving_crops.transform(0, self.size))
             anchor = pipeline.driving_keypoints(pipeline.to_tensor([crop]))[0]
         for batch in chunks(enumerate(driving_frames), pipeline.batch_size):
-            crops = [warp_to_crop(frame, driving_crops.transform(index, self.size)) for index, frame in batch]
-            kp_driving, _ = pipeline.driving_keypoints(pipeline.to_tensor(crops))
+            frames = pipeline.to_tensor([warp_to_crop(frame, driving_crops.transform(index, self.size))
+                                         for index, frame in batch])
+            kp_driving, disparity = pipeline.driving_keypoints(frames)
             if self.smooth is not None:
                 kp_driving = self.smooth(kp_driving)
             if anchor is None:
                 anchor = kp_driving.index(slice(0, 1))
-            yield kp_driving, anchor, len(batch)
+            yield DrivingBatch(frames, kp_driving, disparity, anchor)
 
     def animate_picture(self, picture: np.ndarray, faces: Sequence[FacePlan], driving_frames: Iterable[np.ndarray],
-                        driving_crops: VideoCrops,
-                        driving_initial: Optional[np.ndarray] = None) -> Iterator[np.ndarray]:
-        """One frame per driving frame: picture (H, W, 3) uint8 with every face of ``faces`` animated (paste-back),
-        or the first face's (h, w, 3) crop (no paste-back)."""
+                        driving_crops: VideoCrops, driving_initial: Optional[np.ndarray] = None,
+                        visualize: bool = False) -> Iterator[AnimatedFrame]:
+        """One :class:`~dagan.inference.AnimatedFrame` per driving frame: the picture (H, W, 3) uint8 with every
+        face of ``faces`` animated (paste-back), or the first face's (h, w, 3) crop (no paste-back); keypoints and
+        the visualisation panels (``visualize``) are those of the first face."""
+        from dagan.inference import to_uint8_batch
+
         if not faces:
             raise ValueError("no face to animate")
         faces = faces if self.paste_back else faces[:1]
         sources = [self.pipeline.prepare_source(warp_to_crop(picture, face.transform)) for face in faces]
         pastes = [PasteBack(face.transform, picture.shape[:2], whole_picture=face.whole_picture) for face in faces]
-        for kp_driving, anchor, count in self.driving_batches(driving_frames, driving_crops, driving_initial):
-            rendered = [self.render(source, self.transfer(source.keypoints, kp_driving, anchor)) for source in sources]
-            for index in range(count):
+        for batch in self.driving_batches(driving_frames, driving_crops, driving_initial):
+            kp_norms = [self.transfer(source.keypoints, batch.keypoints, batch.anchor) for source in sources]
+            predictions = [self.render(source, kp_norm) for source, kp_norm in zip(sources, kp_norms)]
+            rendered = [to_uint8_batch(prediction) for prediction in predictions]
+            for index in range(len(batch.frames)):
+                one = slice(index, index + 1)
+                panel = self.panel(sources[0], batch, predictions[0], kp_norms[0], index) if visualize else None
                 if not self.paste_back:
-                    yield rendered[0][index]
+                    yield AnimatedFrame(rendered[0][index], kp_norms[0].index(one), panel)
                     continue
                 output = picture.copy()
                 for paste, crops in zip(pastes, rendered):
                     paste(output, crops[index])
-                yield output
+                yield AnimatedFrame(output, kp_norms[0].index(one), panel)
+
+    @staticmethod
+    def panel(source, batch: DrivingBatch, prediction, kp_norm: Keypoints, index: int) -> np.ndarray:
+        """The visualisation row of frame ``index`` of a batch (see :func:`dagan.visualization.visualization_row`)."""
+        from dagan.visualization import visualization_row
+
+        one = slice(index, index + 1)
+        return visualization_row(source, batch.frames[index], prediction[index], batch.disparity[index],
+                                 batch.keypoints.index(one), kp_norm.index(one))
 
     def animate_video(self, source_frames: Iterable[np.ndarray], source_crops: VideoCrops,
-                      driving_frames: Iterable[np.ndarray], driving_crops: VideoCrops) -> Iterator[np.ndarray]:
+                      driving_frames: Iterable[np.ndarray], driving_crops: VideoCrops) -> Iterator[AnimatedFrame]:
         """A source video animated frame by frame: source frame t, cropped by ``source_crops``, follows driving
         frame t's motion relative to driving frame 0 (movement scale from source frame 0). Stops at the shorter
-        video. Yields full frames (paste-back) or crops."""
+        video. Yields :class:`~dagan.inference.AnimatedFrame` s of full frames (paste-back) or crops."""
+        from dagan.inference import to_uint8_batch
+
         pipeline = self.pipeline
         source_iterator = enumerate(source_frames)
         paste: Optional[PasteBack] = None
         scale: Optional[float] = None
-        for kp_driving, anchor, count in self.driving_batches(driving_frames, driving_crops):
-            for offset in range(count):
+        for batch in self.driving_batches(driving_frames, driving_crops):
+            for offset in range(len(batch.frames)):
                 item = next(source_iterator, None)
                 if item is None:
                     return
@@ -134,11 +165,12 @@ class FaceAnimator:
                 transform = source_crops.transform(index, self.size)
                 source = pipeline.prepare_source(warp_to_crop(frame, transform))
                 if scale is None:
-                    scale = self.movement_scale(source.keypoints, anchor)
-                kp_norm = self.transfer(source.keypoints, kp_driving.index(slice(offset, offset + 1)), anchor, scale)
-                crop = self.render(source, kp_norm)[0]
+                    scale = self.movement_scale(source.keypoints, batch.anchor)
+                kp_norm = self.transfer(source.keypoints, batch.keypoints.index(slice(offset, offset + 1)),
+                                        batch.anchor, scale)
+                crop = to_uint8_batch(self.render(source, kp_norm))[0]
                 if not self.paste_back:
-                    yield crop
+                    yield AnimatedFrame(crop, kp_norm, None)
                     continue
                 if paste is None:
                     paste = PasteBack(transform, frame.shape[:2], whole_picture=source_crops.boxes is None)
@@ -146,7 +178,7 @@ class FaceAnimator:
                     paste = paste.moved(transform)
                 output = frame.copy()
                 paste(output, crop)
-                yield output
+                yield AnimatedFrame(output, kp_norm, None)
 
 
 
@@ -250,14 +282,15 @@ class FaceSession:
         return faces
 
     def animate_picture(self, picture: np.ndarray, driving, name: str = "the picture", smooth=None,
-                        driving_initial: Optional[np.ndarray] = None) -> Iterator[np.ndarray]:
+                        driving_initial: Optional[np.ndarray] = None,
+                        visualize: bool = False) -> Iterator[AnimatedFrame]:
         """Frames of ``picture`` (H, W, 3) uint8, already :func:`fit_picture`-ed, driven by ``driving`` (a
         VideoSource). Faces and driving crops are planned before the first frame is returned."""
         faces = self.picture_faces(picture, name)
         crops = self.driving_crops(driving)
-        return self.animator(smooth).animate_picture(picture, faces, driving, crops, driving_initial)
+        return self.animator(smooth).animate_picture(picture, faces, driving, crops, driving_initial, visualize)
 
-    def animate_video(self, source, driving, smooth=None) -> Iterator[np.ndarray]:
+    def animate_video(self, source, driving, smooth=None) -> Iterator[AnimatedFrame]:
         """Frames of the source VideoSource (each shrunk to ``max_size``) driven by the driving one."""
         frame_size = (source.size[1], source.size[0])
         if self.options.crop == "none":
