@@ -247,3 +247,16 @@ def test_driving_clip_without_a_face_says_so(files, tmp_path):
     code, errors = run_demo("--checkpoint", files["model"], "--source_image", files["canvas"], "--driving_video",
                             clip, "--result_video", tmp_path / "out.mp4")
     assert code == 1 and f"no face found in the sampled frames of the driving video {clip}" in errors
+
+
+def test_web_app_pastes_the_faces_back_into_the_full_picture(files, tmp_path):
+    pytest.importorskip("gradio")
+    from dagan.app import AnimationRequest, Animator, AppSettings
+
+    animator = Animator(AppSettings(checkpoint=files["model"], search_root=str(tmp_path), device="cpu",
+                                    work_dir=str(tmp_path / "work")))
+    result = animator(AnimationRequest(files["two"], files["driving"], files["model"], device="cpu", crop="auto",
+                                       paste_back=True, faces="all", motion_scale=0.5))
+    info = probe(result.video)
+    assert info.size == (1024, 512) and info.num_frames == probe(files["driving"]).num_frames
+    assert "Found 2 faces" in result.status
