@@ -21,7 +21,7 @@ pytest.importorskip("cv2")
 
 from skimage import data as skimage_data  # noqa: E402
 
-from conftest import REPO_ROOT, config_path, ffmpeg  # noqa: E402
+from conftest import REPO_ROOT, config_path, ffmpeg, load_script  # noqa: E402
 from dagan.cli.demo import main as demo_main  # noqa: E402
 from dagan.config import load_config  # noqa: E402
 from dagan.faces import FaceAnalyzer  # noqa: E402
@@ -260,3 +260,12 @@ def test_web_app_pastes_the_faces_back_into_the_full_picture(files, tmp_path):
     info = probe(result.video)
     assert info.size == (1024, 512) and info.num_frames == probe(files["driving"]).num_frames
     assert "Found 2 faces" in result.status
+
+
+def test_crop_script_align_uses_the_demo_framing(files, canvas, tmp_path):
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert load_script("crop_video").main(["--inp", files["canvas"], "--out", str(tmp_path), "--align"]) == 0
+    written = read_image_uint8(tmp_path / "canvas.png").astype(int)
+    faces, _ = plan_picture_faces(canvas, FaceAnalyzer("dlib"), (256, 256))  # the script's detector settings
+    assert written.shape == (256, 256, 3)
+    assert np.abs(written - warp_to_crop(canvas, faces[0].transform)).max() <= 1

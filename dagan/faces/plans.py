@@ -73,17 +73,18 @@ def is_face_crop(picture_size: tuple[int, int], crop: CropBox) -> bool:
 
 def plan_picture_faces(picture: np.ndarray, analyzer: FaceAnalyzer, size: tuple[int, int],
                        framing: Framing = Framing(), faces: FaceSelection = "largest",
-                       name: str = "the picture") -> tuple[list[FacePlan], int]:
+                       name: str = "the picture",
+                       no_face_hint: str = "or --crop none to animate the whole picture as it is",
+                       ) -> tuple[list[FacePlan], int]:
     """The faces of ``picture`` (H, W, 3) to animate, largest first, and how many faces were found.
 
     size: the model's (height, width). When nothing is found, small faces are searched for once more (dlib HOG
-    upsampled). Raises NoFaceFound naming ``name`` (and suggesting ``--crop none``).
+    upsampled). Raises NoFaceFound naming ``name``, ending with ``no_face_hint`` (demo.py's ``--crop none``).
     Warns when a chosen face is smaller than :data:`SMALL_FACE_PX`.
     """
     boxes = analyzer.detect(picture) or _detect_upsampled(analyzer, picture)
     if not boxes:
-        raise NoFaceFound(f"no face found in {name}; use a photo with a roughly frontal face, or --crop none to "
-                          "animate the whole picture as it is")
+        raise NoFaceFound(f"no face found in {name}; use a photo with a roughly frontal face, {no_face_hint}")
     count = len(boxes) if faces == "all" else 1 if faces == "largest" else min(int(faces), len(boxes))
     plans = []
     for box in boxes[:count]:
