@@ -32,7 +32,7 @@ example (the official release; relative motion with scale adaptation, as the DaG
 
 photos as they come (the default --crop auto): the face is found, cropped like VoxCeleb, animated and pasted back,
 so the result is the whole photo (up to --max_size) with the face moving and the background still:
-  python demo.py --checkpoint ... --source_image group.jpg --driving_video phone.mp4 --relative --adapt_scale \
+  python demo.py --checkpoint ... --source_image group.jpg --driving_video phone.mp4 --relative --adapt_scale \\
       --faces all --result_video group_animated.mp4
   python demo.py --checkpoint ... --source_image 'photos/*.jpg' --driving_video phone.mp4 --result_video out/
   python demo.py --checkpoint ... --source_video interview.mp4 --driving_video phone.mp4 --audio source
