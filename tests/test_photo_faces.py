@@ -299,3 +299,14 @@ def test_face_selection_and_pairs_file(tmp_path):
         parse_face_selection("two")
     (tmp_path / "pairs.csv").write_text("source,driving\nphotos/a.jpg, clips/b.mp4\n\n")
     assert read_pairs(str(tmp_path / "pairs.csv")) == [(str(tmp_path / "photos/a.jpg"), str(tmp_path / "clips/b.mp4"))]
+
+
+def test_missing_face_backend_suggests_crop_none(files, tmp_path, monkeypatch):
+    import dagan.faces.detection
+
+    monkeypatch.setattr(dagan.faces.detection, "_dlib_available", lambda: False)
+    monkeypatch.setattr(dagan.faces.detection, "_face_alignment_available", lambda: False)
+    code, errors = run_demo("--checkpoint", files["model"], "--source_image", files["canvas"], "--driving_video",
+                            files["driving"], "--result_video", tmp_path / "out.mp4")
+    assert code == 1 and "dagan[faces]" in errors and "--crop none" in errors
+    assert not (tmp_path / "out.mp4").exists()

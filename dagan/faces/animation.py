@@ -243,9 +243,13 @@ class FaceSession:
     @property
     def analyzer(self):
         if self._analyzer is None:
-            from dagan.faces.detection import get_face_analyzer
+            from dagan.faces.detection import MissingFaceBackend, get_face_analyzer
 
-            self._analyzer = get_face_analyzer(self.face_backend, detect_max_side=PHOTO_DETECT_MAX_SIDE)
+            try:
+                self._analyzer = get_face_analyzer(self.face_backend, detect_max_side=PHOTO_DETECT_MAX_SIDE)
+            except MissingFaceBackend as error:
+                raise MissingFaceBackend(f"the automatic face crop needs a face backend: {error}; or animate the "
+                                         "whole picture with --crop none") from error
         return self._analyzer
 
     def animator(self, smooth=None) -> FaceAnimator:

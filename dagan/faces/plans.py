@@ -179,10 +179,10 @@ def plan_video_crops(frames: Iterable[np.ndarray], num_frames: Optional[int], fr
     if not found:
         raise NoFaceFound(f"no face found in the sampled frames of {name}; use a clip of one face seen roughly from "
                           "the front, or --driving_crop none")
+    crop = CropBox(*np.median(np.array(list(found.values())), axis=0))
+    if is_face_crop(frame_size, crop):  # the video already is a face crop (as VoxCeleb clips are)
+        return VideoCrops(None, frame_size)
     if mode == "fixed":
-        crop = CropBox(*np.median(np.array(list(found.values())), axis=0))
-        if is_face_crop(frame_size, crop):
-            return VideoCrops(None, frame_size)
         return VideoCrops([_inside_frame(crop, frame_size)], frame_size)
     boxes = _interpolated_and_smoothed(found, last + 1, fps)
     if not framing.rotate:  # upright crops stay inside the frame (no repeated border pixels)
