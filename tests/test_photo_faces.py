@@ -310,3 +310,16 @@ def test_missing_face_backend_suggests_crop_none(files, tmp_path, monkeypatch):
                             files["driving"], "--result_video", tmp_path / "out.mp4")
     assert code == 1 and "dagan[faces]" in errors and "--crop none" in errors
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_fit_picture_caps_the_size_with_even_sides_and_crops_follow():
+    from dagan.faces.animation import fit_picture, scaled_crops
+    from dagan.faces.plans import VideoCrops
+
+    picture = np.zeros((1001, 3001, 3), np.uint8)
+    fitted = fit_picture(picture, 1500)
+    assert fitted.shape == (500, 1500, 3)  # 1001 * 0.5 = 500.5 -> 500 rows, 1500 columns: even sides
+    assert fit_picture(picture[:999, :1001], 2000).shape == (998, 1000, 3)  # fits: trimmed only
+    crops = scaled_crops(VideoCrops([CropBox(1500.0, 500.0, 400.0)], (1001, 3001)), (1001, 3001), 1500)
+    assert crops.frame_size == (500, 1500)
+    assert crops.boxes[0].side == pytest.approx(400 * 1500 / 3001)

@@ -79,7 +79,8 @@ def plan_picture_faces(picture: np.ndarray, analyzer: FaceAnalyzer, size: tuple[
     """The faces of ``picture`` (H, W, 3) to animate, largest first, and how many faces were found.
 
     size: the model's (height, width). When nothing is found, or when more than the largest face is asked for,
-    small faces are searched for too (dlib HOG upsampled once: faces from ~40 px, ~4x the time). Raises NoFaceFound naming ``name``, ending with ``no_face_hint`` (demo.py's ``--crop none``).
+    small faces are searched for too (dlib HOG upsampled once: faces from ~40 px, ~4x the time).
+    Raises NoFaceFound naming ``name``, ending with ``no_face_hint`` (demo.py's ``--crop none``).
     Warns when a chosen face is smaller than :data:`SMALL_FACE_PX`.
     """
     boxes = analyzer.detect(picture)
@@ -168,14 +169,8 @@ def plan_video_crops(frames: Iterable[np.ndarray], num_frames: Optional[int], fr
         raise ValueError(f"detect_every must be >= 1, got {detect_every}")
     total = num_frames or 0
     stride = detect_every if mode == "track" else max(1, total // samples) if total else detect_every
-    found: dict[int, CropBox] = {}
-    last = -1
-    for index, frame in enumerate(tqdm(frames, total=num_frames, desc="finding faces", unit="frame", leave=False)):
-        last = index
-        if index % stride == 0 and (mode == "track" or len(found) < samples):
-            crop = _largest_face_crop(frame, analyzer, framing)
-            if crop is not None:
-                found[index] = crop
+    found, last = _detect_every(frames, num_frames, analyzer, framing, stride,
+                                None if mode == "track" else stride * samples)
     if not found:
         raise NoFaceFound(f"no face found in the sampled frames of {name}; use a clip of one face seen roughly from "
                           "the front, or --driving_crop none")
@@ -188,6 +183,28 @@ def plan_video_crops(frames: Iterable[np.ndarray], num_frames: Optional[int], fr
     if not framing.rotate:  # upright crops stay inside the frame (no repeated border pixels)
         boxes = [_inside_frame(box, frame_size) for box in boxes]
     return VideoCrops(boxes, frame_size)
+
+
+def _detect_every(frames: Iterable[np.ndarray], num_frames: Optional[int], analyzer: FaceAnalyzer, framing: Framing,
+                  stride: int, stop: Optional[int]) -> tuple[dict[int, CropBox], int]:
+    """The largest face's crop on every ``stride``-th frame (frame index -> crop) and the last frame index read;
+    reading ends at frame ``stop`` (the rest of the video is not decoded) or at the end."""
+    found: dict[int, CropBox] = {}
+    last = -1
+    iterator = iter(frames)
+    try:
+        for index, frame in enumerate(tqdm(iterator, total=stop or num_frames, desc="finding faces", unit="frame",
+                                           leave=False)):
+            if stop is not None and index >= stop:
+                break
+            last = index
+            if index % stride == 0:
+                crop = _largest_face_crop(frame, analyzer, framing)
+                if crop is not None:
+                    found[index] = crop
+    finally:
+        getattr(iterator, "close", lambda: None)()
+    return found, last
 
 
 def _interpolated_and_smoothed(found: dict[int, CropBox], count: int, fps: float) -> list[CropBox]:
