@@ -28,7 +28,7 @@ examples:
       the framing of VoxCeleb clips
   python scripts/crop_video.py --inp photo.jpg --out crops/ --align
       the same with the landmark-based VoxCeleb framing that demo.py --crop auto uses (dagan.faces.alignment):
-      upright along the eye line, face ~60% of the width
+      upright along the eye line, face ~45% of the width
 """
 
 
