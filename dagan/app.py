@@ -141,6 +141,12 @@ class AnimationRequest:
     smooth_cutoff: float = 1.0
     find_best_frame: bool = False
     visualize: bool = False
+    # Faces in photos (dagan.faces.animation): the defaults keep the whole-image behaviour; the page defaults to
+    # crop "auto" with paste-back.
+    crop: str = "none"
+    paste_back: bool = False
+    faces: str = "largest"
+    motion_scale: float = 1.0
 
 
 @dataclass
@@ -194,15 +200,47 @@ class Animator:
         if request.find_best_frame:
             anchor = self.best_anchor_frame(pipeline, source, video, progress)
         smoother = KeypointSmoother(video.fps, min_cutoff=request.smooth_cutoff) if request.smooth else None
-        frames = pipeline.animate(source, video, relative=request.relative, adapt_scale=request.adapt_scale,
-                                  driving_initial=anchor, smooth=smoother, visualize=request.visualize)
+        notes: list[str] = []
+        if request.crop != "none" or request.motion_scale != 1.0:
+            progress(0.0, desc="Finding faces")
+            frames, notes = self.face_frames(request, pipeline, source, video, anchor, smoother)
+        else:
+            frames = pipeline.animate(source, video, relative=request.relative, adapt_scale=request.adapt_scale,
+                                      driving_initial=anchor, smooth=smoother, visualize=request.visualize)
         directory = self.request_directory()
         result, panels = directory / "result.mp4", directory / "result_visualization.mp4"
         count = write_results(frames, video, result, panels if request.visualize else None, progress)
         seconds = time.perf_counter() - started
         status = (f"Done: {count} frames at {video.fps:.2f} fps in {seconds:.1f} s on {pipeline.device.type} "
                   f"({'model reused' if cached else 'model loaded'}; audio {'kept' if video.has_audio else 'none'}).")
+        status = " ".join([status, *(note[0].upper() + note[1:] + "." for note in notes)])
         return AnimationResult(str(result), str(panels) if request.visualize else None, status, count, seconds)
+
+    def face_frames(self, request: AnimationRequest, pipeline: DaGANPipeline, source: np.ndarray, video,
+                    anchor: Optional[np.ndarray], smoother) -> tuple[Iterator, list[str]]:
+        """The frames of the face mode (crop, paste-back into the full picture, face selection, motion strength;
+        as ``demo.py --crop auto``) and the notes for the status line (faces found, small-face warnings)."""
+        from dagan.faces import NoFaceFound, get_face_analyzer
+        from dagan.faces.animation import PHOTO_DETECT_MAX_SIDE, FaceOptions, FaceSession, MotionOptions, fit_picture
+        from dagan.faces.plans import parse_face_selection
+        from dagan.io import to_uint8
+
+        options = FaceOptions(crop=request.crop, paste_back=request.paste_back and request.crop == "auto",
+                              faces=parse_face_selection(request.faces),
+                              motion=MotionOptions(request.relative, request.adapt_scale, request.motion_scale))
+        if request.crop == "auto" and self.face_analyzer is None:
+            self.face_analyzer = get_face_analyzer("auto", detect_max_side=PHOTO_DETECT_MAX_SIDE)
+        session = FaceSession(pipeline, options, analyzer=self.face_analyzer)
+        picture = fit_picture(to_uint8(source), options.max_size)
+        name = os.path.basename(request.source_image)
+        try:
+            frames = session.animate_picture(picture, video, name, smoother, anchor, visualize=request.visualize)
+        except NoFaceFound as error:
+            raise gr.Error(scrub(str(error), {request.source_image: name, str(video.path): "the driving video"})
+                           .replace("--crop none", "Face crop 'none'").replace("--driving_crop none",
+                                                                               "Face crop 'none'"),
+                           print_exception=False) from None
+        return frames, session.messages
 
     def check_uploads(self, request: AnimationRequest) -> None:
         if not request.source_image:
@@ -328,9 +366,9 @@ class UploadedImage(gr.Image):
 
 CSS = "#status {min-height: 1.5em}"
 INTRO = """# DaGAN: depth-aware talking heads
-Upload a **portrait** (a face, roughly centred; it is resized to the model's square input) and a **driving video**
-of a talking face, or pick the bundled sample below, then press **Animate**. The result has the driving video's
-frame rate and audio."""
+Upload a **photo** (with face crop *auto* the faces are found, animated and pasted back into the whole picture; with
+*none* it is resized to the model's square input) and a **driving video** of a talking face, or pick the bundled
+sample below, then press **Animate**. The result has the driving video's frame rate and audio."""
 
 
 def build_app(settings: AppSettings, animator: Optional[Animator] = None) -> gr.Blocks:
@@ -364,22 +402,35 @@ def build_app(settings: AppSettings, animator: Optional[Animator] = None) -> gr.
                         smooth_cutoff = gr.Slider(0.1, 5.0, value=1.0, step=0.1, label="Smoothing cutoff (Hz; "
                                                   "lower is smoother)")
                         visualize = gr.Checkbox(False, label="Visualisation video")
+                    with gr.Row():
+                        crop = gr.Radio(["auto", "none"], value="auto", label="Face crop", elem_id="crop",
+                                        info="auto: find the face(s) and crop them like VoxCeleb; none: resize the "
+                                        "whole picture")
+                        faces = gr.Radio(["largest", "all"], value="largest", label="Faces", elem_id="faces")
+                    with gr.Row():
+                        paste_back = gr.Checkbox(True, label="Paste back into the full picture", elem_id="paste-back")
+                        motion_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Motion strength (0 = still, "
+                                                 "1 = as driven)", elem_id="motion-scale")
                 button = gr.Button("Animate", variant="primary", elem_id="animate-button")
             with gr.Column():
-                result = gr.Video(label="Result", interactive=False, height=300, elem_id="result-video")
+                result = gr.Video(label="Result (the full picture with paste-back)", interactive=False, height=300,
+                                  elem_id="result-video")
                 panels = gr.Video(label="Visualisation (source, driving, result, depth)", interactive=False,
                                   height=300, elem_id="visualization-video")
                 status = gr.Markdown(elem_id="status")
 
         def animate(source_image, driving_video, checkpoint_path, device_name, use_relative, use_adapt_scale,
-                    use_smooth, cutoff, use_best_frame, use_visualize, progress=gr.Progress()):
+                    use_smooth, cutoff, use_best_frame, use_visualize, crop_mode, use_paste_back, face_choice,
+                    strength, progress=gr.Progress()):
             request = AnimationRequest(source_image, driving_video, checkpoint_path, device_name, use_relative,
-                                       use_adapt_scale, use_smooth, cutoff, use_best_frame, use_visualize)
+                                       use_adapt_scale, use_smooth, cutoff, use_best_frame, use_visualize, crop_mode,
+                                       use_paste_back, face_choice, strength)
             outcome = animator(request, progress)
             return outcome.video, outcome.visualization, outcome.status
 
         button.click(animate, [source, driving, checkpoint, device, relative, adapt_scale, smooth, smooth_cutoff,
-                               find_best, visualize], [result, panels, status], api_name="animate")
+                               find_best, visualize, crop, paste_back, faces, motion_scale], [result, panels, status],
+                     api_name="animate")
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
 

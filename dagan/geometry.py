@@ -99,13 +99,16 @@ def adapt_movement_scale(kp_source: Keypoints, kp_driving_initial: Keypoints) ->
 
 def normalize_keypoints(kp_source: Keypoints, kp_driving: Keypoints, kp_driving_initial: Keypoints,
                         adapt_movement_scale_: bool = False, use_relative_movement: bool = False,
-                        use_relative_jacobian: bool = False, movement_scale: Optional[float] = None) -> Keypoints:
+                        use_relative_jacobian: bool = False, movement_scale: Optional[float] = None,
+                        motion_strength: float = 1.0) -> Keypoints:
     """Transfer driving motion onto the source keypoints (FOMM relative motion, as DaGAN's demo does it).
 
     value    = (kp_driving - kp_driving_initial) * s + kp_source        (relative movement)
     jacobian = J_driving @ inv(J_driving_initial) @ J_source             (relative jacobian)
     with s from :func:`adapt_movement_scale` when asked for, else 1. Without relative movement the driving
     keypoints are returned unchanged. ``movement_scale`` overrides s (to compute it once per video).
+    ``motion_strength`` m scales the relative motion (0 = the source as it is, 1 = as driven): the displacement
+    is multiplied by m and the relative jacobian becomes I + m (J_driving @ inv(J_driving_initial) - I).
     kp_source, kp_driving_initial: (1 or B, K, ...); kp_driving: (B, K, ...).
     """
     if not use_relative_movement:
@@ -115,10 +118,13 @@ def normalize_keypoints(kp_source: Keypoints, kp_driving: Keypoints, kp_driving_
         scale = movement_scale
     elif adapt_movement_scale_:
         scale = adapt_movement_scale(kp_source, kp_driving_initial)
-    value = (kp_driving.value - kp_driving_initial.value) * scale + kp_source.value
+    value = (kp_driving.value - kp_driving_initial.value) * (scale * motion_strength) + kp_source.value
     jacobian = kp_driving.jacobian
     if use_relative_jacobian and jacobian is not None:
         relative = torch.matmul(jacobian, torch.inverse(kp_driving_initial.jacobian))
+        if motion_strength != 1.0:
+            identity = torch.eye(2, dtype=relative.dtype, device=relative.device)
+            relative = identity + motion_strength * (relative - identity)
         jacobian = torch.matmul(relative, kp_source.jacobian)
     return Keypoints(value, jacobian)
 

@@ -10,6 +10,11 @@ and checks that both give the same frames. On a GPU it adds bf16/fp16, channels_
 
     python scripts/benchmark.py                      # CPU, batch sizes 1 and 8
     python scripts/benchmark.py --device cuda --batch_sizes 1 8 32 --output benchmark.json
+    python scripts/benchmark.py --faces --skip_naive  # + the per-frame cost of face crop and paste-back
+
+``--faces`` times what ``demo.py --crop auto --paste_back`` adds per frame (cutting the driving face out of a
+1280x720 frame, pasting the generated 256x256 face back into a 1920x1440 photo) against the model's per-frame
+time, and, separately, the face detection that plans a driving clip's crop (once per clip, 12 sampled frames).
 """
 from __future__ import annotations
 
@@ -149,6 +154,41 @@ def summary(name: str, batch_size: int, times: list[float]) -> dict:
             "fps": 1.0 / median, "latency_ms": 1000 * statistics.median(times)}
 
 
+def face_overhead(model_ms_per_frame: float, repeats: int) -> dict:
+    """Milliseconds per frame of the face crop and paste-back, their share of the model's time, and the seconds
+    of driving-clip face detection per clip (needs the [faces] extra for the last figure)."""
+    import numpy as np
+    from skimage import data as skimage_data
+
+    from dagan.faces.alignment import CropBox, warp_to_crop
+    from dagan.faces.paste import PasteBack
+    from dagan.faces.plans import DEFAULT_SAMPLES
+
+    generator = np.random.default_rng(0)
+    driving = generator.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    picture = generator.integers(0, 256, (1440, 1920, 3), dtype=np.uint8)
+    generated = generator.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    driving_crop = CropBox(640.0, 360.0, 600.0).transform((256, 256))
+    paste = PasteBack(CropBox(900.0, 600.0, 700.0, 0.1).transform((256, 256)), picture.shape[:2])
+    cpu = torch.device("cpu")
+    crop_ms = 1000 * min(timed(lambda: warp_to_crop(driving, driving_crop), cpu, repeats * 4))
+    paste_ms = 1000 * min(timed(lambda: paste(picture.copy(), generated), cpu, repeats * 4))
+    result = {"driving_crop_ms_per_frame": crop_ms, "paste_back_ms_per_frame": paste_ms,
+              "model_ms_per_frame": model_ms_per_frame,
+              "overhead_percent": 100 * (crop_ms + paste_ms) / model_ms_per_frame}
+    try:
+        from dagan.faces import get_face_analyzer
+
+        analyzer = get_face_analyzer("auto", detect_max_side=1280)
+    except ImportError:
+        return result
+    frame = np.full((720, 1280, 3), 90, np.uint8)
+    frame[100:612, 400:912] = skimage_data.astronaut()
+    seconds = min(timed(lambda: analyzer.landmarks(frame, analyzer.detect(frame)[0]), cpu, repeats))
+    result["driving_detection_s_per_clip"] = seconds * DEFAULT_SAMPLES
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -157,6 +197,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--skip_naive", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (on GPUs it always runs)")
+    parser.add_argument("--faces", action="store_true", help="also time the face crop and paste-back per frame "
+                        "(demo.py --crop auto) against the model")
     parser.add_argument("--output", default="benchmark.json")
     args = parser.parse_args(argv)
     if args.threads:
@@ -202,6 +244,9 @@ def main(argv=None) -> int:
             results["runs"].append(run_variant("cached bf16 channels_last compile", model, frames, batch_size,
                                                device, args.repeats, "bf16", compile_model=True))
         results["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    if args.faces:
+        best_cpu_run = min(run["ms_per_frame"] for run in results["runs"] if run["variant"] == "cached fp32")
+        results["face_overhead"] = face_overhead(best_cpu_run, args.repeats)
     print_table(results)
     atomic_write_text(args.output, json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.output}")
@@ -221,6 +266,13 @@ def print_table(results: dict) -> None:
         print(f"per-module ms per frame, cached fp32, batch {batch}:")
         for name, milliseconds in stages.items():
             print(f"  {name:30s} {milliseconds:8.1f}")
+    if "face_overhead" in results:
+        faces = results["face_overhead"]
+        print(f"face crop + paste-back per frame: {faces['driving_crop_ms_per_frame']:.2f} + "
+              f"{faces['paste_back_ms_per_frame']:.2f} ms = {faces['overhead_percent']:.1f}% of the model's "
+              f"{faces['model_ms_per_frame']:.0f} ms")
+        if "driving_detection_s_per_clip" in faces:
+            print(f"driving-clip face detection (once per clip): {faces['driving_detection_s_per_clip']:.2f} s")
 
 
 if __name__ == "__main__":

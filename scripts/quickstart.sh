@@ -17,6 +17,7 @@ python train.py --config configs/quickstart.yaml --log_dir runs/quickstart \
     --set model_params.depth_params.checkpoint_dir=runs/quickstart-depth/depth
 # Animate the sample portrait with the sample driving clip.
 checkpoint=$(ls runs/quickstart/checkpoints/*.pt | tail -n 1)
+# (--crop none: the samples already are face crops, and the face detector of the [faces] extra is not installed here)
 python demo.py --checkpoint "$checkpoint" --source_image data/samples/source.png \
-    --driving_video data/samples/driving.mp4 --result_video result.mp4 --relative --adapt_scale
+    --driving_video data/samples/driving.mp4 --result_video result.mp4 --relative --adapt_scale --crop none
 echo "done: result.mp4 (training logs in runs/quickstart-depth and runs/quickstart)"

@@ -234,10 +234,10 @@ def test_video_without_faces(crop_script, tmp_path):
 
 
 def test_missing_backend_is_reported(crop_script, tmp_path, monkeypatch):
-    import dagan.faces
+    import dagan.faces.detection
 
-    monkeypatch.setattr(dagan.faces, "_dlib_available", lambda: False)
-    monkeypatch.setattr(dagan.faces, "_face_alignment_available", lambda: False)
+    monkeypatch.setattr(dagan.faces.detection, "_dlib_available", lambda: False)
+    monkeypatch.setattr(dagan.faces.detection, "_face_alignment_available", lambda: False)
     code, _, stderr = run_main(crop_script, ["--inp", str(tmp_path / "x.mp4"), "--out", str(tmp_path)])
     assert code != 0 and "no face backend is installed" in stderr
 

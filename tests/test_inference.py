@@ -42,7 +42,9 @@ def source_png(tmp_path):
 
 
 def run_demo(*arguments) -> int:
-    return demo_main([str(argument) for argument in arguments])
+    """demo.py on the whole image (--crop none: these sources are not faces) unless a test asks for a crop."""
+    arguments = [str(argument) for argument in arguments]
+    return demo_main(arguments if "--crop" in arguments else ["--crop", "none", *arguments])
 
 
 def test_video_in_video_out_with_audio(tiny_checkpoint, clips, source_png, tmp_path):

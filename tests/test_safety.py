@@ -96,7 +96,7 @@ def test_demo_never_writes_frames_into_a_folder_of_the_users_files(tmp_path, tin
     (frames / "notes.txt").write_text("my notes")
     before = snapshot(frames)
     driving = make_test_clip(tmp_path / "driving.mp4", seconds=0.5)
-    arguments = ["--checkpoint", tiny_checkpoint, "--source_image", str(SAMPLES / "source.png"),
+    arguments = ["--checkpoint", tiny_checkpoint, "--crop", "none", "--source_image", str(SAMPLES / "source.png"),
                  "--driving_video", str(driving), "--result_video", str(frames) + os.sep]
     assert demo_main(arguments) == 1
     error = one_line_error(capsys)
@@ -149,7 +149,7 @@ def test_pixel_bombs_are_refused_before_decoding(tmp_path, restore_pixel_limit, 
     bomb = png_claiming(tmp_path / "bomb.png", 13000, 13000)
     with pytest.raises(PixelLimitError, match="13000x13000 pixels"):
         read_image(bomb)
-    assert demo_main(["--checkpoint", tiny_checkpoint, "--source_image", str(bomb), "--driving_video",
+    assert demo_main(["--checkpoint", tiny_checkpoint, "--crop", "none", "--source_image", str(bomb), "--driving_video",
                       str(SAMPLES / "driving.mp4"), "--result_video", str(tmp_path / "out.mp4")]) == 1
     assert "over the limit of 50 MP" in one_line_error(capsys)
     clip = make_test_clip(tmp_path / "clip.mp4", width=64, height=48, seconds=0.2)
@@ -164,7 +164,7 @@ def test_pixel_bombs_are_refused_before_decoding(tmp_path, restore_pixel_limit, 
 def test_an_empty_checkpoint_is_one_clear_line(tmp_path, capsys):
     empty = tmp_path / "model.pt"
     empty.write_bytes(b"")
-    assert demo_main(["--checkpoint", str(empty), "--source_image", str(SAMPLES / "source.png"),
+    assert demo_main(["--checkpoint", str(empty), "--crop", "none", "--source_image", str(SAMPLES / "source.png"),
                       "--driving_video", str(SAMPLES / "driving.mp4"), "--result_video", str(tmp_path / "o.mp4")]) == 1
     error = one_line_error(capsys)
     assert "is empty (0 bytes)" in error and "IndexError" not in error

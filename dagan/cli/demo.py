@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from dagan.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint_or_official
 from dagan.config import ConfigError, load_config
+from dagan.cli.demo_faces import add_face_arguments, run_faces, uses_face_mode
 from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother, best_aligned_frame, frame_at
 from dagan.io import MediaError, check_result_path, open_video, open_writer, read_image, set_pixel_limit
 from dagan.io.images import pixel_limit
@@ -29,7 +30,14 @@ example (the official release; relative motion with scale adaptation, as the DaG
       --result_video result.mp4 --relative --adapt_scale
 
   --result_video out_frames/   writes lossless PNG frames 000000.png, 000001.png, ... instead of an mp4.
-Images not at the model's resolution are resized to it (256x256) with anti-aliasing, as the reference demo does.
+
+photos as they come (the default --crop auto): the face is found, cropped like VoxCeleb, animated and pasted back,
+so the result is the whole photo (up to --max_size) with the face moving and the background still:
+  python demo.py --checkpoint ... --source_image group.jpg --driving_video phone.mp4 --relative --adapt_scale \\
+      --faces all --result_video group_animated.mp4
+  python demo.py --checkpoint ... --source_image 'photos/*.jpg' --driving_video phone.mp4 --result_video out/
+  python demo.py --checkpoint ... --source_video interview.mp4 --driving_video phone.mp4 --audio source
+--crop none resizes the whole image to the model's resolution (256x256) with anti-aliasing, as the reference demo.
 """
 
 
@@ -42,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="official DaGAN .pth.tar or a dagan checkpoint")
     parser.add_argument("--depth_checkpoint", default=None, help="folder with the official encoder.pth and depth.pth "
                         "(needed with an official checkpoint)")
-    parser.add_argument("--source_image", required=True, help="portrait image (any format Pillow reads)")
-    parser.add_argument("--driving_video", required=True, help="driving video (any format ffmpeg reads) or a folder "
+    parser.add_argument("--source_image", default=None, help="portrait or photo (any format Pillow reads); a folder "
+                        "or a quoted glob pattern animates each image (a batch)")
+    parser.add_argument("--driving_video", default=None, help="driving video (any format ffmpeg reads) or a folder "
                         "of frames sorted by name")
     parser.add_argument("--result_video", default="result.mp4", help="output .mp4 (H.264 + the driving audio), or a "
                         "folder (existing, or ending in /) for PNG frames")
@@ -73,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. model_params.common_params.num_kp=15")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_face_arguments(parser)
     return parser
 
 
@@ -117,17 +127,32 @@ def visualization_path(result: str) -> str:
     return f"{stem}_visualization{extension or '.mp4'}"
 
 
-def check_outputs(args: argparse.Namespace) -> None:
-    """Refuse, before any work, results that would replace an input or land in an unwritable folder."""
-    inputs = [args.source_image, args.driving_video, args.checkpoint, args.depth_checkpoint]
-    check_result_path(args.result_video, inputs)
+def check_inputs(args: argparse.Namespace) -> None:
+    """One source (--source_image, --source_video or --pairs) and, without --pairs, a --driving_video."""
+    given = [flag for flag, value in (("--source_image", args.source_image), ("--source_video", args.source_video),
+                                      ("--pairs", args.pairs)) if value is not None]
+    if len(given) != 1:
+        raise ValueError("give one of --source_image, --source_video or --pairs" +
+                         (f" (got {' and '.join(given)})" if given else ""))
+    if args.pairs is None and args.driving_video is None:
+        raise ValueError("--driving_video is required (or give source,driving pairs with --pairs)")
+
+
+def check_outputs(args: argparse.Namespace, result: str, inputs: list[Optional[str]]) -> None:
+    """Refuse, before any work, a result (and its visualisation) that would replace an input or the user's files,
+    or land in an unwritable folder."""
+    inputs = [*inputs, args.checkpoint, args.depth_checkpoint]
+    check_result_path(result, inputs)
     if args.visualize:
-        check_result_path(visualization_path(args.result_video), inputs)
+        check_result_path(visualization_path(result), inputs)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_inputs(args)
     set_pixel_limit(args.max_pixels)
-    check_outputs(args)
+    if uses_face_mode(args):
+        return run_faces(args, load_pipeline, check_outputs)
+    check_outputs(args, args.result_video, [args.source_image, args.driving_video])
     source = read_image(args.source_image)
     video = open_video(args.driving_video)
     pipeline = load_pipeline(args)
