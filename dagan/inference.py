@@ -140,7 +140,8 @@ class DaGANPipeline:
 
     def __init__(self, model: Optional[DaGAN], device: str | torch.device = "auto", precision: str = "fp32",
                  batch_size: Optional[int] = None, channels_last: Optional[bool] = None, compile: bool = False,
-                 fold_batch_norm: bool = True, networks=None, config: Optional[Config] = None):
+                 fold_batch_norm: bool = True, cuda_graphs: bool = False, networks=None,
+                 config: Optional[Config] = None):
         self.device = resolve_device(device) if isinstance(device, str) else device
         if precision not in PRECISIONS:
             raise InferenceError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -154,7 +155,7 @@ class DaGANPipeline:
         if networks is None:
             channels_last = defaults.channels_last if channels_last is None else channels_last
             networks = TorchNetworks(model, self.device, channels_last=channels_last, compile=compile,
-                                     fold_batch_norm=fold_batch_norm)
+                                     fold_batch_norm=fold_batch_norm, cuda_graphs=cuda_graphs)
         self.networks = networks
         self.model = getattr(networks, "model", None)  # the frozen torch model (None for exported graphs)
         self.config = config if config is not None else model.config

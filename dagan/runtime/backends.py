@@ -40,10 +40,11 @@ class BackendError(RuntimeError):
 
 class TorchNetworks:
     """The model's inference calls on ``device``. ``fold_batch_norm`` works on a frozen copy (the given model
-    is untouched); ``channels_last`` converts weights and inputs; ``compile`` compiles the per-frame calls."""
+    is untouched); ``channels_last`` converts weights and inputs; ``compile`` compiles the per-frame calls (with
+    ``cuda_graphs``, replayed as CUDA graphs: outputs are valid until the same call runs again)."""
 
     def __init__(self, model: DaGAN, device: torch.device, channels_last: bool = False, compile: bool = False,
-                 fold_batch_norm: bool = True):
+                 fold_batch_norm: bool = True, cuda_graphs: bool = False):
         model = frozen_for_inference(model) if fold_batch_norm else model.eval()
         self.model = model.to(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -52,7 +53,7 @@ class TorchNetworks:
         self.depth, self.keypoints, self.encode_source = model.depth, model.keypoints, model.encode_source
         self.frame_depth, self.frame_keypoints, self._generate = model.depth, model.keypoints, model.generate
         if compile:  # weights are frozen into the compiled code (inference only)
-            options = {"freezing": True}
+            options = {"freezing": True, "triton.cudagraphs": cuda_graphs}  # CUDA graphs: GPU launch overhead
             self.frame_depth = torch.compile(model.depth, options=options)
             self.frame_keypoints = torch.compile(model.keypoints, options=options)
             self._generate = torch.compile(model.generate, options=options)

@@ -12,9 +12,9 @@ from dagan.runtime.backends import ExportedNetworks
 
 
 @torch.no_grad()
-def graph_differences(model: DaGAN, directory: str | os.PathLike, backend: str = "onnxruntime",
-                      images: Optional[torch.Tensor] = None) -> dict[str, float]:
-    """Max abs difference of every graph output, backend vs torch (the unfolded model), by output name.
+def graph_differences(model: DaGAN, exported: ExportedNetworks, images: Optional[torch.Tensor] = None
+                      ) -> dict[str, float]:
+    """Max abs difference of every exported graph output vs torch (the unfolded model), by output name.
 
     images: (B >= 2, 3, H, W) in [0, 1]; image 0 is the source, image 1 the initial driving frame and all B are
     driving frames (relative motion with Jacobians). Default: two random images at the model's resolution.
@@ -23,7 +23,6 @@ def graph_differences(model: DaGAN, directory: str | os.PathLike, backend: str =
     if images is None:
         height, width = model.config.dataset_params.frame_shape[:2]
         images = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0))
-    exported = ExportedNetworks(directory, backend)
     batch = images.shape[0]
     disparity = model.depth(images)
     keypoints = model.keypoints(images, disparity)
@@ -49,4 +48,4 @@ def graph_differences(model: DaGAN, directory: str | os.PathLike, backend: str =
 
 
 def largest_difference(model: DaGAN, directory: str | os.PathLike, backend: str = "onnxruntime") -> float:
-    return max(graph_differences(model, directory, backend).values())
+    return max(graph_differences(model, ExportedNetworks(directory, backend)).values())
