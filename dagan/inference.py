@@ -24,7 +24,7 @@ from dagan.io.images import MediaError, resize_to_model, to_uint8
 from dagan.model import DaGAN
 from dagan.networks.generator import SourceFeatures
 from dagan.runtime.backends import ExportedNetworks, TorchNetworks
-from dagan.runtime.defaults import default_speed_settings
+from dagan.runtime.autotune import speed_settings
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -131,7 +131,8 @@ class DaGANPipeline:
     """Inference wrapper around :class:`~dagan.model.DaGAN`: preprocessing, batching, relative motion, smoothing.
 
     Unset speed options take the measured fastest values for the device
-    (:func:`~dagan.runtime.defaults.default_speed_settings`: on a CPU batch 1, no ``channels_last``); batch norms
+    (:func:`~dagan.runtime.autotune.speed_settings`: this machine's auto-tune result when stored, else on a CPU
+    batch 1, no ``channels_last``); batch norms
     are folded into a frozen copy of the networks (``model`` itself is left unchanged). ``compile=True`` runs the
     per-frame networks through ``torch.compile`` (inductor, weights frozen): a one-off compilation of about a
     minute, then faster frames. ``networks`` replaces the torch model by another backend's networks (see
@@ -147,7 +148,8 @@ class DaGANPipeline:
             raise InferenceError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if precision != "fp32" and self.device.type != "cuda":
             raise InferenceError(f"--precision {precision} needs a CUDA GPU; on {self.device.type} use fp32")
-        defaults = default_speed_settings(self.device)
+        self.config = config if config is not None else model.config
+        defaults = speed_settings(self.device, self.config)  # auto-tuned on this machine, else the measured table
         batch_size = defaults.batch_size if batch_size is None else batch_size
         if batch_size < 1:
             raise InferenceError(f"batch_size must be >= 1, got {batch_size}")
@@ -158,7 +160,6 @@ class DaGANPipeline:
                                      fold_batch_norm=fold_batch_norm, cuda_graphs=cuda_graphs)
         self.networks = networks
         self.model = getattr(networks, "model", None)  # the frozen torch model (None for exported graphs)
-        self.config = config if config is not None else model.config
         frame_shape = self.config.dataset_params.frame_shape
         self.image_size = (frame_shape[0], frame_shape[1])
 

@@ -19,6 +19,7 @@ from dagan.checkpoint import load_official
 from dagan.cli.demo import main as demo_main
 from dagan.inference import DaGANPipeline
 from dagan.networks.blocks import ResBlock2d
+from dagan.runtime.autotune import CANDIDATES, autotune, cached_speed_settings, machine_key
 from dagan.runtime.backends import BackendError, ExportedNetworks
 from dagan.runtime.defaults import SpeedSettings, default_speed_settings
 from dagan.runtime.export import ExportError, export_onnx, read_manifest
@@ -46,10 +47,16 @@ def uint8_frames(pipeline: DaGANPipeline, source: np.ndarray, frames: list[np.nd
     return [result.frame.astype(int) for result in pipeline.animate(source, frames, relative=True, adapt_scale=True)]
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """No auto-tune result or cached export of the user's (~/.cache/dagan) changes these tests."""
+    monkeypatch.setenv("DAGAN_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def random_frames():
     rng = np.random.default_rng(0)
-    return rng.random((64, 64, 3), dtype=np.float32), [rng.random((64, 64, 3), dtype=np.float32) for _ in range(5)]
+    return rng.random((64, 64, 3), dtype=np.float32), [rng.random((64, 64, 3), dtype=np.float32) for _ in range(3)]
 
 
 # Batch-norm folding.
@@ -92,6 +99,20 @@ def test_default_pipeline_matches_plain_nchw_batch_1(tiny_model, random_frames):
     for pipeline in (default, channels_last):
         for ours, theirs in zip(uint8_frames(pipeline, source, frames), reference, strict=True):
             assert np.abs(ours - theirs).max() <= 1  # within 1/255
+
+
+def test_autotune_result_is_cached_and_becomes_the_default(tiny_model):
+    device = torch.device("cpu")
+    assert cached_speed_settings(device, tiny_model.config) is None
+    tuned = autotune(tiny_model, device, repeats=1)
+    assert tuned in CANDIDATES and cached_speed_settings(device, tiny_model.config) == tuned
+    stored = json.loads(open(os.path.join(os.environ["DAGAN_CACHE"], "speed.json")).read())
+    stored[machine_key(device, tiny_model.config)] = {"batch_size": 2, "channels_last": True, "fold_batch_norm": True}
+    with open(os.path.join(os.environ["DAGAN_CACHE"], "speed.json"), "w") as stream:
+        json.dump(stored, stream)
+    pipeline = DaGANPipeline(tiny_model, device="cpu")
+    assert pipeline.batch_size == 2 and pipeline.networks.memory_format == torch.channels_last
+    assert DaGANPipeline(tiny_model, device="cpu", batch_size=1).batch_size == 1  # explicit values win
 
 
 # ONNX export and the backends.
@@ -213,3 +234,13 @@ def test_missing_backend_names_the_extra(exported, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", without_openvino)
     with pytest.raises(BackendError, match=r"\[openvino\]"):
         ExportedNetworks(exported, "openvino")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (and a CUDA build of torch)")
+def test_gpu_defaults_and_bf16_channels_last_compile(tiny_model, random_frames):
+    source, frames = random_frames
+    reference = uint8_frames(DaGANPipeline(tiny_model, device="cpu", batch_size=1), source, frames)
+    fast = DaGANPipeline(tiny_model, device="cuda", precision="bf16", batch_size=32, channels_last=True, compile=True)
+    assert fast.batch_size == 32 and DaGANPipeline(tiny_model, device="cuda").batch_size == 16
+    for ours, theirs in zip(uint8_frames(fast, source, frames), reference, strict=True):
+        assert np.abs(ours - theirs).mean() < 8  # bf16: close on average, not bit-exact

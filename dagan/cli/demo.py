@@ -14,8 +14,10 @@ from tqdm import tqdm
 
 from dagan.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint_or_official
 from dagan.config import ConfigError, load_config
-from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother, best_aligned_frame, frame_at
+from dagan.inference import (DaGANPipeline, InferenceError, KeypointSmoother, best_aligned_frame, frame_at,
+                             resolve_device)
 from dagan.io import MediaError, open_video, open_writer, read_image
+from dagan.runtime.autotune import autotune
 from dagan.runtime.backends import BACKENDS, BackendError
 from dagan.runtime.cache import exported_pipeline
 from dagan.runtime.export import ExportError, is_export_folder
@@ -60,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reduced precision runs on CUDA only")
     parser.add_argument("--batch_size", type=int, default=None, help="driving frames per forward pass (default: "
                         "the fastest measured for the device: 1 on a CPU, 16 on CUDA)")
+    parser.add_argument("--autotune", action="store_true", help="time batch 1/2 x NCHW/channels_last on this "
+                        "machine first (a few seconds) and keep the fastest as this machine's default (cached)")
     parser.add_argument("--backend", default="torch", choices=BACKENDS, help="runtime: torch, or ONNX graphs on "
                         "onnxruntime / openvino (extras [onnx] / [openvino]; exported once into "
                         "~/.cache/dagan/onnx, or give --checkpoint an export folder from scripts/export_onnx.py)")
@@ -105,6 +109,9 @@ def load_pipeline(args: argparse.Namespace) -> DaGANPipeline:
         model = load_checkpoint_or_official(args.checkpoint, args.depth_checkpoint, load_config(args.config, overrides))
     if args.backend != "torch":
         return exported_pipeline(model, args.backend, batch_size=args.batch_size)
+    if args.autotune:
+        tuned = autotune(model, resolve_device(device))
+        print(f"auto-tuned: batch {tuned.batch_size}, channels_last {tuned.channels_last} (cached)", file=sys.stderr)
     return DaGANPipeline(model, device=device, precision=args.precision, batch_size=args.batch_size,
                          compile=args.compile)
 
