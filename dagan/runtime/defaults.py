@@ -3,8 +3,8 @@
 Measured with ``scripts/benchmark.py`` (vox-adv-256, fp32; README "Speed"):
 
 * CPU: batch 1 is the fastest (activations of one 256x256 frame already exceed the caches: batch 8 was 1.35x
-  slower per frame than batch 1, batch 2 1.05-1.2x); ``channels_last`` is slower end to end (the bottleneck
-  gains little, grid sampling and attention lose); batch norms folded (3-10% faster, exact to 1e-6).
+  slower per frame than batch 1, batch 2 1.13x); ``channels_last`` is 7% slower end to end (the convolutions gain
+  little, grid sampling and attention lose); batch norms folded (5% faster, exact to 1e-6).
 * CUDA: large batches fill the GPU; ``channels_last`` helps its convolutions (tensor cores).
 * MPS: moderate batches; memory format left as it is.
 
