@@ -14,6 +14,11 @@ EXTRAS = {
     "face-alignment": ["numba>=0.58"],
     # The local web app (scripts/app.py); its browser test also needs playwright and Debian's chromium.
     "app": ["gradio>=6.31,<7"],
+    # ONNX export (scripts/export_onnx.py) and demo.py --backend onnxruntime; onnx < 1.23 keeps protobuf 4.25
+    # (onnx 1.23 needs protobuf >= 6). The CUDA/TensorRT providers come with onnxruntime-gpu instead.
+    "onnx": ["onnx>=1.17,<1.23", "onnxruntime>=1.20"],
+    # demo.py --backend openvino (reads the exported ONNX graphs; export needs the [onnx] extra).
+    "openvino": ["openvino>=2024.0"],
 }
 
 setup(

@@ -63,7 +63,7 @@ class AppSettings:
     config: Optional[str] = None
     device: str = "auto"
     max_upload_mb: float = 200.0
-    batch_size: int = 8
+    batch_size: Optional[int] = None  # None: the fastest measured for the device
     search_root: str = "."
     cache_size: int = 2
     keep_results_s: float = 3600.0

@@ -86,6 +86,18 @@ def warp_by_deformation(image: torch.Tensor, deformation: torch.Tensor) -> torch
     return warp(image, deformation)
 
 
+def inverse_2x2(matrix: torch.Tensor) -> torch.Tensor:
+    """Inverse of 2x2 matrices (..., 2, 2) in closed form, [[d, -b], [-c, a]] / (ad - bc).
+
+    Used for keypoint Jacobians: the same result as ``torch.inverse`` up to float rounding, and it exports to
+    ONNX (which has no matrix inverse).
+    """
+    a, b, c, d = matrix[..., 0, 0], matrix[..., 0, 1], matrix[..., 1, 0], matrix[..., 1, 1]
+    determinant = (a * d - b * c)[..., None, None]
+    adjugate = torch.stack([torch.stack([d, -b], dim=-1), torch.stack([-c, a], dim=-1)], dim=-2)
+    return adjugate / determinant
+
+
 # Animation: relative motion and scale adaptation.
 def convex_hull_area(points: torch.Tensor) -> float:
     """Area of the 2-D convex hull of points (K, 2), in float64 (scipy's ``ConvexHull.volume``)."""
@@ -121,7 +133,7 @@ def normalize_keypoints(kp_source: Keypoints, kp_driving: Keypoints, kp_driving_
     value = (kp_driving.value - kp_driving_initial.value) * (scale * motion_strength) + kp_source.value
     jacobian = kp_driving.jacobian
     if use_relative_jacobian and jacobian is not None:
-        relative = torch.matmul(jacobian, torch.inverse(kp_driving_initial.jacobian))
+        relative = torch.matmul(jacobian, inverse_2x2(kp_driving_initial.jacobian))
         if motion_strength != 1.0:
             identity = torch.eye(2, dtype=relative.dtype, device=relative.device)
             relative = identity + motion_strength * (relative - identity)

@@ -23,6 +23,8 @@ from dagan.geometry import Keypoints, adapt_movement_scale, normalize_keypoints
 from dagan.io.images import MediaError, resize_to_model, to_uint8
 from dagan.model import DaGAN
 from dagan.networks.generator import SourceFeatures
+from dagan.runtime.backends import ExportedNetworks, TorchNetworks
+from dagan.runtime.autotune import speed_settings
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -128,31 +130,38 @@ def chunks(iterable: Iterable, size: int) -> Iterator[list]:
 class DaGANPipeline:
     """Inference wrapper around :class:`~dagan.model.DaGAN`: preprocessing, batching, relative motion, smoothing.
 
-    ``compile=True`` runs the per-frame networks through ``torch.compile`` (inductor, weights frozen): a one-off
-    compilation of about a minute, then faster frames on CPUs and GPUs alike.
+    Unset speed options take the measured fastest values for the device
+    (:func:`~dagan.runtime.autotune.speed_settings`: this machine's auto-tune result when stored, else on a CPU
+    batch 1, no ``channels_last``); batch norms
+    are folded into a frozen copy of the networks (``model`` itself is left unchanged). ``compile=True`` runs the
+    per-frame networks through ``torch.compile`` (inductor, weights frozen): a one-off compilation of about a
+    minute, then faster frames. ``networks`` replaces the torch model by another backend's networks (see
+    :mod:`dagan.runtime.backends`; :meth:`from_exported` builds one from exported ONNX graphs).
     """
 
-    def __init__(self, model: DaGAN, device: str | torch.device = "auto", precision: str = "fp32",
-                 batch_size: int = 8, channels_last: bool = False, compile: bool = False):
+    def __init__(self, model: Optional[DaGAN], device: str | torch.device = "auto", precision: str = "fp32",
+                 batch_size: Optional[int] = None, channels_last: Optional[bool] = None, compile: bool = False,
+                 fold_batch_norm: bool = True, cuda_graphs: bool = False, networks=None,
+                 config: Optional[Config] = None):
         self.device = resolve_device(device) if isinstance(device, str) else device
         if precision not in PRECISIONS:
             raise InferenceError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if precision != "fp32" and self.device.type != "cuda":
             raise InferenceError(f"--precision {precision} needs a CUDA GPU; on {self.device.type} use fp32")
+        self.config = config if config is not None else model.config
+        defaults = speed_settings(self.device, self.config)  # auto-tuned on this machine, else the measured table
+        batch_size = defaults.batch_size if batch_size is None else batch_size
         if batch_size < 1:
             raise InferenceError(f"batch_size must be >= 1, got {batch_size}")
         self.precision, self.batch_size = precision, batch_size
-        self.model = model.eval().to(self.device)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        frame_shape = model.config.dataset_params.frame_shape
+        if networks is None:
+            channels_last = defaults.channels_last if channels_last is None else channels_last
+            networks = TorchNetworks(model, self.device, channels_last=channels_last, compile=compile,
+                                     fold_batch_norm=fold_batch_norm, cuda_graphs=cuda_graphs)
+        self.networks = networks
+        self.model = getattr(networks, "model", None)  # the frozen torch model (None for exported graphs)
+        frame_shape = self.config.dataset_params.frame_shape
         self.image_size = (frame_shape[0], frame_shape[1])
-        self.depth, self.keypoints, self.render = self.model.depth, self.model.keypoints, self.model.generate
-        if compile:  # per-frame work only; weights are frozen into the compiled code (inference only)
-            options = {"freezing": True}
-            self.depth = torch.compile(self.model.depth, options=options)
-            self.keypoints = torch.compile(self.model.keypoints, options=options)
-            self.render = torch.compile(self.model.generate, options=options)
 
     # Construction.
     @classmethod
@@ -162,6 +171,14 @@ class DaGANPipeline:
         from dagan.checkpoint import load_checkpoint_or_official
 
         return cls(load_checkpoint_or_official(checkpoint, depth_checkpoint, config), **kwargs)
+
+    @classmethod
+    def from_exported(cls, directory: str, backend: str = "onnxruntime", threads: Optional[int] = None,
+                      batch_size: Optional[int] = None) -> "DaGANPipeline":
+        """From graphs written by ``scripts/export_onnx.py``, run by ``backend`` (onnxruntime or openvino);
+        no torch weights are loaded. Tensors between the graphs live on the CPU."""
+        networks = ExportedNetworks(directory, backend, threads)
+        return cls(None, device="cpu", batch_size=batch_size, networks=networks, config=networks.manifest.config)
 
     # Preprocessing.
     def to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -174,7 +191,8 @@ class DaGANPipeline:
             if tuple(image.shape[:2]) != self.image_size:
                 image = resize_to_model(image, self.image_size)
             arrays.append(np.ascontiguousarray(image[..., :3], dtype=np.float32))
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
+        return batch.contiguous(memory_format=self.networks.memory_format)
 
     def autocast(self):
         if self.precision == "fp32":
@@ -190,18 +208,19 @@ class DaGANPipeline:
     @torch.no_grad()
     def source_state(self, image: torch.Tensor) -> SourceState:
         """:meth:`prepare_source` for a source already on the model's device: image (1, 3, H, W) in [0, 1]."""
+        image = image.contiguous(memory_format=self.networks.memory_format)
         with self.autocast():
-            disparity = self.model.depth(image)
-            keypoints = self.model.keypoints(image, disparity)
-            features = self.model.encode_source(image, disparity)
+            disparity = self.networks.depth(image)
+            keypoints = self.networks.keypoints(image, disparity)
+            features = self.networks.encode_source(image, disparity)
         return SourceState(image, disparity, _float(keypoints), features)
 
     @torch.no_grad()
     def driving_keypoints(self, frames: torch.Tensor) -> tuple[Keypoints, torch.Tensor]:
         """Keypoints and disparities of driving frames (B, 3, H, W)."""
         with self.autocast():
-            disparity = self.depth(frames)
-            keypoints = self.keypoints(frames, disparity)
+            disparity = self.networks.frame_depth(frames)
+            keypoints = self.networks.frame_keypoints(frames, disparity)
         return _float(keypoints), disparity
 
     @torch.no_grad()
@@ -247,8 +266,8 @@ class DaGANPipeline:
         """Render the prepared source with transferred keypoints (B, K, ...) -> GeneratorOutput."""
         batch = kp_norm.value.shape[0]
         with self.autocast():
-            return self.render(source.image.expand(batch, -1, -1, -1), source.keypoints, kp_norm,
-                               source_features=source.features.expand(batch), return_deformed=return_deformed)
+            return self.networks.render(source.image.expand(batch, -1, -1, -1), source.keypoints, kp_norm,
+                                        source.features.expand(batch), return_deformed=return_deformed)
 
 
 def best_aligned_frame(source_image: np.ndarray, driving_frames: Iterable[np.ndarray], analyzer=None) -> int:

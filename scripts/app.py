@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_upload_mb", type=float, default=200.0, help="largest accepted upload")
     parser.add_argument("--max_pixels", type=int, default=None, help="largest accepted picture or video frame, in "
                         "pixels, checked before decoding (default 50 MP, or DAGAN_MAX_PIXELS)")
-    parser.add_argument("--batch_size", type=int, default=8, help="driving frames per forward pass")
+    parser.add_argument("--batch_size", type=int, default=None, help="driving frames per forward pass (default: the "
+                        "fastest measured for the device)")
     return parser
 
 

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--pairs", help="pairs CSV (format below)")
     model.add_argument("--save_videos", action="store_true", help="write the generated videos (frames for pairs) "
                        "to OUTPUT/generated/")
-    model.add_argument("--batch_size", type=int, default=8, help="driving frames per forward pass")
+    model.add_argument("--batch_size", type=int, default=None, help="driving frames per forward pass (default: "
+                       "the fastest measured for the device)")
     common = parser.add_argument_group("metrics and output")
     common.add_argument("--metrics", default="auto", help=f"comma-separated: {','.join(METRIC_NAMES)}; or auto")
     common.add_argument("--backend", default="auto", choices=["auto", "dlib", "face_alignment"],

@@ -15,9 +15,14 @@ from tqdm import tqdm
 from dagan.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint_or_official
 from dagan.config import ConfigError, load_config
 from dagan.cli.demo_faces import add_face_arguments, run_faces, uses_face_mode
-from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother, best_aligned_frame, frame_at
+from dagan.inference import (DaGANPipeline, InferenceError, KeypointSmoother, best_aligned_frame, frame_at,
+                             resolve_device)
 from dagan.io import MediaError, check_result_path, open_video, open_writer, read_image, set_pixel_limit
 from dagan.io.images import pixel_limit
+from dagan.runtime.autotune import autotune
+from dagan.runtime.backends import BACKENDS, BackendError
+from dagan.runtime.cache import exported_pipeline
+from dagan.runtime.export import ExportError, is_export_folder
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "vox-adv-256.yaml")
@@ -65,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="reduced precision runs on CUDA only")
-    parser.add_argument("--batch_size", type=int, default=8, help="driving frames per forward pass")
+    parser.add_argument("--batch_size", type=int, default=None, help="driving frames per forward pass (default: "
+                        "the fastest measured for the device: 1 on a CPU, 16 on CUDA)")
+    parser.add_argument("--autotune", action="store_true", help="time batch 1/2 x NCHW/channels_last on this "
+                        "machine first (a few seconds) and keep the fastest as this machine's default (cached)")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS, help="runtime: torch, or ONNX graphs on "
+                        "onnxruntime / openvino (extras [onnx] / [openvino]; exported once into "
+                        "~/.cache/dagan/onnx, or give --checkpoint an export folder from scripts/export_onnx.py)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the per-frame networks: about a "
                         "minute of compilation, then faster frames (worth it for long videos)")
     parser.add_argument("--kp_num", type=int, default=None, help="number of keypoints (default: the config's)")
@@ -93,6 +104,10 @@ def load_pipeline(args: argparse.Namespace) -> DaGANPipeline:
     if args.generator is not None:
         overrides.append(f"model_params.generator={args.generator}")
     device = "cpu" if args.cpu else args.device
+    if os.path.isdir(args.checkpoint) and is_export_folder(args.checkpoint):
+        if args.backend == "torch":
+            raise BackendError(f"{args.checkpoint!r} holds exported ONNX graphs: add --backend onnxruntime or openvino")
+        return DaGANPipeline.from_exported(args.checkpoint, args.backend, batch_size=args.batch_size)
     if is_our_checkpoint(args.checkpoint):
         model = load_checkpoint_or_official(args.checkpoint, args.depth_checkpoint)
         if overrides:
@@ -105,6 +120,11 @@ def load_pipeline(args: argparse.Namespace) -> DaGANPipeline:
                 raise CheckpointError(f"the checkpoint holds a {stored.generator}; drop --generator")
     else:
         model = load_checkpoint_or_official(args.checkpoint, args.depth_checkpoint, load_config(args.config, overrides))
+    if args.backend != "torch":
+        return exported_pipeline(model, args.backend, batch_size=args.batch_size)
+    if args.autotune:
+        tuned = autotune(model, resolve_device(device))
+        print(f"auto-tuned: batch {tuned.batch_size}, channels_last {tuned.channels_last} (cached)", file=sys.stderr)
     return DaGANPipeline(model, device=device, precision=args.precision, batch_size=args.batch_size,
                          compile=args.compile)
 
@@ -190,9 +210,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as error:  # one clear line per known problem; tracebacks only with --debug
         if args.debug:
             traceback.print_exc()
-        known = (MediaError, CheckpointError, ConfigError, InferenceError, ImportError, ValueError)
+        known = (MediaError, CheckpointError, ConfigError, InferenceError, BackendError, ExportError, ImportError,
+                 ValueError)
         if is_out_of_memory(error):
-            message = f"out of memory with --batch_size {args.batch_size}; try a smaller --batch_size (e.g. 1)"
+            batch = args.batch_size or "default"
+            message = f"out of memory with --batch_size {batch}; try a smaller --batch_size (e.g. 1)"
         elif isinstance(error, known):
             message = str(error)
         else:

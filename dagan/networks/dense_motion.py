@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dagan.geometry import Keypoints, keypoints_to_gaussian, make_coordinate_grid, warp
+from dagan.geometry import Keypoints, inverse_2x2, keypoints_to_gaussian, make_coordinate_grid, warp
 from dagan.networks.blocks import AntiAliasDownsample, Hourglass
 
 
@@ -32,7 +32,7 @@ def sparse_motions(kp_source: Keypoints, kp_driving: Keypoints, height: int, wid
     identity = make_coordinate_grid(height, width, value_driving.dtype, value_driving.device).view(1, 1, height, width, 2)
     relative = identity - value_driving.view(batch, num_kp, 1, 1, 2)  # (B, K, h, w, 2)
     if kp_driving.jacobian is not None:
-        jacobian = torch.matmul(kp_source.jacobian, torch.inverse(kp_driving.jacobian))  # (B, K, 2, 2)
+        jacobian = torch.matmul(kp_source.jacobian, inverse_2x2(kp_driving.jacobian))  # (B, K, 2, 2)
         relative = torch.matmul(jacobian.view(batch, num_kp, 1, 1, 2, 2), relative.unsqueeze(-1)).squeeze(-1)
     driving_to_source = relative + kp_source.value.view(-1, num_kp, 1, 1, 2)  # a batch-1 source broadcasts
     return torch.cat([identity.expand(batch, 1, height, width, 2), driving_to_source], dim=1)

@@ -1,0 +1,97 @@
+"""A quick one-off auto-tune of the speed settings on this machine, cached per machine and model shape.
+
+``demo.py --autotune`` times whole frames (driving keypoints + rendering, random inputs at the model's resolution)
+for batch 1 and 2, NCHW and ``channels_last``, keeps the fastest per frame (best of a few calls) and stores it in
+``$DAGAN_CACHE/speed.json`` (default ``~/.cache/dagan``). Later runs with no speed flags use the stored entry for
+the same machine, thread count, torch version and model shape; without one they use the measured table of
+:mod:`dagan.runtime.defaults`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from typing import Optional
+
+import torch
+
+from dagan.config import Config
+from dagan.geometry import normalize_keypoints
+from dagan.io.files import atomic_write_text
+from dagan.runtime.cache import cache_root
+from dagan.runtime.defaults import SpeedSettings, default_speed_settings
+
+CANDIDATES = tuple(SpeedSettings(batch, channels_last) for batch in (1, 2) for channels_last in (False, True))
+
+
+def machine_key(device: torch.device, config: Config) -> str:
+    """What the measurement depends on: processor (or GPU), threads, torch version, model resolution and widths."""
+    if device.type == "cuda":
+        processor = torch.cuda.get_device_name(device)
+    else:
+        processor = platform.processor() or platform.machine()
+    params = config.model_params
+    shape = (tuple(config.dataset_params.frame_shape), params.generator, params.common_params.num_kp,
+             params.generator_params.block_expansion, params.generator_params.num_bottleneck_blocks)
+    return f"{device.type}|{processor}|threads={torch.get_num_threads()}|torch={torch.__version__}|{shape}"
+
+
+def _cache_path() -> str:
+    return os.path.join(cache_root(), "speed.json")
+
+
+def _read_cache() -> dict:
+    try:
+        with open(_cache_path(), encoding="utf-8") as stream:
+            return json.load(stream)
+    except (OSError, ValueError):
+        return {}
+
+
+def cached_speed_settings(device: torch.device, config: Config) -> Optional[SpeedSettings]:
+    """The stored auto-tune result for this machine and model shape, if any."""
+    entry = _read_cache().get(machine_key(device, config))
+    return SpeedSettings(**entry) if entry else None
+
+
+def speed_settings(device: torch.device, config: Optional[Config]) -> SpeedSettings:
+    """The auto-tuned settings when stored for this machine, else the measured per-device table."""
+    tuned = cached_speed_settings(device, config) if config is not None else None
+    return tuned or default_speed_settings(device)
+
+
+@torch.no_grad()
+def autotune(model, device: torch.device, repeats: int = 2) -> SpeedSettings:
+    """Time :data:`CANDIDATES` on ``model`` (best per-frame time of ``repeats`` calls after one warm-up), store the
+    fastest for this machine and return it."""
+    from dagan.inference import DaGANPipeline
+
+    height, width = model.config.dataset_params.frame_shape[:2]
+    images = torch.rand(3, 3, height, width, generator=torch.Generator().manual_seed(0))
+    best: Optional[tuple[float, SpeedSettings]] = None
+    for candidate in CANDIDATES:
+        pipeline = DaGANPipeline(model, device=device, batch_size=candidate.batch_size,
+                                 channels_last=candidate.channels_last)
+        source = pipeline.source_state(images[:1].to(device).contiguous(memory_format=pipeline.networks.memory_format))
+        frames = images[1:1 + candidate.batch_size].to(device).contiguous(memory_format=pipeline.networks.memory_format)
+
+        def frame() -> None:
+            keypoints, _ = pipeline.driving_keypoints(frames)
+            pipeline.generate(source, normalize_keypoints(source.keypoints, keypoints, keypoints.index(slice(0, 1)),
+                                                          use_relative_movement=True, use_relative_jacobian=True))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        frame()
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            frame()
+            seconds.append((time.perf_counter() - start) / candidate.batch_size)
+        if best is None or min(seconds) < best[0]:
+            best = (min(seconds), candidate)
+    cache = _read_cache()
+    cache[machine_key(device, model.config)] = dataclasses.asdict(best[1])
+    atomic_write_text(_cache_path(), json.dumps(cache, indent=1) + "\n")
+    return best[1]

@@ -1,0 +1,43 @@
+"""Speed settings the pipeline uses when the caller does not choose: picked per device from measurements.
+
+Measured with ``scripts/benchmark.py`` (vox-adv-256, fp32; README "Speed"):
+
+* CPU: batch 1 is the fastest (activations of one 256x256 frame already exceed the caches: batch 8 was 1.35x
+  slower per frame than batch 1, batch 2 1.13x); ``channels_last`` is 7% slower end to end (the convolutions gain
+  little, grid sampling and attention lose); batch norms folded (5% faster, exact to 1e-6).
+* CUDA: large batches fill the GPU; ``channels_last`` helps its convolutions (tensor cores).
+* MPS: moderate batches; memory format left as it is.
+
+Precision is never changed by default (outputs stay those of fp32); ask for bf16 on a GPU explicitly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """batch_size: driving frames per forward pass; channels_last: NHWC weights and activations;
+    fold_batch_norm: batch norms folded into the convolutions of the frozen networks."""
+
+    batch_size: int
+    channels_last: bool
+    fold_batch_norm: bool = True
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+DEVICE_DEFAULTS = {
+    "cpu": SpeedSettings(batch_size=1, channels_last=False),
+    "cuda": SpeedSettings(batch_size=16, channels_last=True),
+    "mps": SpeedSettings(batch_size=8, channels_last=False),
+}
+
+
+def default_speed_settings(device: torch.device | str) -> SpeedSettings:
+    """The measured fastest settings for a device type (the CPU's for unknown types)."""
+    return DEVICE_DEFAULTS.get(torch.device(device).type, DEVICE_DEFAULTS["cpu"])
