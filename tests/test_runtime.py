@@ -216,7 +216,7 @@ def test_demo_runs_an_export_folder(exported, tmp_path, capsys):
         Image.fromarray(inputs[name]).save(frames / f"{index}.png")
     common = ["--checkpoint", exported, "--source_image", str(source), "--driving_video", str(frames), "--relative"]
     assert demo_main(common + ["--backend", "onnxruntime", "--result_video", f"{tmp_path / 'out'}/"]) == 0
-    assert sorted(os.listdir(tmp_path / "out")) == ["000000.png", "000001.png"]
+    assert sorted(os.listdir(tmp_path / "out")) == [".dagan-result", "000000.png", "000001.png"]
     assert demo_main(common + ["--result_video", str(tmp_path / "torch.mp4")]) == 1
     assert "--backend onnxruntime" in capsys.readouterr().err
 
