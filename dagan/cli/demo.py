@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dagan.audio.animate import add_audio_arguments, run_audio
 from dagan.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint_or_official
 from dagan.config import ConfigError, load_config
 from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother, best_aligned_frame, frame_at
@@ -42,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--depth_checkpoint", default=None, help="folder with the official encoder.pth and depth.pth "
                         "(needed with an official checkpoint)")
     parser.add_argument("--source_image", required=True, help="portrait image (any format Pillow reads)")
-    parser.add_argument("--driving_video", required=True, help="driving video (any format ffmpeg reads) or a folder "
-                        "of frames sorted by name")
+    parser.add_argument("--driving_video", default=None, help="driving video (any format ffmpeg reads) or a folder "
+                        "of frames sorted by name (or use --driving_audio)")
     parser.add_argument("--result_video", default="result.mp4", help="output .mp4 (H.264 + the driving audio), or a "
                         "folder (existing, or ending in /) for PNG frames")
     parser.add_argument("--relative", action="store_true", help="transfer relative motion (recommended)")
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. model_params.common_params.num_kp=15")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_audio_arguments(parser)
     return parser
 
 
@@ -115,6 +117,10 @@ def visualization_path(result: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.driving_audio is not None:
+        return run_audio(args, load_pipeline)
+    if args.driving_video is None:
+        raise ValueError("give --driving_video (video-driven) or --driving_audio with --audio_checkpoint (speech-driven)")
     source = read_image(args.source_image)
     video = open_video(args.driving_video)
     pipeline = load_pipeline(args)
