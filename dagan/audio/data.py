@@ -97,9 +97,9 @@ class MotionClip(NamedTuple):
 
 
 def motion_clip(item: AVItem, context_seconds: float, pose_model: str) -> MotionClip:
-    """Feature windows and split motion of an item, relative to its most typical frame."""
+    """Feature windows and split motion of an item, relative to the middle of its longest pause."""
     keypoints = Keypoints(torch.from_numpy(item.keypoints), torch.from_numpy(item.jacobians))
-    index = reference_index(keypoints.value)
+    index = reference_index(keypoints.value, torch.from_numpy(item.silence))
     motion = split_motion(keypoints, keypoints.index(slice(index, index + 1)), pose_model)
     windows = feature_windows(torch.from_numpy(item.mel), frame_times(item.num_frames, item.fps), context_seconds)
     return MotionClip(windows, motion.local, motion.pose, style_vector(motion.pose), torch.from_numpy(item.silence))

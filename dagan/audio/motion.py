@@ -13,7 +13,7 @@ path (``normalize_keypoints``) exactly as keypoints of a driving video would. Th
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -86,8 +86,20 @@ def compose_motion(reference: Keypoints, pose: torch.Tensor, local: torch.Tensor
     return Keypoints(value, jacobian)
 
 
-def reference_index(keypoints: torch.Tensor) -> int:
-    """The frame whose keypoints (T, K, 2) are closest to the clip's mean: a typical, near-neutral frame."""
+def reference_index(keypoints: torch.Tensor, silence: Optional[torch.Tensor] = None) -> int:
+    """The reference frame of a clip with keypoints (T, K, 2): the middle of its longest silent stretch (silence
+    (T,) bool; the mouth is closed in a pause, so every clip's local motion starts from closed lips), else the
+    frame closest to the clip's mean keypoints (a typical frame)."""
+    if silence is not None and bool(silence.any()):
+        best_start, best_length, start = 0, 0, None
+        for index, silent in enumerate(silence.tolist() + [False]):
+            if silent and start is None:
+                start = index
+            elif not silent and start is not None:
+                if index - start > best_length:
+                    best_start, best_length = start, index - start
+                start = None
+        return best_start + best_length // 2
     return int(((keypoints - keypoints.mean(0)) ** 2).sum((1, 2)).argmin())
 
 
