@@ -326,6 +326,8 @@ class AudioTrainParams:  # dagan addition: stages "audio" (general model) and "p
     validation_fraction: float = 0.2  # personalize: the clip's last part, for early stopping
     validate_every: int = 25  # personalize: steps between validations
     patience: int = 4  # personalize: validations without improvement before stopping
+    personalize_local_lr: float = 0.1  # personalize: learning-rate factor of the lips network (it overfits a
+    # short clip within a few dozen steps, while the head-pose generator needs longer to take on the style)
 
     def __post_init__(self) -> None:
         prefix = "audio_train_params"
@@ -333,7 +335,7 @@ class AudioTrainParams:  # dagan addition: stages "audio" (general model) and "p
                "must be >= 1")
         _check(self.sequence_length >= 4, f"{prefix}.sequence_length", "must be >= 4 frames")
         _check(self.lr > 0, f"{prefix}.lr", "must be > 0")
-        for name in ("l1", "velocity", "pose", "smoothness"):
+        for name in ("l1", "velocity", "pose", "smoothness", "personalize_local_lr"):
             _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
         _check(0 < self.validation_fraction < 1, f"{prefix}.validation_fraction", "must be in (0, 1)")
         _check(self.validate_every >= 1 and self.patience >= 1, f"{prefix}.validate_every",

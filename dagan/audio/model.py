@@ -19,7 +19,7 @@ from dagan.audio.motion import POSE_SIZE, local_size
 from dagan.checkpoint import CheckpointError, atomic_save, read_file
 from dagan.config import AudioParams, Config, config_from_dict, config_to_dict
 from dagan.networks.audio_motion import AudioMotionNetwork
-from dagan.networks.head_pose import STYLE_SIZE, HeadPoseGenerator
+from dagan.networks.head_pose import NOISE_KERNEL, STYLE_SIZE, HeadPoseGenerator, smooth_noise
 
 FORMAT = "dagan-audio"
 CHUNK_FRAMES = 256  # frames per inference window (bounded memory for any audio length)
@@ -76,7 +76,9 @@ class AudioDrivenModel(nn.Module):
         return self.config.audio_params
 
     def noise(self, batch: int, frames: int, generator: Optional[torch.Generator]) -> torch.Tensor:
-        return torch.randn(batch, frames, self.params.noise_channels, generator=generator)
+        """The head-pose generator's noise (B, T, Z): smoothed in time (``smooth_noise``)."""
+        white = torch.randn(batch, frames + NOISE_KERNEL, self.params.noise_channels, generator=generator)
+        return smooth_noise(white)[:, NOISE_KERNEL:]  # drop the warm-up
 
     def standardised(self, windows: torch.Tensor, style: torch.Tensor, noise: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +95,7 @@ class AudioDrivenModel(nn.Module):
         the local network; the pose generator's state carries over), so memory does not grow with the length.
         """
         style = (self.style if style is None else style).float()[None]
-        generator = torch.Generator().manual_seed(seed)
+        noise = self.noise(1, len(times), torch.Generator().manual_seed(seed))  # (1, T, Z): small for any length
         local, pose, state = [], [], None
         norm = self.normalization
         for start in range(0, len(times), chunk_frames):
@@ -103,7 +105,7 @@ class AudioDrivenModel(nn.Module):
             output = self.audio_motion(windows)
             local.append(output.local[0, start - first:stop - first])
             audio = output.audio[:, start - first:stop - first]
-            chunk, state = self.head_pose.run(audio, style, self.noise(1, stop - start, generator), state)
+            chunk, state = self.head_pose.run(audio, style, noise[:, start:stop], state)
             pose.append(chunk[0])
         local_motion = torch.cat(local) * norm.local_std + norm.local_mean
         return AudioMotion(torch.cat(pose) * norm.pose_std + norm.pose_mean, local_motion)

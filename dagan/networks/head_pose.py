@@ -3,7 +3,7 @@ personalised head pose, on the similarity/affine pose of DaGAN's keypoint set, s
 
 A unidirectional GRU runs over the frames with, at each frame, the frame's audio code (from the audio network's
 encoder, ``dagan.networks.audio_motion``), the style vector (the
-log spread of the target's pose and pose velocity, ``style_vector``) and fresh Gaussian noise, so the same
+log spread of the target's pose and pose velocity, ``style_vector``) and slowly drifting Gaussian noise (``smooth_noise``), so the same
 speech gives a different but same-styled head motion for each seed. Trained with a term that matches the spread
 of the generated pose to the clip's (``dagan.training.audio_stage``), it cannot settle on a still head.
 """
@@ -15,6 +15,21 @@ import torch
 from torch import nn
 
 STYLE_SIZE = 12
+NOISE_MEMORY = (0.8, 0.98)  # AR(1) coefficients (per frame) of the slowest and fastest noise channels
+NOISE_KERNEL = 128  # frames of the truncated AR(1) impulse response
+
+
+def smooth_noise(white: torch.Tensor) -> torch.Tensor:
+    """White noise (B, T, Z) -> unit-variance AR(1) noise y_t = a y_(t-1) + sqrt(1 - a^2) x_t, with a from
+    NOISE_MEMORY[0] (channel 0) to NOISE_MEMORY[1] (last channel): slow random drifts a head motion can follow."""
+    channels = white.shape[-1]
+    if channels == 0:
+        return white
+    memory = torch.linspace(*NOISE_MEMORY, channels, dtype=white.dtype)[:, None]  # (Z, 1)
+    lags = torch.arange(NOISE_KERNEL, dtype=white.dtype)[None]  # (1, L)
+    kernel = (memory ** lags * torch.sqrt(1 - memory ** 2)).flip(-1)[:, None]  # (Z, 1, L), causal after padding
+    padded = torch.nn.functional.pad(white.transpose(1, 2), (NOISE_KERNEL - 1, 0))  # (B, Z, T + L - 1)
+    return torch.nn.functional.conv1d(padded, kernel, groups=channels).transpose(1, 2)  # (B, T, Z)
 
 
 class HeadPoseGenerator(nn.Module):

@@ -2,11 +2,12 @@
 
 ``audio`` trains the general model on every prepared item of ``audio_train_params.data_dir``; ``personalize``
 fine-tunes it (``init_checkpoint``, or starts from scratch) on one target clip (``target``, about 300 frames),
-validating on the clip's last ``validation_fraction`` and stopping early when that stops improving; the best
-weights are kept. Losses on standardised targets (``dagan.audio.model.Normalization``):
+validating lips and pose on the clip's last ``validation_fraction`` and stopping early when neither improves;
+each network's best validated weights are kept (the lips network learns ``personalize_local_lr`` times slower). Losses on standardised targets (``dagan.audio.model.Normalization``):
 
     local:      l1 |m - m*| + velocity |dm - dm*| + smoothness |d^2 m|          (m: local motion, d: time difference)
-    pose:       pose (|p - p*| + |std_t p - std_t p*| + |std_t dp - std_t dp*|)  (spread matching: no still head)
+    pose:       pose (0.2 |p - p*| + |mean_t p - mean_t p*| + |std_t p - std_t p*| + |std_t dp - std_t dp*|)
+                (moment matching: an L1 alone makes the noise-driven generator settle on a still head)
 
 Batches and noise come from generators seeded by (seed, step), so a resumed run repeats exactly what an
 uninterrupted one does. Writes checkpoints (``checkpoints/<step>.pt``, resumable) and ``audio_model.pt``.
@@ -28,6 +29,7 @@ from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, Train
                                 load_training_state, rng_state, seed_everything, set_rng_state)
 
 MODEL_FILE = "audio_model.pt"
+POSE_L1 = 0.2  # share of frame-wise L1 in the pose term (the rest matches moments: an L1 alone gives a still head)
 
 
 class Batch(NamedTuple):
@@ -60,11 +62,13 @@ def stack(parts: list[MotionClip], normalization: Normalization) -> Batch:
                  torch.stack([part.style for part in parts]))
 
 
-def spread_difference(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """|std_t prediction - std_t target| for the sequences and their velocities, averaged: (B, L, C) -> ()."""
+def moment_difference(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """|mean_t p - mean_t p*| + |std_t p - std_t p*| + |std_t dp - std_t dp*| per sequence and channel, averaged:
+    (B, L, C) -> (). Matching the spread (not the frames) lets the noise-driven generator keep moving."""
+    mean = (prediction.mean(1) - target.mean(1)).abs().mean()
     value = (prediction.std(1) - target.std(1)).abs().mean()
     velocity = (prediction.diff(dim=1).std(1) - target.diff(dim=1).std(1)).abs().mean()
-    return value + velocity
+    return mean + value + velocity
 
 
 def audio_losses(model: AudioDrivenModel, batch: Batch, noise: torch.Tensor, params: AudioTrainParams
@@ -74,7 +78,7 @@ def audio_losses(model: AudioDrivenModel, batch: Batch, noise: torch.Tensor, par
     return {"l1": params.l1 * (local - batch.local).abs().mean(),
             "velocity": params.velocity * (local.diff(dim=1) - batch.local.diff(dim=1)).abs().mean(),
             "smoothness": params.smoothness * local.diff(n=2, dim=1).abs().mean(),
-            "pose": params.pose * ((pose - batch.pose).abs().mean() + spread_difference(pose, batch.pose))}
+            "pose": params.pose * (POSE_L1 * (pose - batch.pose).abs().mean() + moment_difference(pose, batch.pose))}
 
 
 class TrainingData(NamedTuple):
@@ -127,14 +131,42 @@ def build_model(config: Config, data: TrainingData) -> AudioDrivenModel:
     return model
 
 
+def build_optimizer(model: AudioDrivenModel, params: AudioTrainParams, personalize: bool) -> torch.optim.Adam:
+    """Adam over both networks; when personalising, the lips network learns ``personalize_local_lr`` times slower."""
+    if not personalize:
+        return adam(model.parameters(), lr=params.lr)
+    groups = [{"params": list(model.audio_motion.parameters()), "lr": params.lr * params.personalize_local_lr},
+              {"params": list(model.head_pose.parameters()), "lr": params.lr}]
+    return torch.optim.Adam(groups, lr=params.lr)
+
+
 @torch.no_grad()
-def validation_loss(model: AudioDrivenModel, clip: MotionClip, params: AudioTrainParams, seed: int) -> float:
+def validation_losses(model: AudioDrivenModel, clip: MotionClip, params: AudioTrainParams, seed: int
+                      ) -> tuple[float, float]:
+    """(lips, pose) validation losses on ``clip``: l1 + velocity of the local motion, and the pose term."""
     model.eval()
     batch = stack([clip], model.normalization)
     noise = model.noise(1, clip.num_frames, step_generator(seed, -1, "validation"))
     losses = audio_losses(model, batch, noise, params)
     model.train()
-    return float(sum(value for name, value in losses.items() if name != "smoothness"))
+    return float(losses["l1"] + losses["velocity"]), float(losses["pose"])
+
+
+def early_stopping_update(early: dict, model: AudioDrivenModel, losses: tuple[float, float], patience: int) -> None:
+    """Keep each network's best validated weights (lips and pose are validated separately); stop when neither has
+    improved for ``patience`` validations."""
+    improved = False
+    for name, network, loss in (("local", model.audio_motion, losses[0]), ("pose", model.head_pose, losses[1])):
+        if loss < early[f"best_{name}"]:
+            early[f"best_{name}"] = loss
+            early["networks"][network_key(name)] = copy.deepcopy(network.state_dict())
+            improved = True
+    early["bad"] = 0 if improved else early["bad"] + 1
+    early["stopped"] = early["bad"] >= patience
+
+
+def network_key(part: str) -> str:
+    return {"local": "audio_motion", "pose": "head_pose"}[part]
 
 
 def train_audio(config: Config, log_dir: str, resume: Optional[str] = None) -> dict:
@@ -146,8 +178,8 @@ def train_audio(config: Config, log_dir: str, resume: Optional[str] = None) -> d
     # Load data and build networks.
     data = load_training_data(config)
     model = build_model(config, data).train()
-    optimizer = adam(model.parameters(), lr=params.lr)
-    early = {"best": float("inf"), "bad": 0, "stopped": False, "networks": None}
+    optimizer = build_optimizer(model, params, personalize=run.stage == "personalize")
+    early = {"best_local": float("inf"), "best_pose": float("inf"), "bad": 0, "stopped": False, "networks": {}}
 
     # Resume.
     checkpoints = CheckpointManager(os.path.join(log_dir, "checkpoints"), run.keep_checkpoints)
@@ -168,8 +200,7 @@ def train_audio(config: Config, log_dir: str, resume: Optional[str] = None) -> d
 
     def save(step: int) -> None:
         exported = model.state()
-        if early["networks"] is not None:  # personalize: the best validated weights are the result
-            exported["networks"] = early["networks"]
+        exported["networks"].update(early["networks"])  # personalize: the best validated weights are the result
         training = {"stage": run.stage, "rng": rng_state(), "optimizer": optimizer.state_dict(),
                     "early_stopping": early}
         checkpoints.save({**model.state(), "step": step, "training": training}, step)
@@ -198,13 +229,9 @@ def train_audio(config: Config, log_dir: str, resume: Optional[str] = None) -> d
 
             # Maintenance.
             if data.validation is not None and (step % params.validate_every == 0 or step == params.num_steps):
-                loss = validation_loss(model, data.validation, params, run.seed)
-                running["validation"] = (loss, 1)
-                if loss < early["best"]:
-                    early.update(best=loss, bad=0, networks=copy.deepcopy(model.state()["networks"]))
-                else:
-                    early["bad"] += 1
-                    early["stopped"] = early["bad"] >= params.patience
+                losses_now = validation_losses(model, data.validation, params, run.seed)
+                running["validation_lips"], running["validation_pose"] = (losses_now[0], 1), (losses_now[1], 1)
+                early_stopping_update(early, model, losses_now, params.patience)
             if step % run.log_every == 0 or step == params.num_steps or early["stopped"]:
                 stats = {f"Loss/{name}": total / count for name, (total, count) in running.items()}
                 running = {}
@@ -214,8 +241,9 @@ def train_audio(config: Config, log_dir: str, resume: Optional[str] = None) -> d
             if step % checkpoint_every == 0 or step == params.num_steps or stop.requested or early["stopped"]:
                 save(step)
             if early["stopped"]:
-                logger.message(f"early stopping at step {step}: the validation loss last improved "
-                               f"{params.patience * params.validate_every} steps ago (best {early['best']:.4g})")
+                logger.message(f"early stopping at step {step}: the validation losses last improved "
+                               f"{params.patience * params.validate_every} steps ago (best lips "
+                               f"{early['best_local']:.4g}, pose {early['best_pose']:.4g})")
             if stop.requested:
                 logger.message(f"stopped at step {step}; resume with --resume auto")
                 break
