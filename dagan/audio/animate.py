@@ -26,6 +26,7 @@ from dagan.inference import DaGANPipeline, chunks, to_uint8_batch
 
 POSE_MODES = ("learned", "replay", "still")
 MAX_REFERENCE_FRAMES = 750  # 30 s at 25 fps: enough for replay and style
+REPLAY_HINT = "--pose replay needs --reference_video (or an audio model personalised on a clip)"
 
 
 class Reference(NamedTuple):
@@ -90,7 +91,7 @@ def head_poses(mode: str, learned: torch.Tensor, reference: Reference, audio_mod
         return torch.zeros_like(learned)
     poses = reference.poses if reference.poses is not None else audio_model.reference_pose
     if poses is None:
-        raise ValueError("--pose replay needs --reference_video (or an audio model personalised on a clip)")
+        raise ValueError(REPLAY_HINT)
     return ping_pong(poses, len(learned))
 
 
@@ -154,6 +155,8 @@ def run_audio(args: argparse.Namespace, load_pipeline) -> int:
         raise ValueError(f"--fps must be positive, got {args.fps}")
     audio = load_audio(args.driving_audio)
     audio_model = AudioDrivenModel.load(args.audio_checkpoint)
+    if args.pose == "replay" and args.reference_video is None and audio_model.reference_pose is None:
+        raise ValueError(REPLAY_HINT)
     source = read_image(args.source_image)
     pipeline = load_pipeline(args)
     check_compatible(audio_model, pipeline)

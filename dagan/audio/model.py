@@ -23,7 +23,7 @@ from dagan.networks.head_pose import NOISE_KERNEL, STYLE_SIZE, HeadPoseGenerator
 
 FORMAT = "dagan-audio"
 CHUNK_FRAMES = 256  # frames per inference window (bounded memory for any audio length)
-CHUNK_OVERLAP = 32  # extra frames on each side of a window for the bidirectional network's context
+CHUNK_OVERLAP = 50  # extra frames on each side of a window for the bidirectional network's context
 MIN_STD = 1e-4
 
 
