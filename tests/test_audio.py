@@ -122,3 +122,31 @@ def test_a_rigid_motion_is_all_pose_and_no_local_motion():
         assert torch.allclose(matrix[0], rotation, atol=1e-5) and torch.allclose(offset[0], torch.tensor([0.1, -0.2]),
                                                                                 atol=1e-5)
         assert split_motion(moved, reference, pose_model).local.abs().max() < 1e-4
+
+
+def test_audio_networks_shapes_and_noise():
+    from dagan.networks.audio_motion import AudioMotionNetwork
+    from dagan.networks.head_pose import HeadPoseGenerator, smooth_noise
+
+    windows = torch.randn(2, 7, 41, 24)
+    output = AudioMotionNetwork(24, 41, 30, audio_channels=16, hidden_channels=8)(windows)
+    assert output.local.shape == (2, 7, 30) and output.audio.shape == (2, 7, 16)
+    pose, state = HeadPoseGenerator(16, hidden_channels=8, noise_channels=4).run(output.audio, torch.zeros(2, 12),
+                                                                                  torch.randn(2, 7, 4))
+    assert pose.shape == (2, 7, 6) and state.shape == (2, 2, 8)
+    noise = smooth_noise(torch.randn(1, 4000, 4, generator=torch.Generator().manual_seed(0)))[:, 200:]
+    assert torch.allclose(noise.std(1), torch.ones(1, 4), atol=0.25)  # unit variance, slow channels too
+    lag_one = (noise[:, 1:] * noise[:, :-1]).mean(1) / noise.var(1)
+    assert lag_one[0, 0] < lag_one[0, -1] and abs(float(lag_one[0, -1]) - 0.98) < 0.03  # AR(1) memory per channel
+
+
+def test_audio_config_validation_names_the_field():
+    from dagan.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="audio_params.context_seconds"):
+        load_config(None, ["audio_params.context_seconds=0.1"])
+    with pytest.raises(ConfigError, match="audio_params.pose_model"):
+        load_config(None, ["audio_params.pose_model=projective"])
+    with pytest.raises(ConfigError, match="audio_train_params.validation_fraction"):
+        load_config(None, ["audio_train_params.validation_fraction=1.5"])
+    assert load_config(None, ["train_params.stage=personalize"]).train_params.stage == "personalize"

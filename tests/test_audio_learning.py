@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import config_path, ffmpeg
-from dagan.audio import feature_windows, frame_times, load_audio, write_wav
+from dagan.audio import frame_times, load_audio, write_wav
 from dagan.audio.data import make_item, motion_clip, save_item
 from dagan.audio.model import AudioDrivenModel
 from dagan.audio.motion import pose_statistics, statistics_distance
@@ -215,3 +215,16 @@ def test_training_resumes_bit_exactly(corpus, tmp_path):
     for name, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[name]), name
     assert len(os.listdir(tmp_path / "resumed" / "checkpoints")) == 2
+
+
+def test_speech_drives_the_jaw_through_phoneme_timings():
+    speech = talking.synthesize("bob made a big pot")
+    starts = [phoneme.start for phoneme in speech.phonemes]
+    assert starts == sorted(starts) and 0.5 < speech.audio.duration < 3.0 and speech.audio.sample_rate == 16000
+    assert talking.openness("m") == 0.0 and talking.openness("b") == 0.0 and talking.openness("a:") == 1.0
+    times = frame_times(int(speech.audio.duration * FPS), FPS)
+    mouth = talking.mouth_trajectory(speech.phonemes, speech.audio.duration, times)
+    assert mouth[0] < 0.05 and mouth.max() > 0.5 and (mouth >= 0).all()
+    clip = talking.make_talking_clip(speech, TURNER.style, FPS, NUM_KP)
+    gap = clip.keypoints[:, 0, 1] - clip.keypoints[:, 2, 1]  # lower lip below upper lip, by the jaw opening
+    assert correlation(gap, clip.mouth_opening) > 0.95

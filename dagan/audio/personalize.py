@@ -11,6 +11,7 @@ import shutil
 import sys
 from typing import Optional
 
+from dagan.audio.animate import check_compatible
 from dagan.audio.data import save_item
 from dagan.audio.model import AudioDrivenModel
 from dagan.audio.prepare import prepare_clip
@@ -37,7 +38,12 @@ def personalize(pipeline, video: str, output: str, init: Optional[str] = None, s
     """Write the personalised model to ``output``; returns the training result (step, losses, run directory)."""
     if os.path.exists(output) and not overwrite:
         raise ValueError(f"{output!r} exists; choose another --output or pass --overwrite")
-    base = AudioDrivenModel.load(init).config if init else load_config(config_path, list(overrides))
+    if init:
+        general = AudioDrivenModel.load(init)
+        check_compatible(general, pipeline)  # before the slow part
+        base = general.config
+    else:
+        base = load_config(config_path, list(overrides))
     log_dir = log_dir or f"{os.path.splitext(output)[0]}_run"
     item, offset = prepare_clip(pipeline, video, base.audio_params.num_mels)
     if not offset.is_synced():

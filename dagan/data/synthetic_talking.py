@@ -20,7 +20,6 @@ import ctypes
 import ctypes.util
 import functools
 import math
-import os
 import threading
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Sequence

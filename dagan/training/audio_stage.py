@@ -23,7 +23,7 @@ import torch
 
 from dagan.audio.data import MotionClip, item_paths, load_item, motion_clip
 from dagan.audio.model import AudioDrivenModel, Normalization
-from dagan.checkpoint import CheckpointError
+from dagan.checkpoint import CheckpointError, atomic_save
 from dagan.config import AudioTrainParams, Config
 from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, adam, check_finite,
                                 load_training_state, rng_state, seed_everything, set_rng_state)
@@ -204,8 +204,6 @@ def train_audio(config: Config, log_dir: str, resume: Optional[str] = None) -> d
         training = {"stage": run.stage, "rng": rng_state(), "optimizer": optimizer.state_dict(),
                     "early_stopping": early}
         checkpoints.save({**model.state(), "step": step, "training": training}, step)
-        from dagan.checkpoint import atomic_save
-
         atomic_save(exported, os.path.join(log_dir, MODEL_FILE))
 
     # Loop.
