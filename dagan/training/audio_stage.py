@@ -29,6 +29,7 @@ from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, Train
                                 load_training_state, rng_state, seed_everything, set_rng_state)
 
 MODEL_FILE = "audio_model.pt"
+MIN_IMPROVEMENT = 1e-3  # relative decrease of a validation loss that counts as an improvement
 POSE_L1 = 0.2  # share of frame-wise L1 in the pose term (the rest matches moments: an L1 alone gives a still head)
 
 
@@ -154,10 +155,10 @@ def validation_losses(model: AudioDrivenModel, clip: MotionClip, params: AudioTr
 
 def early_stopping_update(early: dict, model: AudioDrivenModel, losses: tuple[float, float], patience: int) -> None:
     """Keep each network's best validated weights (lips and pose are validated separately); stop when neither has
-    improved for ``patience`` validations."""
+    improved by MIN_IMPROVEMENT (relative) for ``patience`` validations."""
     improved = False
     for name, network, loss in (("local", model.audio_motion, losses[0]), ("pose", model.head_pose, losses[1])):
-        if loss < early[f"best_{name}"]:
+        if loss < early[f"best_{name}"] * (1 - MIN_IMPROVEMENT):
             early[f"best_{name}"] = loss
             early["networks"][network_key(name)] = copy.deepcopy(network.state_dict())
             improved = True
