@@ -141,12 +141,12 @@ def test_app_audio_mode_animates_speech_and_reports_errors_in_one_line(files, tm
 
 @pytest.fixture(scope="module")
 def speaking_video(files, tmp_path_factory):
-    """A 1 s test-pattern video whose audio track is the 'speech' repeated (for the script round trips)."""
+    """A 0.6 s test-pattern video whose audio track is the 'speech' repeated (for the script round trips)."""
     from conftest import ffmpeg
 
     path = tmp_path_factory.mktemp("speaking") / "target.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x64:r=25:d=1", "-stream_loop", "2", "-i", str(files / "speech.wav"),
-           "-map", "0:v", "-map", "1:a", "-t", "1", "-c:v", "libx264", "-c:a", "aac", "-pix_fmt", "yuv420p", str(path))
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x64:r=25:d=0.6", "-stream_loop", "2", "-i", str(files / "speech.wav"),
+           "-map", "0:v", "-map", "1:a", "-t", "0.6", "-c:v", "libx264", "-c:a", "aac", "-pix_fmt", "yuv420p", str(path))
     return path
 
 
@@ -159,7 +159,7 @@ def test_prepare_av_writes_safe_items_and_resumes(files, speaking_video, tmp_pat
                  "--num_mels", "24", "--tolerance", "10", "--device", "cpu", "--no_progress"]
     assert script.main(arguments) == 0
     item = load_item(tmp_path / "items" / "target.npz")
-    assert item.keypoints.shape == (25, 5, 2) and item.mel.shape[1] == 24 and item.fps == 25.0
+    assert item.keypoints.shape == (15, 5, 2) and item.mel.shape[1] == 24 and item.fps == 25.0
     assert script.main(arguments) == 0 and "0 items written, 1 already there" in capsys.readouterr().err
     assert script.main(["--inp", str(tmp_path / "missing.mp4"), *arguments[2:]]) == 1
 
@@ -173,7 +173,7 @@ def test_personalize_script_writes_a_model_and_refuses_to_overwrite(files, speak
                  "--init", str(files / "audio5.pt"), "--steps", "3", "--device", "cpu"]
     assert script.main(arguments) == 0
     model = AudioDrivenModel.load(output)
-    assert model.num_kp == 5 and model.reference_pose is not None and len(model.reference_pose) == 25
+    assert model.num_kp == 5 and model.reference_pose is not None and len(model.reference_pose) == 15
     assert script.main(arguments) == 1 and "pass --overwrite" in capsys.readouterr().err
     assert script.main([*arguments, "--init", str(files / "audio10.pt"), "--overwrite"]) == 1
     assert "built for 10 keypoints" in capsys.readouterr().err
