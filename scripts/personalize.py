@@ -36,7 +36,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override without --init, e.g. audio_params.hidden_channels=64")
     parser.add_argument("--log_dir", default=None, help="run directory (default: <output>_run)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output (an existing run "
+                        "directory is resumed, not restarted: delete it to start over)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     return parser.parse_args(argv)
 
