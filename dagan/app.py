@@ -431,6 +431,9 @@ def build_app(settings: AppSettings, animator: Optional[Animator] = None) -> gr.
         button.click(animate, [source, driving, checkpoint, device, relative, adapt_scale, smooth, smooth_cutoff,
                                find_best, visualize, crop, paste_back, faces, motion_scale], [result, panels, status],
                      api_name="animate")
+        from dagan.audio.app_mode import add_audio_mode
+
+        add_audio_mode(animator, settings, source, checkpoint, device, result, status)
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
 

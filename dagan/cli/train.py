@@ -60,6 +60,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             from dagan.training.depth_stage import train_depth
 
             result = train_depth(config, args.log_dir, args.resume)
+        elif config.train_params.stage in ("audio", "personalize"):
+            from dagan.training.audio_stage import train_audio
+
+            result = train_audio(config, args.log_dir, args.resume)
         else:
             from dagan.training.gan_stage import train_gan
 

@@ -203,7 +203,7 @@ def claim_run_directory(log_dir: str, resume: Optional[str], overwrite: bool, is
 
 
 # Resuming with a changed config.
-ARCHITECTURE_SECTIONS = ("model_params",)
+ARCHITECTURE_SECTIONS = ("model_params", "audio_params")  # what the networks are built from
 
 
 def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
@@ -250,7 +250,7 @@ def reconcile_resumed_config(saved: dict, current: dict, path: str, stage: str, 
     return changed_rates
 
 
-def apply_learning_rates(optimizer: torch.optim.Optimizer, scheduler, old: float, new: float) -> None:
+def apply_learning_rates(optimizer: torch.optim.Optimizer, scheduler: Optional[Any], old: float, new: float) -> None:
     """Scale a resumed optimizer's learning rate (and its scheduler's base) by ``new / old``: the new rate
     applies, with the decays the schedule already made."""
     ratio = new / old
@@ -258,6 +258,8 @@ def apply_learning_rates(optimizer: torch.optim.Optimizer, scheduler, old: float
         group["lr"] *= ratio
         if "initial_lr" in group:
             group["initial_lr"] *= ratio
+    if scheduler is None:
+        return
     scheduler.base_lrs = [rate * ratio for rate in scheduler.base_lrs]
     if hasattr(scheduler, "_last_lr"):
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
