@@ -127,14 +127,19 @@ def test_app_audio_mode_animates_speech_and_reports_errors_in_one_line(files, tm
     from dagan.app import Animator, AppSettings  # (test_app.py builds the page, audio mode included)
     from dagan.audio.app_mode import SpeechRequest, speak
 
-    settings = AppSettings(checkpoint=str(files / "dagan.pt"), device="cpu", work_dir=str(tmp_path),
-                           search_root=str(files))
+    import shutil
+    root = tmp_path / "server"  # the app only uses the checkpoints it lists (checkpoints/ under its root)
+    (root / "checkpoints").mkdir(parents=True)
+    for name in ("audio5.pt", "audio10.pt"):
+        shutil.copyfile(files / name, root / "checkpoints" / name)
+    settings = AppSettings(checkpoint=str(files / "dagan.pt"), device="cpu", work_dir=str(tmp_path / "work"),
+                           search_root=str(root))
     animator = Animator(settings)
     request = SpeechRequest(str(files / "portrait.png"), str(files / "speech.wav"), str(files / "dagan.pt"),
-                            str(files / "audio5.pt"), "cpu", fps=25.0)
+                            "checkpoints/audio5.pt", "cpu", fps=25.0)
     video, status = speak(animator, request)
     assert probe(video).num_frames == num_video_frames(0.4, 25.0) and probe(video).has_audio and "Done" in status
-    request.audio_checkpoint = str(files / "audio10.pt")
+    request.audio_checkpoint = "checkpoints/audio10.pt"
     with pytest.raises(gr.Error, match="built for 10 keypoints"):
         speak(animator, request)
 
@@ -220,4 +225,4 @@ def test_offset_check_finds_a_shifted_audio_track():
 
 def test_demo_without_any_driving_input_says_what_to_give(files, tmp_path, capsys):
     assert demo(files, "--result_video", str(tmp_path / "out.mp4")) == 1
-    assert "give --driving_video (video-driven) or --driving_audio" in capsys.readouterr().err
+    assert "--driving_audio and --audio_checkpoint" in capsys.readouterr().err

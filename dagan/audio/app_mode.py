@@ -50,13 +50,14 @@ def _speak(animator, request: SpeechRequest, progress) -> tuple[str, str]:
     started = time.perf_counter()
     if not request.source_image or not request.speech:
         raise gr.Error("Upload a source portrait and the speech (an audio file).", print_exception=False)
-    if not request.audio_checkpoint or not os.path.isfile(request.audio_checkpoint):
+    if not request.audio_checkpoint:
         raise gr.Error("Pick an audio model (train one with scripts/personalize.py).", print_exception=False)
+    audio_checkpoint = animator.resolve_checkpoint(request.audio_checkpoint)  # only the server's own files
     if not request.fps or request.fps <= 0:
         raise gr.Error("The frame rate must be positive.", print_exception=False)
     source = read_portrait(request.source_image)
     audio = load_audio(request.speech)
-    audio_model = AudioDrivenModel.load(request.audio_checkpoint)
+    audio_model = AudioDrivenModel.load(audio_checkpoint)
     progress(0.0, desc="Loading the model")
     pipeline, _ = animator.cache.get(animator.resolve_checkpoint(request.checkpoint), request.device)
     check_compatible(audio_model, pipeline)
@@ -81,7 +82,7 @@ def add_audio_mode(animator, settings, source, checkpoint, device, result, statu
     with gr.Accordion("Speech instead of a driving video (audio model)", open=False):
         speech = gr.Audio(label="Speech", type="filepath", sources=["upload"], elem_id="speech-audio")
         models = find_checkpoints(settings.search_root)
-        audio_model = gr.Dropdown(models, value=None, label="Audio model", allow_custom_value=True,
+        audio_model = gr.Dropdown(models, value=None, label="Audio model",
                                   elem_id="audio-model", info="from scripts/personalize.py or train_params.stage=audio")
         reference = gr.Video(label="Reference clip of the target (optional)", sources=["upload"],
                              elem_id="reference-video")
