@@ -267,9 +267,10 @@ def test_finetune_from_the_release_loads_everything_and_improves_held_out_frames
         return original_forward(self, *args, **kwargs)
     monkeypatch.setattr(gan_stage.GeneratorStep, "forward", forward)
     overrides = [f"dataset_params.root_dir={tmp_path / 'data'}", f"model_params.depth_params.checkpoint_dir={depth_dir}",
-                 "train_params.vgg19_weights=random", "train_params.num_workers=0", "train_params.num_steps=8",
-                 "train_params.batch_size=2", "train_params.scales=[0.5]", "train_params.checkpoint_every=8",
-                 "train_params.image_every=100", "train_params.log_every=4", ALL_LEVELS]
+                 "train_params.vgg19_weights=random", "train_params.num_workers=0", "train_params.num_steps=6",
+                 "train_params.batch_size=2", "train_params.scales=[1]", "train_params.checkpoint_every=6",
+                 "train_params.image_every=100", "train_params.log_every=3", "train_params.lr_generator=2e-4",
+                 "train_params.loss_weights.generator_gan=0", ALL_LEVELS]  # small and quick: no GAN terms
     assert run_train(finetune_config(tmp_path), tmp_path / "run", overrides, "--init", release["checkpoint"]) == 0
     line = capsys.readouterr().err
     assert "loaded generator, kp_detector, discriminator" in line
@@ -279,18 +280,18 @@ def test_finetune_from_the_release_loads_everything_and_improves_held_out_frames
             assert torch.equal(seen[name][key], value), f"{name}.{key} differs from the release file"
     assert all(float(seen["generator"][f"layer_attention.{level}.gate"]) == 0 for level in (1, 2))
 
-    tuned = DaGAN.from_checkpoint(tmp_path / "run" / "checkpoints" / "00000008.pt")
+    tuned = DaGAN.from_checkpoint(tmp_path / "run" / "checkpoints" / "00000006.pt")
     for key, value in official["kp_detector"].items():  # finetune-person.yaml freezes depth and keypoints
         assert torch.equal(tuned.kp_detector.state_dict()[key], value), key
-    assert float(tuned.generator.layer_attention["1"].gate.abs()) > 0  # the new blocks train
+    assert float(tuned.generator.layer_attention["1"].gate.detach().abs()) > 0  # the new blocks train
     start = DaGAN.from_official(release["checkpoint"], depth_dir, config=load_config(finetune_config(tmp_path)))
 
     def reconstruction_l1(model: DaGAN) -> float:
         with torch.no_grad():
             return float((model.eval().reconstruct(source, driving).prediction - driving).abs().mean())
     before, after = reconstruction_l1(start), reconstruction_l1(tuned)
-    print(f"held-out reconstruction L1: release {before:.4f}, fine-tuned 8 steps {after:.4f}")
-    assert after < 0.95 * before
+    print(f"held-out reconstruction L1: release {before:.4f}, fine-tuned 6 steps {after:.4f}")
+    assert after < 0.9 * before
 
 
 def test_init_errors_name_the_problem(tmp_path, release):
