@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from dagan.checkpoint import export_official_depth  # noqa: E402
 from dagan.cli.train import main as train_main  # noqa: E402
 from dagan.config import load_config  # noqa: E402
 from dagan.data.synthetic_dataset import SyntheticClipStore, SyntheticSpec  # noqa: E402
@@ -80,14 +81,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/ablation-attention", help="folder for the runs and results.json")
     parser.add_argument("--gan_steps", type=int, default=300, help="GAN-stage steps of each variant")
-    parser.add_argument("--depth_steps", type=int, default=150, help="depth-stage steps (when no --depth_dir)")
+    parser.add_argument("--depth_steps", type=int, default=150, help="depth-stage steps (when no --depth_dir); 0 = "
+                        "an untrained depth network")
     parser.add_argument("--depth_dir", default=None, help="an existing depth folder (encoder.pth, depth.pth)")
     parser.add_argument("--clips", type=int, default=32, help="held-out clips (3 pairs each)")
     parser.add_argument("--train_clips", type=int, default=64, help="synthetic training clips of both stages")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     depth_dir = args.depth_dir
-    if depth_dir is None:
+    if depth_dir is None and args.depth_steps == 0:  # an untrained (seeded) depth network, the same for both
+        torch.manual_seed(0)
+        depth_dir = os.path.join(args.out, "depth-untrained")
+        export_official_depth(DaGAN(load_config(os.path.join(REPO, "configs", "synthetic-gan.yaml"))), depth_dir)
+    elif depth_dir is None:
         run = os.path.join(args.out, "depth")
         train("synthetic-depth.yaml", run, args.depth_steps, [
             "train_params.stage=depth", f"dataset_params.root_dir={training_root('synthetic-depth.yaml', args.train_clips)}"],
