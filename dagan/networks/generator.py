@@ -67,6 +67,14 @@ def encoder_channels(block_expansion: int, max_features: int, num_down_blocks: i
     return block_expansion if scale == 0 else min(max_features, block_expansion * 2 ** scale)
 
 
+def warp_and_occlude(features: torch.Tensor, motion) -> torch.Tensor:
+    """Features (B, C, h, w) warped by the dense motion and multiplied by its occlusion map (both resized to h, w)."""
+    warped = warp_by_deformation(features, motion.deformation)
+    if motion.occlusion_map is not None:
+        warped = warped * resize(motion.occlusion_map, tuple(warped.shape[2:]))
+    return warped
+
+
 def _down_blocks(block_expansion: int, max_features: int, num_down_blocks: int) -> nn.ModuleList:
     return nn.ModuleList(
         DownBlock2d(min(max_features, block_expansion * 2 ** level), min(max_features, block_expansion * 2 ** (level + 1)))
@@ -118,21 +126,15 @@ class _DepthAwareEncoder(nn.Module):
                         features: SourceFeatures, return_attention: bool):
         """Dense motion, feature warping, occlusion and attention: refined features (B, C, h, w) + by-products."""
         motion = self.dense_motion_network(source, kp_source, kp_driving)
-        warped = warp_by_deformation(features.appearance, motion.deformation)
-        if motion.occlusion_map is not None:
-            warped = warped * resize(motion.occlusion_map, tuple(warped.shape[2:]))
+        warped = warp_and_occlude(features.appearance, motion)
         refined, attention = self.AttnModule(features.depth, warped, return_attention=return_attention)
         return refined, motion, attention
 
     def level_refiner(self, features: SourceFeatures, motion) -> Callable[[int, torch.Tensor], torch.Tensor]:
         """``refine(level, decoder_features)``: the decoder features after the attention of that level (unchanged
         at levels without one). Warps this source's appearance features of every attended level once."""
-        warped_levels = {}
-        for level, appearance in zip(self.fine_levels, features.appearance_levels):
-            warped = warp_by_deformation(appearance, motion.deformation)
-            if motion.occlusion_map is not None:
-                warped = warped * resize(motion.occlusion_map, tuple(warped.shape[2:]))
-            warped_levels[level] = warped
+        warped_levels = {level: warp_and_occlude(appearance, motion)
+                         for level, appearance in zip(self.fine_levels, features.appearance_levels)}
         depth_levels = dict(zip(self.fine_levels, features.depth_levels))
 
         def refine(level: int, decoder_features: torch.Tensor) -> torch.Tensor:
