@@ -203,6 +203,23 @@ def load_strict(network: torch.nn.Module, state_dict: dict, name: str) -> None:
     network.load_state_dict(state_dict, strict=True)
 
 
+# DaGAN++ blocks that released weights lack: the generator's zero-gated attention levels, the pose network's
+# uncertainty head.
+NEW_MODULE_PREFIXES = ("layer_attention.", "uncertainty_head.")
+
+
+def load_shared(network: torch.nn.Module, state_dict: dict, name: str) -> list[str]:
+    """Load every key of ``state_dict`` strictly (all must exist with the same shapes) and allow the network's own
+    DaGAN++ blocks (:data:`NEW_MODULE_PREFIXES`) to be missing from the file: they keep their zero-gated
+    initialisation. Returns the names of those new blocks (e.g. ``["layer_attention.1"]``)."""
+    own = network.state_dict()
+    new = [key for key in own if key not in state_dict and key.startswith(NEW_MODULE_PREFIXES)]
+    if new:
+        state_dict = {**state_dict, **{key: own[key] for key in new}}
+    load_strict(network, state_dict, name)
+    return sorted({".".join(key.split(".")[:2 if key.startswith("layer_attention.") else 1]) for key in new})
+
+
 def _resolve_config(config: Config | str | os.PathLike | None, networks: dict, encoder_state: Optional[dict]) -> Config:
     if isinstance(config, Config):
         return config
@@ -231,7 +248,7 @@ def load_official(checkpoint: str | os.PathLike | None, depth_dir: str | os.Path
     check_fits(resolved, networks, encoder_state)
     model = DaGAN(resolved)
     for name, state_dict in networks.items():
-        load_strict(getattr(model, name), state_dict, name)
+        load_shared(getattr(model, name), state_dict, name)
     if encoder_state is not None:
         load_depth_states(model, encoder_state, decoder_state)
     model.loaded_networks = tuple(networks) + (("depth_encoder", "depth_decoder") if encoder_state is not None else ())
@@ -268,6 +285,7 @@ def export_official(model, out_dir: str | os.PathLike, name: str = "checkpoint.p
                     epoch: int = 0) -> dict[str, str]:
     """Write ``out_dir/<name>`` and ``out_dir/depth/{encoder,depth}.pth`` in the release layout (unprefixed keys),
     usable by the reference demo (``--checkpoint``; copy the depth files to its depth/models/weights_19)."""
+    check_exportable(model.config)
     out_dir = os.fspath(out_dir)
     paths = {"checkpoint": os.path.join(out_dir, name)}
     main = {network: model_state(getattr(model, network)) for network in MAIN_NETWORKS}
@@ -275,6 +293,17 @@ def export_official(model, out_dir: str | os.PathLike, name: str = "checkpoint.p
     atomic_save(main, paths["checkpoint"])
     paths.update(export_official_depth(model, os.path.join(out_dir, "depth")))
     return paths
+
+
+def check_exportable(config: Config) -> None:
+    """Refuse models that the reference code cannot build (DaGAN++ attention beyond the bottleneck)."""
+    layers = config.model_params.generator_params.attention_layers
+    if sorted(layers) != [0]:
+        raise CheckpointError(
+            f"this model has depth-aware attention at decoder levels {sorted(layers)} "
+            "(model_params.generator_params.attention_layers); the reference DaGAN code builds the attention at the "
+            "bottleneck only, so it could not load these weights. Keep it in this project's format "
+            "(scripts/export_checkpoint.py --inference, or model.save)")
 
 
 def model_state(network: torch.nn.Module) -> "OrderedDict[str, torch.Tensor]":

@@ -16,7 +16,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
 import yaml
 
@@ -143,6 +143,22 @@ class GeneratorParams:
     num_bottleneck_blocks: int = 6
     estimate_occlusion_map: bool = True
     dense_motion_params: DenseMotionParams = field(default_factory=DenseMotionParams)
+    # dagan additions (DaGAN++): decoder levels with depth-aware cross-modal attention, coarse to fine: 0 = the
+    # bottleneck (DaGAN's attention, always present), l = after the l-th up block (2^l x the bottleneck size)
+    attention_layers: list[int] = field(default_factory=lambda: [0])
+    attention_window: int = 8  # window side of the attention at levels >= 1
+
+    def __post_init__(self) -> None:
+        key = "model_params.generator_params.attention_layers"
+        levels = list(range(self.num_down_blocks + 1))
+        _check(0 in self.attention_layers, key, "must include 0 (the bottleneck attention of DaGAN, which the "
+               f"released weights hold), got {self.attention_layers}")
+        _check(all(level in levels for level in self.attention_layers), key,
+               f"levels must be among {levels} (0 = bottleneck, {self.num_down_blocks} = full resolution), "
+               f"got {self.attention_layers}")
+        _check(len(set(self.attention_layers)) == len(self.attention_layers), key,
+               f"lists a level twice: {self.attention_layers}")
+        _check(self.attention_window >= 1, "model_params.generator_params.attention_window", "must be >= 1")
 
 
 @dataclass
@@ -217,6 +233,9 @@ class LossWeights:
 
 
 TRAINING_STAGES = ("gan", "depth", "audio", "personalize")
+FREEZABLE_NETWORKS = ("depth", "depth_encoder", "depth_decoder", "pose_network", "kp_detector", "generator",
+                      "discriminator")
+UNCERTAINTY_MODES = ("none", "image", "pose")
 MIXED_PRECISION = ("no", "bf16")
 KP_DISTANCE_FORMS = ("hinge", "sign")
 
@@ -250,6 +269,9 @@ class TrainParams:
     image_every: int = 500  # steps between PNG grids
     checkpoint_every: Optional[int] = None  # steps between checkpoints; None = every checkpoint_freq epochs
     keep_checkpoints: int = 3
+    init_checkpoint: Optional[str] = None  # fine-tuning: start the networks from an official release file, an
+    # official depth folder or one of our checkpoints (optimizers start fresh); see dagan/training/finetune.py
+    freeze: list[str] = field(default_factory=list)  # networks (or dotted submodules) kept fixed, e.g. [kp_detector]
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train_params.batch_size", "must be >= 1")
@@ -267,6 +289,10 @@ class TrainParams:
                "must be >= 1")
         _check(self.log_every >= 1 and self.image_every >= 1, "train_params.log_every", "log_every and "
                "image_every must be >= 1")
+        for index, name in enumerate(self.freeze):
+            _check(name.split(".")[0] in FREEZABLE_NETWORKS, f"train_params.freeze[{index}]",
+                   f"{name!r} is not a network; use one of {', '.join(FREEZABLE_NETWORKS)} (or a dotted submodule, "
+                   "e.g. generator.dense_motion_network)")
 
 
 @dataclass
@@ -279,7 +305,9 @@ class DepthTrainParams:  # dagan addition: stage 1, self-supervised face depth (
     ssim_weight: float = 0.85
     smoothness: float = 1.0e-3  # edge-aware smoothness weight at scale 0 (divided by 2**scale)
     automask: bool = True  # ignore pixels that a static camera explains better (Monodepth2)
-    uncertainty: bool = False  # DaGAN++: learned per-pixel uncertainty weighting of the photometric loss
+    # DaGAN++ per-pixel uncertainty weighting of the photometric loss: "none", "image" (a small network on the
+    # target frame) or "pose" (the pose network predicts one map per view); true/false mean image/none
+    uncertainty: Union[str, bool] = "none"
     pose_num_layers: int = 18
     min_depth: float = 0.1
     max_depth: float = 100.0
@@ -292,6 +320,10 @@ class DepthTrainParams:  # dagan addition: stage 1, self-supervised face depth (
         _check(self.pose_num_layers in RESNET_DEPTHS, "depth_train_params.pose_num_layers",
                f"must be one of {RESNET_DEPTHS}")
         _check(self.frame_stride >= 1, "depth_train_params.frame_stride", "must be >= 1")
+        if isinstance(self.uncertainty, bool):  # the older boolean form
+            self.uncertainty = "image" if self.uncertainty else "none"
+        _check(self.uncertainty in UNCERTAINTY_MODES, "depth_train_params.uncertainty",
+               f"must be one of {', '.join(UNCERTAINTY_MODES)}, got {self.uncertainty!r}")
 
 
 AUDIO_POSE_MODELS = ("affine", "similarity")
@@ -401,6 +433,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None:
             return None
+        if isinstance(value, bool) and bool in arguments:
+            return value
         return _coerce(value, arguments[0], key)
     if dataclasses.is_dataclass(annotation):
         return _build(annotation, value, key)

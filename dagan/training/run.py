@@ -204,6 +204,7 @@ def claim_run_directory(log_dir: str, resume: Optional[str], overwrite: bool, is
 
 # Resuming with a changed config.
 ARCHITECTURE_SECTIONS = ("model_params", "audio_params")  # what the networks are built from
+FIXED_ON_RESUME = ("train_params.freeze",)  # what the optimizers hold
 
 
 def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
@@ -237,7 +238,7 @@ def reconcile_resumed_config(saved: dict, current: dict, path: str, stage: str, 
                             f"resume it with --set train_params.stage={saved_stage}, or start the {stage} stage with "
                             "a new --log_dir")
     changes = config_changes(saved, current)
-    architecture = [key for key in changes if key.split(".")[0] in ARCHITECTURE_SECTIONS]
+    architecture = [key for key in changes if key.split(".")[0] in ARCHITECTURE_SECTIONS or key in FIXED_ON_RESUME]
     if architecture:
         listed = "; ".join(f"{key}: {changes[key][0]!r} -> {changes[key][1]!r}" for key in architecture[:6])
         raise TrainingError(f"cannot resume {path!r}: the networks in the config differ from the checkpoint's "
