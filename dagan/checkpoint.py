@@ -30,6 +30,7 @@ MAIN_NETWORKS = ("generator", "kp_detector", "discriminator")
 ENCODER_EXTRAS = {"height": 256, "width": 256, "use_stereo": False}  # what the release's encoder.pth also holds
 BASIC_BLOCK_DEPTHS = {2: 18, 6: 34}  # blocks in layer3 -> ResNet depth (BasicBlock)
 BOTTLENECK_DEPTHS = {6: 50, 23: 101, 36: 152}  # blocks in layer3 -> ResNet depth (Bottleneck)
+RELEASE_HELP = "checkpoints/README.md lists the official files, where to download them and where each goes"
 
 
 class CheckpointError(ValueError):
@@ -57,12 +58,13 @@ def read_file(path: str | os.PathLike, map_location: str = "cpu", what: str = "c
     """``torch.load(weights_only=True)`` with one-line errors for missing or unreadable files."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"{what} file {path!r} does not exist")
+        raise CheckpointError(f"{what} file {path!r} does not exist ({RELEASE_HELP})")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
+        first_line = (str(error).splitlines() or [""])[0][:200]  # some errors have an empty message
         raise CheckpointError(f"{what} file {path!r} could not be read as a torch file "
-                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+                              f"({type(error).__name__}: {first_line}); {RELEASE_HELP}") from None
 
 
 # Our format.
@@ -79,7 +81,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     if isinstance(state, dict) and "generator" in state and "kp_detector" in state:
         raise CheckpointError(f"{os.fspath(path)!r} is an official DaGAN release file; load it with "
                               "DaGAN.from_official(checkpoint, depth_dir) (demo.py does this automatically)")
-    raise CheckpointError(f"{os.fspath(path)!r} is not a dagan checkpoint")
+    raise CheckpointError(f"{os.fspath(path)!r} is not a dagan checkpoint; {RELEASE_HELP}")
 
 
 # Official release: reading and diagnosing.
@@ -100,7 +102,7 @@ def read_official_checkpoint(path: str | os.PathLike, map_location: str = "cpu")
             raise CheckpointError(f"{os.fspath(path)!r} is a depth decoder file (depth.pth), not the DaGAN "
                                   "checkpoint; pass its folder as --depth_checkpoint / depth_dir")
         raise CheckpointError(f"{os.fspath(path)!r} has no 'generator' and 'kp_detector' entries: it is not a "
-                              "DaGAN release checkpoint")
+                              f"DaGAN release checkpoint; {RELEASE_HELP}")
     return {name: strip_module_prefix(state[name]) for name in MAIN_NETWORKS if isinstance(state.get(name), dict)}
 
 
@@ -109,7 +111,7 @@ def read_official_depth(depth_dir: str | os.PathLike, map_location: str = "cpu")
     depth_dir = os.fspath(depth_dir)
     if not os.path.isdir(depth_dir):
         raise CheckpointError(f"depth folder {depth_dir!r} does not exist; it must hold encoder.pth and depth.pth "
-                              "(the release's depth/models/weights_19)")
+                              f"(the release's depth/models/weights_19; {RELEASE_HELP})")
     encoder = read_file(os.path.join(depth_dir, "encoder.pth"), map_location, "depth encoder")
     decoder = read_file(os.path.join(depth_dir, "depth.pth"), map_location, "depth decoder")
     encoder = OrderedDict((key, value) for key, value in strip_module_prefix(encoder).items()
@@ -298,5 +300,6 @@ def load_checkpoint_or_official(checkpoint: str | os.PathLike, depth_dir: str | 
         return DaGAN.from_checkpoint(checkpoint, map_location=map_location)
     if depth_dir is None and not (isinstance(config, Config) and config.model_params.depth_params.checkpoint_dir):
         raise CheckpointError(f"{os.fspath(checkpoint)!r} is an official DaGAN checkpoint: it needs the depth "
-                              "network too; pass --depth_checkpoint DIR (the folder with encoder.pth and depth.pth)")
+                              "network too; pass --depth_checkpoint DIR (the folder with encoder.pth and depth.pth, "
+                              "see checkpoints/README.md)")
     return load_official(checkpoint, depth_dir, config, map_location=map_location)
