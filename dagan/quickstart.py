@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -118,16 +119,27 @@ def train_stage(stage: str, config: str, overrides: Sequence[str], log_dir: Path
             "--set", f"train_params.stage={stage}"]
     for override in overrides:
         argv += ["--set", override]
-    if train_main(argv) != 0:
+    with warnings.catch_warnings():  # the quickstart installs no TensorBoard on purpose; stats.jsonl is written
+        warnings.filterwarnings("ignore", message="tensorboard is not installed")
+        code = train_main(argv)
+    if code != 0:
         raise QuickstartError(f"the {stage} stage failed (message above); fix it and rerun the quickstart, which "
                               f"resumes from the newest checkpoint in {log_dir}")
 
 
-def export_depth(paths: QuickstartPaths) -> None:
-    """Move stage 1's official-layout depth folder to ``models/depth`` and delete its training checkpoints."""
+def train_depth(paths: QuickstartPaths, config: str, overrides: Sequence[str]) -> None:
+    """Stage 1, then its official-layout depth folder moved to ``models/depth``; its training checkpoints go."""
+    train_stage("depth", config, overrides, paths.depth_run)
     paths.depth_weights.parent.mkdir(parents=True, exist_ok=True)
     os.replace(paths.depth_run / "depth", paths.depth_weights)
     remove_training_checkpoints(paths.depth_run)
+
+
+def train_gan(paths: QuickstartPaths, config: str, overrides: Sequence[str]) -> None:
+    """Stage 2 on the frozen depth of stage 1, then exported as ``models/dagan.pt``."""
+    train_stage("gan", config, [f"model_params.depth_params.checkpoint_dir={paths.depth_weights}", *overrides],
+                paths.gan_run)
+    export_model(paths)
 
 
 def export_model(paths: QuickstartPaths) -> None:
@@ -234,13 +246,8 @@ def run_quickstart(run_dir: str | os.PathLike, config: str, video: str | os.Path
     paths, video = QuickstartPaths(Path(run_dir)), Path(video)
     total = total_stages or first_stage_number + len(STAGES) - 1
     common = [f"dataset_params.root_dir={paths.data_dir}", *overrides]
-    actions = {
-        "data": lambda: prepare_data(video, paths),
-        "depth": lambda: (train_stage("depth", config, common, paths.depth_run), export_depth(paths)),
-        "gan": lambda: (train_stage("gan", config, [f"model_params.depth_params.checkpoint_dir={paths.depth_weights}",
-                                                     *common], paths.gan_run), export_model(paths)),
-        "animate": lambda: animate(paths, video),
-    }
+    actions = {"data": lambda: prepare_data(video, paths), "depth": lambda: train_depth(paths, config, common),
+               "gan": lambda: train_gan(paths, config, common), "animate": lambda: animate(paths, video)}
     redone = False  # once a stage runs, the later stages' outputs are stale and run again too
     for number, stage in enumerate(STAGES, start=first_stage_number):
         print(f"\n=== [{number}/{total}] {stage.name}: {stage.title} ===", file=out, flush=True)
