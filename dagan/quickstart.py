@@ -125,6 +125,20 @@ def train_stage(stage: str, config: str, overrides: Sequence[str], log_dir: Path
     if code != 0:
         raise QuickstartError(f"the {stage} stage failed (message above); fix it and rerun the quickstart, which "
                               f"resumes from the newest checkpoint in {log_dir}")
+    check_finished(stage, config, overrides, log_dir)
+
+
+def check_finished(stage: str, config: str, overrides: Sequence[str], log_dir: Path) -> None:
+    """A stop request (SIGTERM, Ctrl-C) ends train.py early without an error: then the stage is not done."""
+    from dagan.config import load_config
+    from dagan.training.run import CheckpointManager
+
+    resolved = load_config(config, [f"train_params.stage={stage}", *overrides])
+    wanted = resolved.depth_train_params.num_steps if stage == "depth" else resolved.train_params.num_steps
+    latest = CheckpointManager(str(log_dir / "checkpoints"), keep=1).latest()
+    step = int(Path(latest).stem) if latest else 0  # checkpoints are named <step:08d>.pt
+    if wanted is not None and step < wanted:
+        raise QuickstartError(f"the {stage} stage stopped at step {step} of {wanted}; rerun the quickstart to resume it")
 
 
 def train_depth(paths: QuickstartPaths, config: str, overrides: Sequence[str]) -> None:
