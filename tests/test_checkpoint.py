@@ -85,7 +85,7 @@ def test_missing_and_foreign_files(tmp_path, tiny_model):
 def test_missing_or_unrecognised_files_point_to_the_checkpoints_readme(tmp_path):
     from conftest import REPO_ROOT
 
-    (tmp_path / "other.pt").write_bytes(b"")
+    (tmp_path / "other.pt").write_bytes(b"not a torch file")
     torch.save({"weights": torch.ones(1)}, tmp_path / "dict.pt")
     for call in (lambda: load_official(tmp_path / "missing.pth.tar", tmp_path, config_path("tiny.yaml")),
                  lambda: load_official(None, tmp_path / "no_depth_folder", config_path("tiny.yaml")),
