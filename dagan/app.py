@@ -260,9 +260,12 @@ class Animator:
         if not checkpoint:
             raise gr.Error("No checkpoint selected: put one in checkpoints/ or start the app with --checkpoint.",
                            print_exception=False)
-        if checkpoint in find_checkpoints(self.settings.search_root, self.settings.checkpoint):
-            candidate = Path(checkpoint)
-            return str(candidate if candidate.is_absolute() else Path(self.settings.search_root) / candidate)
+        root = Path(self.settings.search_root)
+        listed = {os.path.realpath(root / name): str(root / name)
+                  for name in find_checkpoints(root, self.settings.checkpoint)}  # absolute names stay absolute
+        chosen = os.path.realpath(root / checkpoint)
+        if chosen in listed:
+            return listed[chosen]
         raise gr.Error(f"Checkpoint '{checkpoint}' is not one of this server's checkpoints; pick one from the list.",
                        print_exception=False)
 
@@ -431,6 +434,9 @@ def build_app(settings: AppSettings, animator: Optional[Animator] = None) -> gr.
         button.click(animate, [source, driving, checkpoint, device, relative, adapt_scale, smooth, smooth_cutoff,
                                find_best, visualize, crop, paste_back, faces, motion_scale], [result, panels, status],
                      api_name="animate")
+        from dagan.audio.app_mode import add_audio_mode
+
+        add_audio_mode(animator, settings, source, checkpoint, device, result, status)
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
 

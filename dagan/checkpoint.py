@@ -30,6 +30,7 @@ MAIN_NETWORKS = ("generator", "kp_detector", "discriminator")
 ENCODER_EXTRAS = {"height": 256, "width": 256, "use_stereo": False}  # what the release's encoder.pth also holds
 BASIC_BLOCK_DEPTHS = {2: 18, 6: 34}  # blocks in layer3 -> ResNet depth (BasicBlock)
 BOTTLENECK_DEPTHS = {6: 50, 23: 101, 36: 152}  # blocks in layer3 -> ResNet depth (Bottleneck)
+RELEASE_HELP = "checkpoints/README.md lists the official files, where to download them and where each goes"
 
 
 class CheckpointError(ValueError):
@@ -49,15 +50,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         raise CheckpointError(str(error)) from None
 
 
-CHECKPOINTS_README = "checkpoints/README.md"
-
-
 def read_file(path: str | os.PathLike, map_location: str = "cpu", what: str = "checkpoint") -> Any:
     """``torch.load(weights_only=True)`` with one-line errors for missing, empty, truncated or foreign files."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"{what} file {path!r} does not exist (where the official files go: "
-                              f"{CHECKPOINTS_README})")
+        raise CheckpointError(f"{what} file {path!r} does not exist ({RELEASE_HELP})")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{what} file {path!r} is empty (0 bytes): its save was interrupted or the disk was "
                               "full; use an older checkpoint or download the file again")
@@ -66,7 +63,7 @@ def read_file(path: str | os.PathLike, map_location: str = "cpu", what: str = "c
     except Exception as error:
         raise CheckpointError(f"{what} file {path!r} could not be read as a torch file "
                               f"({type(error).__name__}: {first_line(error)}); it may be truncated or not a "
-                              f"checkpoint (see {CHECKPOINTS_README})") from None
+                              f"checkpoint ({RELEASE_HELP})") from None
 
 
 # Our format.
@@ -83,7 +80,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     if isinstance(state, dict) and "generator" in state and "kp_detector" in state:
         raise CheckpointError(f"{os.fspath(path)!r} is an official DaGAN release file; load it with "
                               "DaGAN.from_official(checkpoint, depth_dir) (demo.py does this automatically)")
-    raise CheckpointError(f"{os.fspath(path)!r} is not a dagan checkpoint")
+    raise CheckpointError(f"{os.fspath(path)!r} is not a dagan checkpoint; {RELEASE_HELP}")
 
 
 # Official release: reading and diagnosing.
@@ -104,7 +101,7 @@ def read_official_checkpoint(path: str | os.PathLike, map_location: str = "cpu")
             raise CheckpointError(f"{os.fspath(path)!r} is a depth decoder file (depth.pth), not the DaGAN "
                                   "checkpoint; pass its folder as --depth_checkpoint / depth_dir")
         raise CheckpointError(f"{os.fspath(path)!r} has no 'generator' and 'kp_detector' entries: it is not a "
-                              "DaGAN release checkpoint")
+                              f"DaGAN release checkpoint; {RELEASE_HELP}")
     return {name: strip_module_prefix(state[name]) for name in MAIN_NETWORKS if isinstance(state.get(name), dict)}
 
 
@@ -113,7 +110,7 @@ def read_official_depth(depth_dir: str | os.PathLike, map_location: str = "cpu")
     depth_dir = os.fspath(depth_dir)
     if not os.path.isdir(depth_dir):
         raise CheckpointError(f"depth folder {depth_dir!r} does not exist; it must hold encoder.pth and depth.pth "
-                              "(the release's depth/models/weights_19)")
+                              f"(the release's depth/models/weights_19; {RELEASE_HELP})")
     encoder = read_file(os.path.join(depth_dir, "encoder.pth"), map_location, "depth encoder")
     decoder = read_file(os.path.join(depth_dir, "depth.pth"), map_location, "depth decoder")
     encoder = OrderedDict((key, value) for key, value in strip_module_prefix(encoder).items()
@@ -203,6 +200,23 @@ def load_strict(network: torch.nn.Module, state_dict: dict, name: str) -> None:
     network.load_state_dict(state_dict, strict=True)
 
 
+# DaGAN++ blocks that released weights lack: the generator's zero-gated attention levels, the pose network's
+# uncertainty head.
+NEW_MODULE_PREFIXES = ("layer_attention.", "uncertainty_head.")
+
+
+def load_shared(network: torch.nn.Module, state_dict: dict, name: str) -> list[str]:
+    """Load every key of ``state_dict`` strictly (all must exist with the same shapes) and allow the network's own
+    DaGAN++ blocks (:data:`NEW_MODULE_PREFIXES`) to be missing from the file: they keep their zero-gated
+    initialisation. Returns the names of those new blocks (e.g. ``["layer_attention.1"]``)."""
+    own = network.state_dict()
+    new = [key for key in own if key not in state_dict and key.startswith(NEW_MODULE_PREFIXES)]
+    if new:
+        state_dict = {**state_dict, **{key: own[key] for key in new}}
+    load_strict(network, state_dict, name)
+    return sorted({".".join(key.split(".")[:2 if key.startswith("layer_attention.") else 1]) for key in new})
+
+
 def _resolve_config(config: Config | str | os.PathLike | None, networks: dict, encoder_state: Optional[dict]) -> Config:
     if isinstance(config, Config):
         return config
@@ -231,7 +245,7 @@ def load_official(checkpoint: str | os.PathLike | None, depth_dir: str | os.Path
     check_fits(resolved, networks, encoder_state)
     model = DaGAN(resolved)
     for name, state_dict in networks.items():
-        load_strict(getattr(model, name), state_dict, name)
+        load_shared(getattr(model, name), state_dict, name)
     if encoder_state is not None:
         load_depth_states(model, encoder_state, decoder_state)
     model.loaded_networks = tuple(networks) + (("depth_encoder", "depth_decoder") if encoder_state is not None else ())
@@ -268,6 +282,7 @@ def export_official(model, out_dir: str | os.PathLike, name: str = "checkpoint.p
                     epoch: int = 0) -> dict[str, str]:
     """Write ``out_dir/<name>`` and ``out_dir/depth/{encoder,depth}.pth`` in the release layout (unprefixed keys),
     usable by the reference demo (``--checkpoint``; copy the depth files to its depth/models/weights_19)."""
+    check_exportable(model.config)
     out_dir = os.fspath(out_dir)
     paths = {"checkpoint": os.path.join(out_dir, name)}
     main = {network: model_state(getattr(model, network)) for network in MAIN_NETWORKS}
@@ -275,6 +290,17 @@ def export_official(model, out_dir: str | os.PathLike, name: str = "checkpoint.p
     atomic_save(main, paths["checkpoint"])
     paths.update(export_official_depth(model, os.path.join(out_dir, "depth")))
     return paths
+
+
+def check_exportable(config: Config) -> None:
+    """Refuse models that the reference code cannot build (DaGAN++ attention beyond the bottleneck)."""
+    layers = config.model_params.generator_params.attention_layers
+    if sorted(layers) != [0]:
+        raise CheckpointError(
+            f"this model has depth-aware attention at decoder levels {sorted(layers)} "
+            "(model_params.generator_params.attention_layers); the reference DaGAN code builds the attention at the "
+            "bottleneck only, so it could not load these weights. Keep it in this project's format "
+            "(scripts/export_checkpoint.py --inference, or model.save)")
 
 
 def model_state(network: torch.nn.Module) -> "OrderedDict[str, torch.Tensor]":
@@ -302,5 +328,6 @@ def load_checkpoint_or_official(checkpoint: str | os.PathLike, depth_dir: str | 
         return DaGAN.from_checkpoint(checkpoint, map_location=map_location)
     if depth_dir is None and not (isinstance(config, Config) and config.model_params.depth_params.checkpoint_dir):
         raise CheckpointError(f"{os.fspath(checkpoint)!r} is an official DaGAN checkpoint: it needs the depth "
-                              "network too; pass --depth_checkpoint DIR (the folder with encoder.pth and depth.pth)")
+                              "network too; pass --depth_checkpoint DIR (the folder with encoder.pth and depth.pth, "
+                              "see checkpoints/README.md)")
     return load_official(checkpoint, depth_dir, config, map_location=map_location)

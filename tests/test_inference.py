@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PARITY_DIR, config_path, make_test_clip, write_parity_release
+from conftest import NEEDS_FACES, PARITY_DIR, config_path, make_test_clip, write_parity_release
 from dagan.checkpoint import load_official
 from dagan.cli.demo import main as demo_main
 from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother, OneEuroFilter
@@ -243,8 +243,8 @@ def test_compiled_pipeline_gives_the_same_frames(tiny_checkpoint):
 
 
 def test_find_best_frame_and_best_frame_flag(tiny_checkpoint, tmp_path, capsys):
-    pytest.importorskip("dlib")
-    pytest.importorskip("face_recognition_models")
+    pytest.importorskip("dlib", reason=NEEDS_FACES)
+    pytest.importorskip("face_recognition_models", reason=NEEDS_FACES)
     samples = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "samples")
     driving = os.path.join(samples, "driving.mp4")
     out = tmp_path / "best.mp4"

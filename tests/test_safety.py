@@ -119,7 +119,7 @@ def test_app_loads_only_listed_checkpoints_and_answers_the_same_for_any_other_pa
     animator = Animator(AppSettings(search_root=str(root), work_dir=str(tmp_path / "work"), device="cpu"))
     assert animator.resolve_checkpoint("checkpoints/model.pt") == str(root / "checkpoints" / "model.pt")
     answers = []
-    for path in (tiny_checkpoint, "/etc/shadow", "/no/such/file.pt", "../app/checkpoints/model.pt"):
+    for path in (tiny_checkpoint, "/etc/shadow", "/no/such/file.pt", "../model/tiny.pt"):
         with pytest.raises(gr.Error) as error:
             animator.resolve_checkpoint(path)
         answers.append(str(error.value.message).replace(path, "PATH"))

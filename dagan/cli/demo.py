@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dagan.audio.animate import add_audio_arguments, run_audio
 from dagan.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint_or_official
 from dagan.config import ConfigError, load_config
 from dagan.cli.demo_faces import add_face_arguments, run_faces, uses_face_mode
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source_image", default=None, help="portrait or photo (any format Pillow reads); a folder "
                         "or a quoted glob pattern animates each image (a batch)")
     parser.add_argument("--driving_video", default=None, help="driving video (any format ffmpeg reads) or a folder "
-                        "of frames sorted by name")
+                        "of frames sorted by name (or use --driving_audio)")
     parser.add_argument("--result_video", default="result.mp4", help="output .mp4 (H.264 + the driving audio), or a "
                         "folder (existing, or ending in /) for PNG frames")
     parser.add_argument("--relative", action="store_true", help="transfer relative motion (recommended)")
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="config override, e.g. model_params.common_params.num_kp=15")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     add_face_arguments(parser)
+    add_audio_arguments(parser)
     return parser
 
 
@@ -155,7 +157,8 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise ValueError("give one of --source_image, --source_video or --pairs" +
                          (f" (got {' and '.join(given)})" if given else ""))
     if args.pairs is None and args.driving_video is None:
-        raise ValueError("--driving_video is required (or give source,driving pairs with --pairs)")
+        raise ValueError("--driving_video is required (or give source,driving pairs with --pairs, or speech with "
+                         "--driving_audio and --audio_checkpoint)")
 
 
 def check_outputs(args: argparse.Namespace, result: str, inputs: list[Optional[str]]) -> None:
@@ -168,8 +171,12 @@ def check_outputs(args: argparse.Namespace, result: str, inputs: list[Optional[s
 
 
 def run(args: argparse.Namespace) -> int:
-    check_inputs(args)
     set_pixel_limit(args.max_pixels)
+    if args.driving_audio is not None:  # speech-driven (dagan.audio)
+        check_outputs(args, args.result_video, [args.source_image, args.driving_audio, args.audio_checkpoint,
+                                                args.reference_video])
+        return run_audio(args, load_pipeline)
+    check_inputs(args)
     if uses_face_mode(args):
         return run_faces(args, load_pipeline, check_outputs)
     check_outputs(args, args.result_video, [args.source_image, args.driving_video])

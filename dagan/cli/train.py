@@ -23,6 +23,9 @@ examples:
       --set model_params.depth_params.checkpoint_dir=runs/vox-depth/depth
   # 8 GPUs (the batch size in the config is global and is split across ranks)
   torchrun --nproc_per_node=8 train.py --config configs/vox-adv-256.yaml --log_dir runs/vox
+  # fine-tune the released DaGAN on your own clips (README "Fine-tune on one person")
+  python train.py --config configs/finetune-person.yaml --log_dir runs/me \
+      --init checkpoints/DaGAN_vox_adv_256.pth.tar --set dataset_params.root_dir=data/me
   # continue the newest checkpoint of a run (also after SIGTERM / Ctrl-C)
   python train.py --config configs/vox-adv-256.yaml --log_dir runs/vox --resume auto
 
@@ -42,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "when there is none) or a checkpoint path")
     parser.add_argument("--overwrite", action="store_true", help="start a new run in a --log_dir that holds one: "
                         "the old run is moved to <log_dir>.old-<time>, never deleted")
+    parser.add_argument("--init", default=None, metavar="PATH", help="fine-tune: start the networks from an "
+                        "official .pth.tar, an official depth folder or one of our checkpoints (optimizers start "
+                        "fresh); sets train_params.init_checkpoint")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. train_params.batch_size=8 (repeatable)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -52,6 +58,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
+        if args.init is not None:
+            config.train_params.init_checkpoint = args.init
         is_main = os.environ.get("RANK", "0") == "0"  # torchrun sets RANK; distributed is not set up yet
         moved = claim_run_directory(args.log_dir, args.resume, args.overwrite, is_main)
         if moved:
@@ -60,6 +68,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             from dagan.training.depth_stage import train_depth
 
             result = train_depth(config, args.log_dir, args.resume)
+        elif config.train_params.stage in ("audio", "personalize"):
+            from dagan.training.audio_stage import train_audio
+
+            result = train_audio(config, args.log_dir, args.resume)
         else:
             from dagan.training.gan_stage import train_gan
 

@@ -110,6 +110,11 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda stream: stream.write(data))
+
+
 def atomic_write_text(path: PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
     atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))

@@ -67,3 +67,54 @@ class DepthAwareAttention(nn.Module):
             attended = fused_attention(query, key, value)
         attended = attended.transpose(1, 2).reshape(batch, channels, height, width)
         return self.gamma * attended + warped_features, attention
+
+
+def window_tokens(features: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, C, H, W) with H, W multiples of ``window`` -> (B * H/window * W/window, window * window, C)."""
+    batch, channels, height, width = features.shape
+    tiles = features.reshape(batch, channels, height // window, window, width // window, window)
+    return tiles.permute(0, 2, 4, 3, 5, 1).reshape(-1, window * window, channels)  # (B nH nW, w*w, C)
+
+
+def window_image(tokens: torch.Tensor, batch: int, height: int, width: int, window: int) -> torch.Tensor:
+    """Inverse of :func:`window_tokens`: (B * nH * nW, window * window, C) -> (B, C, H, W)."""
+    channels = tokens.shape[-1]
+    tiles = tokens.reshape(batch, height // window, width // window, window, window, channels)
+    return tiles.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, height, width)
+
+
+class WindowedDepthAttention(nn.Module):
+    """DaGAN++'s cross-modal attention at a finer decoder level, in non-overlapping windows, behind a zero gate.
+
+    depth_features (B, Cd, h, w): the source depth branch at this scale (queries); warped (B, Ca, h, w): the
+    occluded, warped appearance features at this scale (keys, values); decoder (B, Co, h, w): the decoder's
+    features at this level. Returns ``decoder + gate * softmax(Q K^T) V`` with the attention of DaGAN Eq. 7-8
+    (ReLU projections, scale 1) restricted to ``window`` x ``window`` tiles, so memory and work grow linearly
+    with h*w: per image 2 h w window^2 (Cq + Co) multiply-adds for the attention, never more than a
+    (window^2 x window^2) matrix per tile. ``gate`` starts at 0: a new block leaves the decoder unchanged.
+    Maps whose sides are not multiples of ``window`` are edge-padded for the attention and cropped back.
+    """
+
+    def __init__(self, depth_channels: int, appearance_channels: int, out_channels: int, window: int):
+        super().__init__()
+        hidden = max(1, appearance_channels // 8)
+        self.window = window
+        self.query_conv = nn.Conv2d(depth_channels, hidden, kernel_size=1)
+        self.key_conv = nn.Conv2d(appearance_channels, hidden, kernel_size=1)
+        self.value_conv = nn.Conv2d(appearance_channels, out_channels, kernel_size=1)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, depth_features: torch.Tensor, warped_features: torch.Tensor, decoder_features: torch.Tensor
+                ) -> torch.Tensor:
+        batch, _, height, width = decoder_features.shape
+        window = self.window
+        padding = (0, -width % window, 0, -height % window)
+        if any(padding):
+            depth_features = F.pad(depth_features, padding, mode="replicate")
+            warped_features = F.pad(warped_features, padding, mode="replicate")
+        query = window_tokens(F.relu(self.query_conv(depth_features)), window)
+        key = window_tokens(F.relu(self.key_conv(warped_features)), window)
+        value = window_tokens(F.relu(self.value_conv(warped_features)), window)
+        attended = window_image(fused_attention(query, key, value), batch, height + padding[3], width + padding[1],
+                                window)
+        return decoder_features + self.gate * attended[:, :, :height, :width]

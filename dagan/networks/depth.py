@@ -3,14 +3,15 @@
 * :class:`DepthEncoder` + :class:`DepthDecoder`: a ResNet encoder and a multi-scale disparity decoder
   (Monodepth2 layout). Key names follow the official ``encoder.pth`` / ``depth.pth`` files.
 * :class:`PoseNetwork`: from two stacked frames, the relative rotation and translation **and the camera
-  intrinsics**, so no calibration is needed to train the depth from face videos.
+  intrinsics**, so no calibration is needed to train the depth from face videos; optionally (DaGAN++) a per-pixel
+  photometric uncertainty map of the pair (:class:`PoseUncertaintyHead`).
 
 Disparities are sigmoid outputs in (0, 1); DaGAN feeds the full-resolution one to the keypoint detector and
 the generator as it is.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from dagan.networks.backbones import ResNet
 DECODER_CHANNELS = (16, 32, 64, 128, 256)
 NUM_SCALES = 4
 TRANSLATION_SCALE = 0.01  # pose outputs are scaled down so that training starts near the identity
+MIN_UNCERTAINTY = 1e-3  # floor of the learned photometric uncertainty (keeps e / s + log s bounded below)
 
 
 class DepthEncoder(nn.Module):
@@ -94,11 +96,32 @@ class DepthDecoder(nn.Module):
 
 
 class PoseOutput(NamedTuple):
-    """axis_angle: (B, 3); translation: (B, 3); intrinsics: (B, 3, 3) in pixels of the input size."""
+    """axis_angle: (B, 3); translation: (B, 3); intrinsics: (B, 3, 3) in pixels of the input size; uncertainty:
+    (B, 1, H, W) > 0 in the first frame's pixels, only with ``predict_uncertainty``."""
 
     axis_angle: torch.Tensor
     translation: torch.Tensor
     intrinsics: torch.Tensor
+    uncertainty: Optional[torch.Tensor] = None
+
+
+class PoseUncertaintyHead(nn.Module):
+    """DaGAN++'s pixel-level uncertainty at the end of the pose network (our reading of its Sec. 3.1): from the
+    pose encoder's stride-2 and stride-8 features of the stacked pair, s = softplus(.) + 1e-3 at the input size,
+    (B, 1, H, W): how unreliable each target pixel's reprojection from this source view is."""
+
+    def __init__(self, encoder_channels: list[int], hidden_channels: int = 32):
+        super().__init__()
+        self.fine = nn.Conv2d(encoder_channels[0], hidden_channels, 3, padding=1)
+        self.coarse = nn.Conv2d(encoder_channels[2], hidden_channels, 1)
+        self.out = nn.Conv2d(hidden_channels, 1, 3, padding=1)
+
+    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        fine = features[0]
+        hidden = self.fine(fine) + F.interpolate(self.coarse(features[2]), size=fine.shape[2:], mode="bilinear",
+                                                 align_corners=False)
+        logits = F.interpolate(self.out(F.elu(hidden)), size=size, mode="bilinear", align_corners=False)
+        return F.softplus(logits) + MIN_UNCERTAINTY
 
 
 class PoseNetwork(nn.Module):
@@ -106,10 +129,11 @@ class PoseNetwork(nn.Module):
 
     A ResNet over the stacked frames (6 channels), a squeeze 1x1 conv, two 3x3 convs and three heads:
     6 pose numbers (scaled by 0.01), focal lengths f = softplus(.) * (W, H) and the principal point
-    c = sigmoid(.) * (W, H) (it starts at the image centre), both averaged over space.
+    c = sigmoid(.) * (W, H) (it starts at the image centre), both averaged over space. With
+    ``predict_uncertainty`` also a per-pixel uncertainty map (:class:`PoseUncertaintyHead`).
     """
 
-    def __init__(self, num_layers: int = 18, hidden_channels: int = 256):
+    def __init__(self, num_layers: int = 18, hidden_channels: int = 256, predict_uncertainty: bool = False):
         super().__init__()
         self.encoder = ResNet(num_layers, in_channels=6)
         self.squeeze = nn.Conv2d(self.encoder.channels[-1], hidden_channels, 1)
@@ -118,10 +142,11 @@ class PoseNetwork(nn.Module):
         self.pose_2 = nn.Conv2d(hidden_channels, 6, 1)
         self.focal = nn.Conv2d(hidden_channels, 2, 3, padding=1)
         self.principal_point = nn.Conv2d(hidden_channels, 2, 3, padding=1)
+        self.uncertainty_head = PoseUncertaintyHead(self.encoder.channels) if predict_uncertainty else None
 
     def forward(self, frame_from: torch.Tensor, frame_to: torch.Tensor) -> PoseOutput:
-        features = self.encoder.features((torch.cat([frame_from, frame_to], dim=1) - 0.45) / 0.225)[-1]
-        hidden = F.relu(self.squeeze(features))
+        pyramid = self.encoder.features((torch.cat([frame_from, frame_to], dim=1) - 0.45) / 0.225)
+        hidden = F.relu(self.squeeze(pyramid[-1]))
         hidden = F.relu(self.pose_1(F.relu(self.pose_0(hidden))))
         pose = TRANSLATION_SCALE * self.pose_2(hidden).mean(dim=(2, 3))  # (B, 6)
         height, width = frame_from.shape[2:]
@@ -132,4 +157,5 @@ class PoseNetwork(nn.Module):
         intrinsics[:, 0, 0], intrinsics[:, 1, 1] = focal[:, 0], focal[:, 1]
         intrinsics[:, :2, 2] = principal
         intrinsics[:, 2, 2] = 1
-        return PoseOutput(pose[:, :3], pose[:, 3:], intrinsics)
+        uncertainty = None if self.uncertainty_head is None else self.uncertainty_head(pyramid, (height, width))
+        return PoseOutput(pose[:, :3], pose[:, 3:], intrinsics, uncertainty)

@@ -6,31 +6,45 @@ depth attention and decode. :class:`DepthAwareGenerator` decodes with residual b
 (the released model); :class:`SPADEDepthAwareGenerator` with a SPADE decoder conditioned on the occluded,
 warped source image (the released "SPADE" model).
 
+DaGAN++ (``attention_layers``): the cross-modal attention also refines finer decoder levels, coarse to fine. Level
+0 is the bottleneck (DaGAN's global attention, ``AttnModule``); level l >= 1 is the decoder output at 2^l times the
+bottleneck resolution, where a :class:`~dagan.networks.attention.WindowedDepthAttention` takes its queries from the
+source depth branch at that scale and its keys/values from the appearance features of that scale, warped by the
+dense motion and occluded like the bottleneck's. Each new block is added through a gate initialised at 0, so a
+model with released DaGAN weights in its shared keys renders exactly what DaGAN renders.
+
 The source-only work (:meth:`encode_source`) can be computed once and passed back in for every driving frame.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 
 from dagan.geometry import Keypoints, resize, warp_by_deformation
-from dagan.networks.attention import DepthAwareAttention
+from dagan.networks.attention import DepthAwareAttention, WindowedDepthAttention
 from dagan.networks.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d
 from dagan.networks.dense_motion import DenseMotionNetwork
 from dagan.networks.spade import SPADEDecoder
 
 
 class SourceFeatures(NamedTuple):
-    """Encoded source: appearance (B, C, h, w) from the image, depth (B, C, h, w) from its disparity."""
+    """Encoded source: appearance (B, C, h, w) from the image, depth (B, C, h, w) from its disparity, at the
+    bottleneck; with attention at finer decoder levels also ``appearance_levels`` / ``depth_levels``: one
+    (B, C_l, h_l, w_l) map per attended level l >= 1, in increasing level order (empty for DaGAN)."""
 
     appearance: torch.Tensor
     depth: torch.Tensor
+    appearance_levels: tuple[torch.Tensor, ...] = ()
+    depth_levels: tuple[torch.Tensor, ...] = ()
 
     def expand(self, batch: int) -> "SourceFeatures":
         """Broadcast batch-1 features to ``batch`` (no copy)."""
-        return SourceFeatures(*(tensor.expand(batch, *tensor.shape[1:]) for tensor in self))
+        def grow(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.expand(batch, *tensor.shape[1:])
+        return SourceFeatures(grow(self.appearance), grow(self.depth), tuple(map(grow, self.appearance_levels)),
+                              tuple(map(grow, self.depth_levels)))
 
 
 class GeneratorOutput(NamedTuple):
@@ -47,6 +61,20 @@ class GeneratorOutput(NamedTuple):
     attention: Optional[torch.Tensor]
 
 
+def encoder_channels(block_expansion: int, max_features: int, num_down_blocks: int, level: int) -> int:
+    """Channels of the appearance/depth encoder features that decoder level ``level`` sees (0 = bottleneck)."""
+    scale = num_down_blocks - level  # encoder outputs: 0 = the first block (full resolution), then each down block
+    return block_expansion if scale == 0 else min(max_features, block_expansion * 2 ** scale)
+
+
+def warp_and_occlude(features: torch.Tensor, motion) -> torch.Tensor:
+    """Features (B, C, h, w) warped by the dense motion and multiplied by its occlusion map (both resized to h, w)."""
+    warped = warp_by_deformation(features, motion.deformation)
+    if motion.occlusion_map is not None:
+        warped = warped * resize(motion.occlusion_map, tuple(warped.shape[2:]))
+    return warped
+
+
 def _down_blocks(block_expansion: int, max_features: int, num_down_blocks: int) -> nn.ModuleList:
     return nn.ModuleList(
         DownBlock2d(min(max_features, block_expansion * 2 ** level), min(max_features, block_expansion * 2 ** (level + 1)))
@@ -57,8 +85,11 @@ class _DepthAwareEncoder(nn.Module):
     """The part both released generators share (same state-dict keys): encoders, dense motion, attention."""
 
     def __init__(self, num_channels: int, num_kp: int, block_expansion: int, max_features: int,
-                 num_down_blocks: int, estimate_occlusion_map: bool, dense_motion_params: dict):
+                 num_down_blocks: int, estimate_occlusion_map: bool, dense_motion_params: dict,
+                 attention_layers: Sequence[int] = (0,), attention_window: int = 8):
         super().__init__()
+        self.num_down_blocks = num_down_blocks
+        self.fine_levels = sorted(level for level in set(attention_layers) if level > 0)
         self.dense_motion_network = DenseMotionNetwork(num_kp=num_kp, num_channels=num_channels,
                                                        estimate_occlusion_map=estimate_occlusion_map,
                                                        **dense_motion_params)
@@ -68,26 +99,49 @@ class _DepthAwareEncoder(nn.Module):
         self.src_down_blocks = _down_blocks(block_expansion, max_features, num_down_blocks)
         self.feature_channels = min(max_features, block_expansion * 2 ** num_down_blocks)
         self.AttnModule = DepthAwareAttention(self.feature_channels)
+        self.layer_attention = nn.ModuleDict()  # DaGAN++'s new blocks, keyed by decoder level ("1", "2", ...)
+
+    def build_layer_attention(self, decoder_channels: dict[int, int], block_expansion: int, max_features: int,
+                              window: int) -> None:
+        """One zero-gated windowed attention per fine level; ``decoder_channels``: level -> decoder width."""
+        for level in self.fine_levels:
+            channels = encoder_channels(block_expansion, max_features, self.num_down_blocks, level)
+            self.layer_attention[str(level)] = WindowedDepthAttention(channels, channels, decoder_channels[level],
+                                                                      window)
 
     def encode_source(self, source: torch.Tensor, source_depth: torch.Tensor) -> SourceFeatures:
         """source: (B, 3, H, W) in [0, 1]; source_depth: (B, 1, H, W) disparity -> :class:`SourceFeatures`."""
-        appearance = self.first(source)
+        appearance_pyramid = [self.first(source)]  # full resolution, then after each down block
         for block in self.down_blocks:
-            appearance = block(appearance)
-        depth = self.src_first(source_depth)
+            appearance_pyramid.append(block(appearance_pyramid[-1]))
+        depth_pyramid = [self.src_first(source_depth)]
         for block in self.src_down_blocks:
-            depth = block(depth)
-        return SourceFeatures(appearance, depth)
+            depth_pyramid.append(block(depth_pyramid[-1]))
+        scales = [self.num_down_blocks - level for level in self.fine_levels]
+        return SourceFeatures(appearance_pyramid[-1], depth_pyramid[-1],
+                              tuple(appearance_pyramid[scale] for scale in scales),
+                              tuple(depth_pyramid[scale] for scale in scales))
 
     def warp_and_attend(self, source: torch.Tensor, kp_source: Keypoints, kp_driving: Keypoints,
                         features: SourceFeatures, return_attention: bool):
         """Dense motion, feature warping, occlusion and attention: refined features (B, C, h, w) + by-products."""
         motion = self.dense_motion_network(source, kp_source, kp_driving)
-        warped = warp_by_deformation(features.appearance, motion.deformation)
-        if motion.occlusion_map is not None:
-            warped = warped * resize(motion.occlusion_map, tuple(warped.shape[2:]))
+        warped = warp_and_occlude(features.appearance, motion)
         refined, attention = self.AttnModule(features.depth, warped, return_attention=return_attention)
         return refined, motion, attention
+
+    def level_refiner(self, features: SourceFeatures, motion) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """``refine(level, decoder_features)``: the decoder features after the attention of that level (unchanged
+        at levels without one). Warps this source's appearance features of every attended level once."""
+        warped_levels = {level: warp_and_occlude(appearance, motion)
+                         for level, appearance in zip(self.fine_levels, features.appearance_levels)}
+        depth_levels = dict(zip(self.fine_levels, features.depth_levels))
+
+        def refine(level: int, decoder_features: torch.Tensor) -> torch.Tensor:
+            if level not in warped_levels:
+                return decoder_features
+            return self.layer_attention[str(level)](depth_levels[level], warped_levels[level], decoder_features)
+        return refine
 
 
 class DepthAwareGenerator(_DepthAwareEncoder):
@@ -95,9 +149,10 @@ class DepthAwareGenerator(_DepthAwareEncoder):
 
     def __init__(self, num_channels: int, num_kp: int, block_expansion: int, max_features: int,
                  num_down_blocks: int, num_bottleneck_blocks: int, estimate_occlusion_map: bool = False,
-                 dense_motion_params: Optional[dict] = None, estimate_jacobian: bool = False):
+                 dense_motion_params: Optional[dict] = None, estimate_jacobian: bool = False,
+                 attention_layers: Sequence[int] = (0,), attention_window: int = 8):
         super().__init__(num_channels, num_kp, block_expansion, max_features, num_down_blocks,
-                         estimate_occlusion_map, dense_motion_params or {})
+                         estimate_occlusion_map, dense_motion_params or {}, attention_layers, attention_window)
         self.up_blocks = nn.ModuleList(
             UpBlock2d(min(max_features, block_expansion * 2 ** (num_down_blocks - level)),
                       min(max_features, block_expansion * 2 ** (num_down_blocks - level - 1)))
@@ -106,12 +161,18 @@ class DepthAwareGenerator(_DepthAwareEncoder):
         for index in range(num_bottleneck_blocks):
             self.bottleneck.add_module(f"r{index}", ResBlock2d(self.feature_channels, kernel_size=3, padding=1))
         self.final = nn.Conv2d(block_expansion, num_channels, kernel_size=7, padding=3)
+        self.build_layer_attention({level: encoder_channels(block_expansion, max_features, num_down_blocks, level)
+                                    for level in self.fine_levels}, block_expansion, max_features, attention_window)
 
-    def decode(self, features: torch.Tensor) -> torch.Tensor:
-        """Refined features (B, C, h, w) -> image (B, 3, H, W) in [0, 1]."""
+    def decode(self, features: torch.Tensor,
+               refine: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """Refined features (B, C, h, w) -> image (B, 3, H, W) in [0, 1]; ``refine`` from :meth:`level_refiner`
+        applies the attention of the finer levels (after up block l comes level l)."""
         out = self.bottleneck(features)
-        for block in self.up_blocks:
+        for level, block in enumerate(self.up_blocks, start=1):
             out = block(out)
+            if refine is not None:
+                out = refine(level, out)
         return torch.sigmoid(self.final(out))
 
     def forward(self, source: torch.Tensor, kp_source: Keypoints, kp_driving: Keypoints,
@@ -122,7 +183,8 @@ class DepthAwareGenerator(_DepthAwareEncoder):
         refined, motion, attention = self.warp_and_attend(source, kp_source, kp_driving, source_features,
                                                           return_attention)
         deformed = warp_by_deformation(source, motion.deformation) if return_deformed else None
-        return GeneratorOutput(self.decode(refined), deformed, motion.occlusion_map, motion.mask,
+        prediction = self.decode(refined, self.level_refiner(source_features, motion))
+        return GeneratorOutput(prediction, deformed, motion.occlusion_map, motion.mask,
                                motion.sparse_deformed, motion.deformation, attention)
 
 
@@ -131,10 +193,12 @@ class SPADEDepthAwareGenerator(_DepthAwareEncoder):
 
     def __init__(self, num_channels: int, num_kp: int, block_expansion: int, max_features: int,
                  num_down_blocks: int, num_bottleneck_blocks: int = 0, estimate_occlusion_map: bool = False,
-                 dense_motion_params: Optional[dict] = None, estimate_jacobian: bool = False):
+                 dense_motion_params: Optional[dict] = None, estimate_jacobian: bool = False,
+                 attention_layers: Sequence[int] = (0,), attention_window: int = 8):
         super().__init__(num_channels, num_kp, block_expansion, max_features, num_down_blocks,
-                         estimate_occlusion_map, dense_motion_params or {})
+                         estimate_occlusion_map, dense_motion_params or {}, attention_layers, attention_window)
         self.decoder = SPADEDecoder(feature_channels=self.feature_channels)
+        self.build_layer_attention(self.decoder.level_channels, block_expansion, max_features, attention_window)
 
     def forward(self, source: torch.Tensor, kp_source: Keypoints, kp_driving: Keypoints,
                 source_depth: Optional[torch.Tensor] = None, source_features: Optional[SourceFeatures] = None,
@@ -147,7 +211,7 @@ class SPADEDepthAwareGenerator(_DepthAwareEncoder):
         occluded = deformed
         if motion.occlusion_map is not None:
             occluded = deformed * resize(motion.occlusion_map, tuple(deformed.shape[2:]))
-        prediction = self.decoder(refined, occluded)
+        prediction = self.decoder(refined, occluded, self.level_refiner(source_features, motion))
         return GeneratorOutput(prediction, deformed if return_deformed else None, motion.occlusion_map,
                                motion.mask, motion.sparse_deformed, motion.deformation, attention)
 

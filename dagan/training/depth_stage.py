@@ -4,13 +4,21 @@ For a target frame and its two neighbours, the pose network predicts the relativ
 intrinsics**; the target's predicted depth back-projects its pixels, which are moved and projected into each
 neighbour to fetch colours. The photometric error 0.85 (1 - SSIM)/2 + 0.15 L1, minimum over the two neighbours,
 with pixels that a static camera explains better masked out (auto-masking), trains depth and pose together at
-all four decoder scales, plus edge-aware disparity smoothness (1e-3 / 2^scale). With
-``depth_train_params.uncertainty`` a per-pixel uncertainty s weighs the error as e / s + log s (DaGAN++).
+all four decoder scales, plus edge-aware disparity smoothness (1e-3 / 2^scale).
+
+DaGAN++ uncertainty (``depth_train_params.uncertainty``; our reading of the paper, whose code is not public): a
+per-pixel uncertainty s > 0 turns the chosen photometric error e into a Laplace negative log-likelihood
+e / s + log s. Its minimum over s is at s = e, so s follows the error instead of collapsing: s -> infinity costs
+log s, s -> 0 costs e / s, and s >= 1e-3 bounds the term below. ``image``: s comes from a small network on the
+target frame, one map for both views. ``pose``: the pose network predicts one map per source view (in the
+target's pixels); which view (or the static camera) explains a pixel is still decided on the raw errors, so the
+uncertainty can only re-weight a pixel, not pick the view that looks cheapest.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import zlib
 from typing import NamedTuple, Optional
 
@@ -26,8 +34,9 @@ from dagan.data.synthetic_dataset import SyntheticTripletDataset, is_synthetic_r
 from dagan.geometry import pose_to_matrix, reproject_grid, warp
 from dagan.losses import edge_aware_smoothness, photometric_error
 from dagan.model import DaGAN
-from dagan.networks.depth import NUM_SCALES, PoseNetwork
+from dagan.networks.depth import MIN_UNCERTAINTY, NUM_SCALES, PoseNetwork
 from dagan.training import distributed
+from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable
 from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, adam,
                                 apply_learning_rates, check_finite, reconcile_resumed_config,
                                 per_rank_batch, rng_state, seed_everything, set_rng_state)
@@ -50,13 +59,27 @@ class UncertaintyNetwork(nn.Module):
                                     nn.Conv2d(hidden, 1, 3, padding=1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return F.softplus(self.layers(image)) + 1e-3
+        return F.softplus(self.layers(image)) + MIN_UNCERTAINTY
+
+
+def photometric_term(errors: torch.Tensor, identity_error: Optional[torch.Tensor],
+                     view_uncertainty: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Monodepth2's per-pixel minimum over source views (and the static-camera errors ``identity_error`` when
+    auto-masking), (B, 1, H, W). errors, view_uncertainty: (B, V, H, W). With ``view_uncertainty`` (DaGAN++ pose
+    mode) the chosen view's error e counts as e / s + log s; the choice is made on the raw errors."""
+    candidates = errors if identity_error is None else torch.cat([errors, identity_error], dim=1)
+    choice = candidates.argmin(dim=1, keepdim=True)
+    if view_uncertainty is not None:
+        weighted = errors / view_uncertainty + torch.log(view_uncertainty)
+        candidates = weighted if identity_error is None else torch.cat([weighted, identity_error], dim=1)
+    return candidates.gather(1, choice)
 
 
 class DepthStepOutput(NamedTuple):
     losses: dict[str, torch.Tensor]
     disparity: torch.Tensor  # (B, 1, H, W) full-resolution disparity of the target
     warped: torch.Tensor  # (B, 3, H, W) the previous frame warped into the target view (scale 0)
+    uncertainty: Optional[torch.Tensor] = None  # (B, V, H, W): per view (pose mode) or (B, 1, H, W) (image mode)
 
 
 class DepthStep(nn.Module):
@@ -78,6 +101,8 @@ class DepthStep(nn.Module):
         identity_error = torch.cat([photometric_error(source, target, params.ssim_weight)
                                     for source in (previous, following)], dim=1) + noise
         uncertainty = self.uncertainty(target) if self.uncertainty is not None else None
+        view_uncertainty = (torch.cat([pose.uncertainty for pose in poses], dim=1)
+                            if poses[0].uncertainty is not None else None)  # (B, 2, H, W) in pose mode
         photometric, smoothness, warped_previous = 0.0, 0.0, None
         size = tuple(target.shape[2:])
         for scale in range(NUM_SCALES):
@@ -88,10 +113,8 @@ class DepthStep(nn.Module):
                 grid = reproject_grid(depth, pose.intrinsics, pose_to_matrix(pose.axis_angle, pose.translation))
                 warped.append(warp(source, grid, padding_mode="border"))
                 errors.append(photometric_error(warped[-1], target, params.ssim_weight))
-            error = torch.cat(errors, dim=1)
-            if params.automask:
-                error = torch.cat([error, identity_error], dim=1)
-            error = error.min(dim=1, keepdim=True).values  # per-pixel minimum over sources (and static camera)
+            error = photometric_term(torch.cat(errors, dim=1), identity_error if params.automask else None,
+                                     view_uncertainty)
             if uncertainty is not None:
                 error = error / uncertainty + torch.log(uncertainty)
             photometric = photometric + error.mean()
@@ -99,7 +122,8 @@ class DepthStep(nn.Module):
             smoothness = smoothness + params.smoothness / 2 ** scale * edge_aware_smoothness(disparities[scale], image)
             warped_previous = warped[0] if scale == 0 else warped_previous
         losses = {"photometric": photometric / NUM_SCALES, "smoothness": smoothness / NUM_SCALES}
-        return DepthStepOutput(losses, disparities[0], warped_previous)
+        return DepthStepOutput(losses, disparities[0], warped_previous,
+                               view_uncertainty if view_uncertainty is not None else uncertainty)
 
 
 def step_noise(seed: int, step: int, micro: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -138,14 +162,23 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
 
     # Build networks.
     model = DaGAN(config)
-    pose_network = PoseNetwork(params.pose_num_layers)
-    uncertainty = UncertaintyNetwork() if params.uncertainty else None
+    pose_network = PoseNetwork(params.pose_num_layers, predict_uncertainty=params.uncertainty == "pose")
+    uncertainty = UncertaintyNetwork() if params.uncertainty == "image" else None
+    report = initialize_from(model, run.init_checkpoint, "depth", {"pose_network": pose_network,
+                                                                  "uncertainty": uncertainty})
+    if report is not None and context.is_main:
+        print(report.line(), file=sys.stderr)
+    frozen = freeze({"depth_encoder": model.depth_encoder, "depth_decoder": model.depth_decoder,
+                     "pose_network": pose_network}, run.freeze)
     step_module = DepthStep(model, pose_network, params, uncertainty).to(device).train()
+    keep_fixed(frozen)
     if run.sync_batchnorm and context.is_distributed:
         if device.type != "cuda":
             raise TrainingError("train_params.sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm); set it to false")
         step_module = nn.SyncBatchNorm.convert_sync_batchnorm(step_module)
-    optimizer = adam([p for p in step_module.parameters() if p.requires_grad], lr=params.lr)
+    if not trainable(step_module):
+        raise TrainingError(f"train_params.freeze {run.freeze} leaves nothing to train in the depth stage")
+    optimizer = adam(trainable(step_module), lr=params.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=params.lr_step or 10 ** 12, gamma=0.1)
 
     # Resume.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import zlib
 from typing import NamedTuple, Optional
 
@@ -27,6 +28,7 @@ from dagan.losses import (ImagePyramid, equivariance_jacobian_loss, equivariance
 from dagan.model import DaGAN
 from dagan.networks.backbones import VGG19, load_vgg19_weights
 from dagan.training import distributed
+from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable
 from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, adam,
                                 apply_learning_rates, check_finite, per_rank_batch, reconcile_resumed_config,
                                 rng_state, seed_everything, set_rng_state, steps_per_epoch)
@@ -168,8 +170,8 @@ def sample_indices(micro_step: int, rank: int, world_size: int, per_rank: int) -
     return list(range(base, base + per_rank))
 
 
-def set_requires_grad(module: nn.Module, flag: bool) -> None:
-    for parameter in module.parameters():
+def set_requires_grad(parameters: list[nn.Parameter], flag: bool) -> None:
+    for parameter in parameters:
         parameter.requires_grad_(flag)
 
 
@@ -209,14 +211,20 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
 
     # Build networks.
     model = DaGAN(config)
+    report = initialize_from(model, params.init_checkpoint, "gan")
     depth_dir = config.model_params.depth_params.checkpoint_dir
-    if depth_dir is None:
+    if depth_dir is None and not (report and "depth_encoder" in report.loaded):
         raise TrainingError("stage 2 needs the trained depth network: set model_params.depth_params.checkpoint_dir "
                             "to a folder with encoder.pth and depth.pth (stage 1 writes <log_dir>/depth)")
-    load_official_depth_into(model, depth_dir)
+    if depth_dir is not None:
+        load_official_depth_into(model, depth_dir)
+    if report is not None and context.is_main:
+        print(report.line() + (f"; depth from {depth_dir}" if depth_dir else ""), file=sys.stderr)
     model.to(device)
     model.depth_encoder.eval().requires_grad_(False)
     model.depth_decoder.eval().requires_grad_(False)
+    frozen = freeze({name: getattr(model, name) for name in ("depth_encoder", "depth_decoder", "kp_detector",
+                                                             "generator", "discriminator")}, params.freeze)
     if params.sync_batchnorm and context.is_distributed:
         if device.type != "cuda":
             raise TrainingError("train_params.sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm); set it to false")
@@ -225,11 +233,13 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
     vgg = build_vgg(params, device)
     generator_step = GeneratorStep(model, vgg, params).to(device)
     discriminator_step = DiscriminatorStep(model, params).to(device)
-    optimizers = {
-        "generator": adam(model.generator.parameters(), params.lr_generator, betas=(0.5, 0.999)),
-        "kp_detector": adam(model.kp_detector.parameters(), params.lr_kp_detector, betas=(0.5, 0.999)),
-        "discriminator": adam(model.discriminator.parameters(), params.lr_discriminator, betas=(0.5, 0.999)),
-    }
+    learning_rates = {"generator": params.lr_generator, "kp_detector": params.lr_kp_detector,
+                      "discriminator": params.lr_discriminator}
+    optimizers = {name: adam(trainable(getattr(model, name)), rate, betas=(0.5, 0.999))
+                  for name, rate in learning_rates.items() if trainable(getattr(model, name))}
+    if not {"generator", "kp_detector"} & set(optimizers):
+        raise TrainingError(f"train_params.freeze {params.freeze} leaves nothing to train on the generator side")
+    discriminator_parameters = trainable(model.discriminator)
     milestones = [milestone * epoch_steps for milestone in params.epoch_milestones]
     schedulers = {name: torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
                   for name, optimizer in optimizers.items()}
@@ -260,6 +270,7 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
     generator_train = wrap(generator_step, context, params)
     discriminator_train = wrap(discriminator_step, context, params)
     model.kp_detector.train(), model.generator.train(), model.discriminator.train()
+    keep_fixed(frozen)
 
     def save(step: int) -> None:
         for network in (model.generator, model.kp_detector, model.discriminator):
@@ -284,7 +295,7 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
         while step < total_steps:
             transform = step_transform(params, step)
             outputs = []
-            set_requires_grad(model.discriminator, False)
+            set_requires_grad(discriminator_parameters, False)
             for micro in range(params.grad_accumulation):
                 batch = next(batches)
                 source, driving = batch["source"].to(device), batch["driving"].to(device)
@@ -298,10 +309,11 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
                 outputs.append((driving, output))
                 accumulate(running, output.losses)
             for name in ("generator", "kp_detector"):
-                optimizers[name].step()
-                optimizers[name].zero_grad(set_to_none=True)
-            if params.loss_weights.generator_gan:
-                set_requires_grad(model.discriminator, True)
+                if name in optimizers:
+                    optimizers[name].step()
+                    optimizers[name].zero_grad(set_to_none=True)
+            if params.loss_weights.generator_gan and "discriminator" in optimizers:
+                set_requires_grad(discriminator_parameters, True)
                 for micro, (driving, output) in enumerate(outputs):
                     synchronise = micro == len(outputs) - 1 or not context.is_distributed
                     with (contextlib.nullcontext() if synchronise else discriminator_train.no_sync()), \
@@ -320,7 +332,8 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
             if step % params.log_every == 0 or step == total_steps:
                 stats = distributed.all_reduce_mean({f"Loss/{name}": value / count for name, (value, count)
                                                      in running.items()}, device)
-                stats["lr/generator"] = schedulers["generator"].get_last_lr()[0]
+                if "generator" in schedulers:
+                    stats["lr/generator"] = schedulers["generator"].get_last_lr()[0]
                 running = {}
                 logger.step(step, stats)
             else:

@@ -203,7 +203,8 @@ def claim_run_directory(log_dir: str, resume: Optional[str], overwrite: bool, is
 
 
 # Resuming with a changed config.
-ARCHITECTURE_SECTIONS = ("model_params",)
+ARCHITECTURE_SECTIONS = ("model_params", "audio_params")  # what the networks are built from
+FIXED_ON_RESUME = ("train_params.freeze",)  # what the optimizers hold
 
 
 def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
@@ -237,7 +238,7 @@ def reconcile_resumed_config(saved: dict, current: dict, path: str, stage: str, 
                             f"resume it with --set train_params.stage={saved_stage}, or start the {stage} stage with "
                             "a new --log_dir")
     changes = config_changes(saved, current)
-    architecture = [key for key in changes if key.split(".")[0] in ARCHITECTURE_SECTIONS]
+    architecture = [key for key in changes if key.split(".")[0] in ARCHITECTURE_SECTIONS or key in FIXED_ON_RESUME]
     if architecture:
         listed = "; ".join(f"{key}: {changes[key][0]!r} -> {changes[key][1]!r}" for key in architecture[:6])
         raise TrainingError(f"cannot resume {path!r}: the networks in the config differ from the checkpoint's "
@@ -250,7 +251,7 @@ def reconcile_resumed_config(saved: dict, current: dict, path: str, stage: str, 
     return changed_rates
 
 
-def apply_learning_rates(optimizer: torch.optim.Optimizer, scheduler, old: float, new: float) -> None:
+def apply_learning_rates(optimizer: torch.optim.Optimizer, scheduler: Optional[Any], old: float, new: float) -> None:
     """Scale a resumed optimizer's learning rate (and its scheduler's base) by ``new / old``: the new rate
     applies, with the decays the schedule already made."""
     ratio = new / old
@@ -258,6 +259,8 @@ def apply_learning_rates(optimizer: torch.optim.Optimizer, scheduler, old: float
         group["lr"] *= ratio
         if "initial_lr" in group:
             group["initial_lr"] *= ratio
+    if scheduler is None:
+        return
     scheduler.base_lrs = [rate * ratio for rate in scheduler.base_lrs]
     if hasattr(scheduler, "_last_lr"):
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

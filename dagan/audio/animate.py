@@ -1,0 +1,189 @@
+"""Speech -> talking video: the audio model's motion, composed on reference keypoints, rendered by DaGAN.
+
+    frames = animate_from_audio(pipeline, audio_model, source_image, load_audio("speech.wav"), fps=25)
+
+The output has num_video_frames(duration, fps) frames. Head pose comes from the learned generator (``learned``),
+from the reference clip's own poses played forwards and backwards (``replay``), or stays at the reference
+(``still``). The reference keypoints are those of the reference clip's most typical frame (``--reference_video``),
+else the source image's own, so any portrait can be animated.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+from typing import Iterator, NamedTuple, Optional
+
+import numpy as np
+import torch
+
+from dagan.audio.decode import Audio
+from dagan.audio.features import frame_times, log_mel, num_video_frames
+from dagan.audio.model import AudioDrivenModel
+from dagan.audio.motion import compose_motion, reference_index, split_motion, style_vector
+from dagan.checkpoint import CheckpointError
+from dagan.geometry import Keypoints, adapt_movement_scale, normalize_keypoints
+from dagan.inference import DaGANPipeline, chunks, to_uint8_batch
+
+POSE_MODES = ("learned", "replay", "still")
+MAX_REFERENCE_FRAMES = 750  # 30 s at 25 fps: enough for replay and style
+REPLAY_HINT = "--pose replay needs --reference_video (or an audio model personalised on a clip)"
+
+
+class Reference(NamedTuple):
+    """The motion anchor: keypoints (1, K, ...); poses (T, 6) of the reference clip (None for a still image)."""
+
+    keypoints: Keypoints
+    poses: Optional[torch.Tensor]
+
+
+def add_audio_arguments(parser: argparse.ArgumentParser) -> None:
+    """demo.py's audio-driven flags."""
+    group = parser.add_argument_group("audio-driven animation (instead of --driving_video)")
+    group.add_argument("--driving_audio", default=None, help="speech (wav/mp3/m4a/flac or a video's audio track)")
+    group.add_argument("--audio_checkpoint", default=None, help="audio model (train_params.stage=audio or "
+                       "scripts/personalize.py)")
+    group.add_argument("--reference_video", default=None, help="a clip of the target person: anchors the motion and "
+                       "gives the pose style (default: the source image and the model's stored style)")
+    group.add_argument("--pose", default="learned", choices=POSE_MODES, help="head pose: generated (learned), the "
+                       "reference clip's own (replay), or none (still)")
+    group.add_argument("--fps", type=float, default=25.0, help="output frame rate (any, e.g. 23.976, 25, 30)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the generated head motion")
+    group.add_argument("--save_motion", default=None, help="also write the generated motion (.npz: pose, local, "
+                       "keypoints, jacobians)")
+
+
+def check_compatible(audio_model: AudioDrivenModel, pipeline: DaGANPipeline) -> None:
+    num_kp = pipeline.model.config.model_params.common_params.num_kp
+    if audio_model.num_kp != num_kp:
+        raise CheckpointError(f"the audio checkpoint was built for {audio_model.num_kp} keypoints but the DaGAN "
+                              f"checkpoint has {num_kp}; train or personalise the audio model on keypoints of this "
+                              "DaGAN checkpoint")
+
+
+def reference_from_frames(pipeline: DaGANPipeline, frames, pose_model: str) -> Reference:
+    """Keypoints of a reference clip's frames -> its most typical frame's keypoints and every frame's pose."""
+    values, jacobians = [], []
+    for batch in chunks(itertools.islice(frames, MAX_REFERENCE_FRAMES), pipeline.batch_size):
+        keypoints = pipeline.driving_keypoints(pipeline.to_tensor(batch))[0]
+        values.append(keypoints.value.cpu())
+        jacobians.append(keypoints.jacobian.cpu())
+    if not values:
+        raise ValueError("the reference clip has no frames; give a video of the target person")
+    clip = Keypoints(torch.cat(values), torch.cat(jacobians))
+    index = reference_index(clip.value)
+    anchor = clip.index(slice(index, index + 1))
+    return Reference(anchor, split_motion(clip, anchor, pose_model).pose)
+
+
+def ping_pong(poses: torch.Tensor, length: int) -> torch.Tensor:
+    """poses (N, 6) played forwards, then backwards, ... for ``length`` frames: (length, 6)."""
+    if len(poses) == 1:
+        return poses.expand(length, -1)
+    cycle = torch.cat([poses, poses.flip(0)[1:-1]])  # (2N - 2, 6)
+    return cycle[torch.arange(length) % len(cycle)]
+
+
+def head_poses(mode: str, learned: torch.Tensor, reference: Reference, audio_model: AudioDrivenModel) -> torch.Tensor:
+    """The pose sequence (T, 6) for ``--pose``."""
+    if mode == "learned":
+        return learned
+    if mode == "still":
+        return torch.zeros_like(learned)
+    poses = reference.poses if reference.poses is not None else audio_model.reference_pose
+    if poses is None:
+        raise ValueError(REPLAY_HINT)
+    return ping_pong(poses, len(learned))
+
+
+def audio_driving_keypoints(audio_model: AudioDrivenModel, audio: Audio, fps: float, reference: Reference,
+                            pose_mode: str = "learned", seed: int = 0) -> tuple[Keypoints, torch.Tensor, torch.Tensor]:
+    """Driving keypoints (T, K, ...) for the speech, with the pose (T, 6) and local motion (T, 6 K) they came from."""
+    times = frame_times(num_video_frames(audio.duration, fps), fps)
+    style = style_vector(reference.poses) if reference.poses is not None and len(reference.poses) > 2 else None
+    motion = audio_model.predict(log_mel(audio, audio_model.params.num_mels), times, style, seed)
+    pose = head_poses(pose_mode, motion.pose, reference, audio_model)
+    return compose_motion(reference.keypoints, pose, motion.local), pose, motion.local
+
+
+def animate_from_audio(pipeline: DaGANPipeline, audio_model: AudioDrivenModel, source_image: np.ndarray,
+                       audio: Audio, fps: float = 25.0, reference_frames=None, pose_mode: str = "learned",
+                       seed: int = 0, motion_path: Optional[str] = None) -> Iterator[np.ndarray]:
+    """Yield the (H, W, 3) uint8 frames of the source saying ``audio``; num_video_frames(duration, fps) of them."""
+    check_compatible(audio_model, pipeline)
+    source = pipeline.prepare_source(source_image)
+    if reference_frames is not None:
+        reference = reference_from_frames(pipeline, reference_frames, audio_model.params.pose_model)
+    else:
+        reference = Reference(Keypoints(source.keypoints.value.cpu(), source.keypoints.jacobian.cpu()), None)
+    driving, pose, local = audio_driving_keypoints(audio_model, audio, fps, reference, pose_mode, seed)
+    if motion_path is not None:
+        from dagan.io.files import atomic_write_bytes
+
+        atomic_write_bytes(motion_path, motion_npz(pose, local, driving))
+    scale = adapt_movement_scale(source.keypoints, reference.keypoints) if reference_frames is not None else 1.0
+    for batch in chunks(range(len(pose)), pipeline.batch_size):
+        selection = slice(batch[0], batch[-1] + 1)
+        kp_driving = Keypoints(driving.value[selection].to(pipeline.device), driving.jacobian[selection].to(pipeline.device))
+        anchor = Keypoints(reference.keypoints.value.to(pipeline.device), reference.keypoints.jacobian.to(pipeline.device))
+        kp_norm = normalize_keypoints(source.keypoints, kp_driving, anchor, use_relative_movement=True,
+                                      use_relative_jacobian=True, movement_scale=scale)
+        yield from to_uint8_batch(pipeline.generate(source, kp_norm).prediction)
+
+
+def motion_npz(pose: torch.Tensor, local: torch.Tensor, driving: Keypoints) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, pose=pose.numpy(), local=local.numpy(), keypoints=driving.value.numpy(),
+             jacobians=driving.jacobian.numpy())
+    return buffer.getvalue()
+
+
+def run_audio(args: argparse.Namespace, load_pipeline) -> int:
+    """``demo.py --driving_audio``: write the talking video with the speech muxed in."""
+    import sys
+
+    from tqdm import tqdm
+
+    from dagan.audio.decode import load_audio
+    from dagan.io import open_video, open_writer, read_image
+
+    if args.audio_checkpoint is None:
+        raise ValueError("--driving_audio needs --audio_checkpoint (an audio model: scripts/personalize.py or "
+                         "train_params.stage=audio)")
+    if not args.fps > 0:
+        raise ValueError(f"--fps must be positive, got {args.fps}")
+    audio = load_audio(args.driving_audio)
+    audio_model = AudioDrivenModel.load(args.audio_checkpoint)
+    if args.pose == "replay" and args.reference_video is None and audio_model.reference_pose is None:
+        raise ValueError(REPLAY_HINT)
+    source = read_image(args.source_image)
+    pipeline = load_pipeline(args)
+    check_compatible(audio_model, pipeline)
+    reference = None
+    if args.reference_video is not None:
+        reference = open_video(args.reference_video)
+        check_face(reference)
+    inputs = [args.source_image, args.driving_audio, args.checkpoint, args.audio_checkpoint, args.reference_video]
+    frames = animate_from_audio(pipeline, audio_model, source, audio, args.fps, reference, args.pose, args.seed,
+                                args.save_motion)
+    with open_writer(args.result_video, args.fps, audio_from=args.driving_audio, protected_paths=inputs) as writer:
+        for frame in tqdm(frames, total=num_video_frames(audio.duration, args.fps), unit="frame", desc="animating",
+                          dynamic_ncols=True):
+            writer.write(frame)
+    print(f"wrote {args.result_video}", file=sys.stderr)
+    return 0
+
+
+def check_face(video) -> None:
+    """ValueError (one line) when the reference clip's first frame shows no face; skipped without a face backend."""
+    from dagan.faces import MissingFaceBackend, get_face_analyzer
+
+    try:
+        analyzer = get_face_analyzer("auto")
+    except (MissingFaceBackend, ImportError):
+        return
+    frame = next(iter(video), None)
+    if frame is None or not analyzer.detect(frame):
+        raise ValueError(f"no face found in the reference clip {str(video.path)!r}; give a clip of the target "
+                         "person's face (cropped with scripts/crop_video.py)")

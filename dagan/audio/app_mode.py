@@ -1,0 +1,102 @@
+"""The web app's audio mode: upload speech, pick an audio model (and optionally a reference clip of the target),
+get the portrait saying it. Uses the app's pipeline cache, request directories and one-line errors."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import gradio as gr
+
+from dagan.audio.animate import POSE_MODES, animate_from_audio, check_compatible, check_face
+from dagan.audio.decode import load_audio
+from dagan.audio.features import num_video_frames
+from dagan.audio.model import AudioDrivenModel
+
+
+@dataclass
+class SpeechRequest:
+    source_image: Optional[str]
+    speech: Optional[str]
+    checkpoint: Optional[str]
+    audio_checkpoint: Optional[str]
+    device: str = "auto"
+    reference_video: Optional[str] = None
+    pose: str = "learned"
+    fps: float = 25.0
+    seed: int = 0
+
+
+def speak(animator, request: SpeechRequest, progress=None) -> tuple[str, str]:
+    """Run one speech request with the app's :class:`~dagan.app.Animator`: (result video path, status line)."""
+    from dagan.app import KNOWN_ERRORS, no_progress, scrub
+
+    progress = no_progress if progress is None else progress
+    names = {path: os.path.basename(path) for path in (request.source_image, request.speech, request.reference_video)
+             if path}
+    try:
+        return _speak(animator, request, progress)
+    except gr.Error:
+        raise
+    except KNOWN_ERRORS as error:
+        raise gr.Error(scrub(str(error), names), print_exception=False) from None
+
+
+def _speak(animator, request: SpeechRequest, progress) -> tuple[str, str]:
+    from dagan.app import read_portrait, track
+    from dagan.io import open_video, open_writer
+
+    started = time.perf_counter()
+    if not request.source_image or not request.speech:
+        raise gr.Error("Upload a source portrait and the speech (an audio file).", print_exception=False)
+    if not request.audio_checkpoint:
+        raise gr.Error("Pick an audio model (train one with scripts/personalize.py).", print_exception=False)
+    audio_checkpoint = animator.resolve_checkpoint(request.audio_checkpoint)  # only the server's own files
+    if not request.fps or request.fps <= 0:
+        raise gr.Error("The frame rate must be positive.", print_exception=False)
+    source = read_portrait(request.source_image)
+    audio = load_audio(request.speech)
+    audio_model = AudioDrivenModel.load(audio_checkpoint)
+    progress(0.0, desc="Loading the model")
+    pipeline, _ = animator.cache.get(animator.resolve_checkpoint(request.checkpoint), request.device)
+    check_compatible(audio_model, pipeline)
+    reference = None
+    if request.reference_video:
+        reference = open_video(request.reference_video)
+        check_face(reference)
+    frames = animate_from_audio(pipeline, audio_model, source, audio, float(request.fps), reference, request.pose,
+                                int(request.seed))
+    total = num_video_frames(audio.duration, float(request.fps))
+    result = animator.request_directory() / "speech_result.mp4"
+    with open_writer(result, float(request.fps), audio_from=request.speech) as writer:
+        for frame in track(frames, total, progress, "Animating"):
+            writer.write(frame)
+    return str(result), f"Done: {total} frames at {request.fps:g} fps in {time.perf_counter() - started:.1f} s."
+
+
+def add_audio_mode(animator, settings, source, checkpoint, device, result, status) -> None:
+    """The audio-mode controls, inside the app's ``gr.Blocks``; results go to the page's result video and status."""
+    from dagan.app import find_checkpoints
+
+    with gr.Accordion("Speech instead of a driving video (audio model)", open=False):
+        speech = gr.Audio(label="Speech", type="filepath", sources=["upload"], elem_id="speech-audio")
+        models = find_checkpoints(settings.search_root)
+        audio_model = gr.Dropdown(models, value=None, label="Audio model",
+                                  elem_id="audio-model", info="from scripts/personalize.py or train_params.stage=audio")
+        reference = gr.Video(label="Reference clip of the target (optional)", sources=["upload"],
+                             elem_id="reference-video")
+        with gr.Row():
+            pose = gr.Radio(list(POSE_MODES), value="learned", label="Head pose")
+            fps = gr.Number(25.0, label="Frames per second", minimum=1)
+            seed = gr.Number(0, label="Seed", precision=0)
+        button = gr.Button("Animate from speech", variant="primary", elem_id="speech-button")
+
+    def animate_speech(source_image, speech_path, checkpoint_path, device_name, model_path, reference_path, pose_mode,
+                       frame_rate, seed_value, progress=gr.Progress()):
+        request = SpeechRequest(source_image, speech_path, checkpoint_path, model_path, device_name, reference_path,
+                                pose_mode, frame_rate, seed_value)
+        return speak(animator, request, progress)
+
+    button.click(animate_speech, [source, speech, checkpoint, device, audio_model, reference, pose, fps, seed],
+                 [result, status], api_name="animate_speech")

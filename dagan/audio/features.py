@@ -1,0 +1,130 @@
+"""Log-mel features in torch, windows of them indexed by video time, and silence flags.
+
+Features run at ``MEL_RATE`` = 100 frames per second (hop 10 ms, window 25 ms). A video frame ``t`` at ``fps``
+is shown at time ``t / fps``; its feature window is the ``2 C + 1`` mel frames centred on that time (C mel
+frames = ``context_seconds`` on each side), so any output rate (23.976, 25, 30 fps) reads the same audio.
+Outside the signal the window sees silence (the log floor).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dagan.audio.decode import SAMPLE_RATE, Audio
+
+HOP_SECONDS = 0.010
+WINDOW_SECONDS = 0.025
+MEL_RATE = 1.0 / HOP_SECONDS  # mel frames per second
+LOG_FLOOR = 1e-5  # added to mel energies before the log: the value silence gets
+SILENCE_DB = -40.0  # frames this far below the loudest 95th-percentile frame are silent
+
+
+def hz_to_mel(frequency: np.ndarray) -> np.ndarray:
+    """HTK mel scale: m = 2595 log10(1 + f / 700)."""
+    return 2595.0 * np.log10(1.0 + np.asarray(frequency, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(num_mels: int, num_fft: int, sample_rate: int, max_frequency: Optional[float] = None) -> torch.Tensor:
+    """Triangular filters (num_mels, num_fft // 2 + 1) equally spaced on the mel scale from 0 Hz to max_frequency
+    (default: Nyquist), each normalised to unit area (Slaney normalisation)."""
+    top = sample_rate / 2 if max_frequency is None else max_frequency
+    edges = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(top), num_mels + 2))  # (M + 2,) Hz
+    bins = np.linspace(0.0, sample_rate / 2, num_fft // 2 + 1)  # (F,) Hz
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins[None] - lower) / (centre - lower)
+    falling = (upper - bins[None]) / (upper - centre)
+    filters = np.clip(np.minimum(rising, falling), 0.0, None) * (2.0 / (upper - lower))  # (M, F)
+    return torch.from_numpy(filters.astype(np.float32))
+
+
+def log_mel(audio: Audio, num_mels: int = 80) -> torch.Tensor:
+    """Log-mel spectrogram (num_frames, num_mels) float32 at MEL_RATE; frame n is centred at n * HOP_SECONDS.
+
+    Power STFT (Hann window of WINDOW_SECONDS, centred frames, zero padding), mel filters, log(energy + floor).
+    """
+    if audio.sample_rate != SAMPLE_RATE:
+        raise ValueError(f"log_mel expects {SAMPLE_RATE} Hz audio (load_audio's default), got {audio.sample_rate}")
+    hop = round(HOP_SECONDS * audio.sample_rate)
+    window_length = round(WINDOW_SECONDS * audio.sample_rate)
+    num_fft = 1 << (window_length - 1).bit_length()  # 400 -> 512
+    samples = torch.from_numpy(np.ascontiguousarray(audio.samples, dtype=np.float32))
+    num_frames = len(samples) // hop + 1
+    spectrum = torch.stft(samples, num_fft, hop_length=hop, win_length=window_length,
+                          window=torch.hann_window(window_length), center=True, pad_mode="constant",
+                          return_complex=True)  # (F, num_frames)
+    power = spectrum.abs().pow(2)[:, :num_frames]
+    energies = mel_filterbank(num_mels, num_fft, audio.sample_rate) @ power  # (M, num_frames)
+    return torch.log(energies + LOG_FLOOR).T.contiguous()
+
+
+def frame_times(num_frames: int, fps: float) -> np.ndarray:
+    """Display times (num_frames,) in seconds of video frames 0..num_frames-1."""
+    return np.arange(num_frames, dtype=np.float64) / fps
+
+
+def num_video_frames(duration: float, fps: float) -> int:
+    """Frames a video of ``duration`` seconds has at ``fps``: round(duration x fps), at least 1."""
+    return max(1, int(round(duration * fps)))
+
+
+def context_frames(context_seconds: float) -> int:
+    """Mel frames on each side of a window centre for ``context_seconds`` of context."""
+    return int(math.ceil(context_seconds * MEL_RATE - 1e-9))
+
+
+def feature_windows(mel: torch.Tensor, times: np.ndarray, context_seconds: float) -> torch.Tensor:
+    """Mel windows (T, 2 C + 1, num_mels) centred at ``times`` (T,) seconds; C = context_frames(context_seconds).
+
+    mel: (num_mel_frames, num_mels) from :func:`log_mel`. Positions outside the signal read silence.
+    """
+    context = context_frames(context_seconds)
+    centres = np.round(np.asarray(times) * MEL_RATE).astype(np.int64)  # (T,)
+    index = torch.from_numpy(centres[:, None] + np.arange(-context, context + 1)[None])  # (T, W)
+    padded = torch.cat([mel, torch.full((1, mel.shape[1]), math.log(LOG_FLOOR), dtype=mel.dtype)])  # last = silence
+    index = torch.where((index >= 0) & (index < mel.shape[0]), index, torch.full_like(index, mel.shape[0]))
+    return padded[index]  # (T, W, num_mels)
+
+
+def frame_energy_db(audio: Audio, times: np.ndarray, window_seconds: float) -> np.ndarray:
+    """RMS energy in dB (T,) of the audio in a window of ``window_seconds`` centred at each time."""
+    half = max(1, int(round(window_seconds * audio.sample_rate / 2)))
+    squared = np.concatenate([[0.0], np.cumsum(audio.samples.astype(np.float64) ** 2)])
+    centres = np.round(np.asarray(times) * audio.sample_rate).astype(np.int64)
+    start = np.clip(centres - half, 0, len(audio.samples))
+    stop = np.clip(centres + half, 0, len(audio.samples))
+    mean = (squared[stop] - squared[start]) / (2 * half)
+    return 10.0 * np.log10(mean + 1e-12)
+
+
+def silence_flags(audio: Audio, times: np.ndarray, fps: float, threshold_db: float = SILENCE_DB,
+                  use_vad: bool = False) -> np.ndarray:
+    """True (T,) where the frame at each time is silent: its energy over one frame period is ``threshold_db``
+    below the loud end of the clip (95th percentile), or below -60 dBFS. ``use_vad`` uses silero-vad instead
+    (``pip install silero-vad``)."""
+    if use_vad:
+        return _silero_silence(audio, times)
+    energy = frame_energy_db(audio, times, 1.0 / fps)
+    loud = np.percentile(energy, 95) if energy.size else 0.0
+    return (energy < loud + threshold_db) | (energy < -60.0)
+
+
+def _silero_silence(audio: Audio, times: np.ndarray) -> np.ndarray:
+    try:
+        from silero_vad import get_speech_timestamps, load_silero_vad
+    except ImportError:
+        raise ImportError("silence detection with a VAD needs silero-vad: pip install silero-vad") from None
+    speech = get_speech_timestamps(torch.from_numpy(audio.samples), load_silero_vad(),
+                                   sampling_rate=audio.sample_rate, return_seconds=True)
+    silent = np.ones(len(times), dtype=bool)
+    for segment in speech:
+        silent &= ~((times >= segment["start"]) & (times <= segment["end"]))
+    return silent

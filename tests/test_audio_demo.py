@@ -1,0 +1,228 @@
+"""demo.py --driving_audio end to end (tiny DaGAN, untrained audio model: the mechanics, not the quality), the
+audio model's checkpoint and windowed inference, the offset check, prepare_av and its one-line errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import config_path, make_test_clip
+from dagan.audio import Audio, SAMPLE_RATE, frame_times, log_mel, num_video_frames, write_wav
+from dagan.audio.model import AudioDrivenModel
+from dagan.config import load_config
+from dagan.io import probe
+from dagan.model import DaGAN
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny DaGAN checkpoint (5 keypoints), audio models for 5 and 10 keypoints, a portrait and 0.4 s of 'speech'."""
+    root = tmp_path_factory.mktemp("audio_demo")
+    config = load_config(config_path("tiny.yaml"), ["audio_params.num_mels=24", "audio_params.audio_channels=16",
+                                                    "audio_params.hidden_channels=16",
+                                                    "audio_params.pose_hidden_channels=8"])
+    torch.manual_seed(0)
+    DaGAN(config).save(root / "dagan.pt")
+    AudioDrivenModel(config, 5).save(root / "audio5.pt")
+    AudioDrivenModel(config, 10).save(root / "audio10.pt")
+    time = np.arange(int(0.4 * SAMPLE_RATE)) / SAMPLE_RATE
+    syllables = 0.5 * np.sin(2 * np.pi * 220 * time) * (np.sin(2 * np.pi * 4 * time) > 0)  # 4 Hz bursts
+    write_wav(root / "speech.wav", Audio(syllables.astype(np.float32), SAMPLE_RATE))
+    from skimage import data
+
+    from dagan.io import write_png
+
+    write_png(root / "portrait.png", data.astronaut()[::8, ::8][:64, :64])
+    return root
+
+
+def demo(files, *arguments: str) -> int:
+    from dagan.cli.demo import main
+
+    return main(["--checkpoint", str(files / "dagan.pt"), "--source_image", str(files / "portrait.png"),
+                 "--cpu", *arguments])
+
+
+def test_demo_from_speech_writes_duration_times_fps_frames_with_the_speech(files, tmp_path):
+    result = tmp_path / "talking.mp4"
+    code = demo(files, "--driving_audio", str(files / "speech.wav"), "--audio_checkpoint", str(files / "audio5.pt"),
+                "--result_video", str(result), "--save_motion", str(tmp_path / "motion.npz"))
+    assert code == 0
+    info = probe(result)
+    assert info.num_frames == num_video_frames(0.4, 25.0) == 10 and info.has_audio and info.fps == 25.0
+    with np.load(tmp_path / "motion.npz", allow_pickle=False) as motion:
+        assert motion["keypoints"].shape == (10, 5, 2) and motion["pose"].shape == (10, 6)
+        assert np.abs(motion["pose"]).max() > 0  # the learned (here: untrained) pose generator moves
+
+
+def test_still_pose_at_30_fps(files, tmp_path):
+    code = demo(files, "--driving_audio", str(files / "speech.wav"), "--audio_checkpoint", str(files / "audio5.pt"),
+                "--pose", "still", "--fps", "30", "--result_video", str(tmp_path / "frames") + "/", "--save_motion",
+                str(tmp_path / "motion.npz"))
+    assert code == 0 and len(list((tmp_path / "frames").glob("*.png"))) == num_video_frames(0.4, 30.0) == 12
+    with np.load(tmp_path / "motion.npz", allow_pickle=False) as motion:
+        assert np.all(motion["pose"] == 0)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "does not exist"), ("silent", "no audio stream"), ("keypoints", "built for 10 keypoints"),
+    ("no_model", "needs --audio_checkpoint"), ("replay", "--pose replay needs --reference_video")])
+def test_audio_demo_errors_are_one_line(files, tmp_path, capsys, case, expected):
+    audio, model, extra = str(files / "speech.wav"), str(files / "audio5.pt"), []
+    if case == "missing":
+        audio = str(tmp_path / "nothing.wav")
+    elif case == "silent":
+        audio = str(make_test_clip(tmp_path / "silent.mp4", seconds=0.4))
+    elif case == "keypoints":
+        model = str(files / "audio10.pt")
+    elif case == "replay":
+        extra = ["--pose", "replay"]
+    arguments = ["--driving_audio", audio, "--result_video", str(tmp_path / "out.mp4"), *extra]
+    code = demo(files, *arguments, *([] if case == "no_model" else ["--audio_checkpoint", model]))
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and expected in error and error.startswith("error: ")
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_reference_clip_without_a_face_is_refused(files, tmp_path, capsys):
+    from dagan.faces import MissingFaceBackend, get_face_analyzer
+
+    try:
+        get_face_analyzer("auto")
+    except (MissingFaceBackend, ImportError):
+        pytest.skip("no face backend: pip install 'dagan[faces]'")
+    clip = make_test_clip(tmp_path / "pattern.mp4", seconds=0.4)
+    code = demo(files, "--driving_audio", str(files / "speech.wav"), "--audio_checkpoint", str(files / "audio5.pt"),
+                "--reference_video", str(clip), "--result_video", str(tmp_path / "out.mp4"))
+    assert code == 1 and "no face found in the reference clip" in capsys.readouterr().err
+
+
+def test_long_audio_runs_in_windows_with_the_same_lips(files):
+    model = AudioDrivenModel.load(files / "audio5.pt")
+    time = np.arange(int(6.0 * SAMPLE_RATE)) / SAMPLE_RATE
+    audio = Audio((0.3 * np.sin(2 * np.pi * 300 * time) * (np.sin(2 * np.pi * 3 * time) > 0)).astype(np.float32),
+                  SAMPLE_RATE)
+    mel, times = log_mel(audio, 24), frame_times(150, 25.0)
+    whole = model.predict(mel, times, chunk_frames=1000)
+    windowed = model.predict(mel, times, chunk_frames=40)
+    assert windowed.local.shape == whole.local.shape == (150, 30) and windowed.pose.shape == (150, 6)
+    assert torch.allclose(windowed.local, whole.local, atol=1e-3)  # the bidirectional context beyond 50 frames has faded
+
+
+def test_audio_checkpoint_round_trip_and_refusal(files, tmp_path):
+    model = AudioDrivenModel.load(files / "audio5.pt")
+    model.save(tmp_path / "copy.pt")
+    again = AudioDrivenModel.load(tmp_path / "copy.pt")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name])
+    from dagan.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not an audio model"):
+        AudioDrivenModel.load(files / "dagan.pt")
+
+
+def test_app_audio_mode_animates_speech_and_reports_errors_in_one_line(files, tmp_path):
+    import gradio as gr
+
+    from dagan.app import Animator, AppSettings  # (test_app.py builds the page, audio mode included)
+    from dagan.audio.app_mode import SpeechRequest, speak
+
+    import shutil
+    root = tmp_path / "server"  # the app only uses the checkpoints it lists (checkpoints/ under its root)
+    (root / "checkpoints").mkdir(parents=True)
+    for name in ("audio5.pt", "audio10.pt"):
+        shutil.copyfile(files / name, root / "checkpoints" / name)
+    settings = AppSettings(checkpoint=str(files / "dagan.pt"), device="cpu", work_dir=str(tmp_path / "work"),
+                           search_root=str(root))
+    animator = Animator(settings)
+    request = SpeechRequest(str(files / "portrait.png"), str(files / "speech.wav"), str(files / "dagan.pt"),
+                            "checkpoints/audio5.pt", "cpu", fps=25.0)
+    video, status = speak(animator, request)
+    assert probe(video).num_frames == num_video_frames(0.4, 25.0) and probe(video).has_audio and "Done" in status
+    request.audio_checkpoint = "checkpoints/audio10.pt"
+    with pytest.raises(gr.Error, match="built for 10 keypoints"):
+        speak(animator, request)
+
+
+@pytest.fixture(scope="module")
+def speaking_video(files, tmp_path_factory):
+    """A 0.6 s test-pattern video whose audio track is the 'speech' repeated (for the script round trips)."""
+    from conftest import ffmpeg
+
+    path = tmp_path_factory.mktemp("speaking") / "target.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x64:r=25:d=0.6", "-stream_loop", "2", "-i", str(files / "speech.wav"),
+           "-map", "0:v", "-map", "1:a", "-t", "0.6", "-c:v", "libx264", "-c:a", "aac", "-pix_fmt", "yuv420p", str(path))
+    return path
+
+
+def test_prepare_av_writes_safe_items_and_resumes(files, speaking_video, tmp_path, capsys):
+    from conftest import load_script
+    from dagan.audio.data import load_item
+
+    script = load_script("prepare_av")
+    arguments = ["--inp", str(speaking_video), "--out", str(tmp_path / "items"), "--checkpoint", str(files / "dagan.pt"),
+                 "--num_mels", "24", "--tolerance", "10", "--device", "cpu", "--no_progress"]
+    assert script.main(arguments) == 0
+    item = load_item(tmp_path / "items" / "target.npz")
+    assert item.keypoints.shape == (15, 5, 2) and item.mel.shape[1] == 24 and item.fps == 25.0
+    assert script.main(arguments) == 0 and "0 items written, 1 already there" in capsys.readouterr().err
+    assert script.main(["--inp", str(tmp_path / "missing.mp4"), *arguments[2:]]) == 1
+
+
+def test_personalize_script_writes_a_model_and_refuses_to_overwrite(files, speaking_video, tmp_path, capsys):
+    from conftest import load_script
+
+    script = load_script("personalize")
+    output = tmp_path / "target_audio.pt"
+    arguments = ["--video", str(speaking_video), "--checkpoint", str(files / "dagan.pt"), "--output", str(output),
+                 "--init", str(files / "audio5.pt"), "--steps", "3", "--device", "cpu"]
+    assert script.main(arguments) == 0
+    model = AudioDrivenModel.load(output)
+    assert model.num_kp == 5 and model.reference_pose is not None and len(model.reference_pose) == 15
+    assert script.main(arguments) == 1 and "pass --overwrite" in capsys.readouterr().err
+    assert script.main([*arguments, "--init", str(files / "audio10.pt"), "--overwrite"]) == 1
+    assert "built for 10 keypoints" in capsys.readouterr().err
+
+
+def test_lip_sync_measures(tmp_path):
+    from dagan.eval.lipsync import lip_sync_scan, lse_scores, mouth_opening, pose_ratios
+
+    landmarks = np.zeros((68, 2))
+    landmarks[48], landmarks[54] = (0, 0), (10, 0)
+    for upper, lower in ((61, 67), (62, 66), (63, 65)):
+        landmarks[upper], landmarks[lower] = (5, -1), (5, 2)
+    assert mouth_opening(landmarks) == pytest.approx(0.3)
+    time = np.arange(int(4 * SAMPLE_RATE)) / SAMPLE_RATE
+    envelope = (np.sin(2 * np.pi * 1.3 * time) > 0.3).astype(np.float32)
+    audio = Audio(0.5 * envelope * np.sin(2 * np.pi * 200 * time).astype(np.float32), SAMPLE_RATE)
+    frames = frame_times(100, 25.0)
+    mouth = np.interp(frames - 3 / 25.0, time, envelope)  # the mouth trails the audio by 3 frames
+    scan = lip_sync_scan(mouth, audio, 25.0)
+    assert max(scan, key=scan.get) == 3
+    track = np.random.default_rng(0).normal(size=(50, 3))
+    ratios = pose_ratios(2 * track, track)
+    assert np.allclose(ratios.std, 2) and np.allclose(ratios.velocity_std, 2)
+    with pytest.raises(ValueError, match="SyncNet"):
+        lse_scores("result.mp4", None)
+
+
+def test_offset_check_finds_a_shifted_audio_track():
+    from dagan.data import synthetic_talking as talking
+
+    if not talking.available():
+        pytest.skip("text-to-speech needs espeak-ng: apt-get install espeak-ng (or pip install espeakng-loader)")
+    from dagan.audio.prepare import check_offset
+    from dagan.geometry import Keypoints
+
+    clip = talking.identity_clip(talking.IDENTITIES[3], talking.SENTENCES[:2], 25.0, 10)
+    keypoints = Keypoints(torch.from_numpy(clip.keypoints), torch.from_numpy(clip.jacobians))
+    synced = check_offset(keypoints, clip.audio, 25.0)
+    assert synced.is_synced() and synced.correlation > 0.5
+    late = Audio(np.concatenate([np.zeros(int(0.24 * SAMPLE_RATE), np.float32), clip.audio.samples]), SAMPLE_RATE)
+    offset = check_offset(keypoints, late, 25.0)  # the audio now trails the mouth by 6 frames
+    assert abs(offset.lag_frames - (synced.lag_frames - 6)) <= 1 and not offset.is_synced()
+
+
+def test_demo_without_any_driving_input_says_what_to_give(files, tmp_path, capsys):
+    assert demo(files, "--result_video", str(tmp_path / "out.mp4")) == 1
+    assert "--driving_audio and --audio_checkpoint" in capsys.readouterr().err
