@@ -129,7 +129,8 @@ class SourceEncoderGraph(nn.Module):
         self.model = model
 
     def forward(self, source: torch.Tensor, source_disparity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(self.model.encode_source(source, source_disparity))
+        features = self.model.encode_source(source, source_disparity)
+        return features.appearance, features.depth
 
 
 class GeneratorGraph(nn.Module):
@@ -173,7 +174,7 @@ def example_inputs(model: DaGAN, batch: int = 2) -> dict[str, tuple[torch.Tensor
     keypoints = model.keypoints(image, disparity)
     features = model.encode_source(image, disparity)
     driving = Keypoints(keypoints.value.flip(0), None if keypoints.jacobian is None else keypoints.jacobian.flip(0))
-    generator_inputs = (image, *features, keypoints.value, driving.value)
+    generator_inputs = (image, features.appearance, features.depth, keypoints.value, driving.value)
     if keypoints.jacobian is not None:
         generator_inputs += (keypoints.jacobian, driving.jacobian)
     return {"depth": (image,), "keypoints": (image, disparity), "source_encoder": (image, disparity),
@@ -199,6 +200,11 @@ def export_onnx(model: DaGAN, output_dir: str | os.PathLike, progress=None) -> E
     output_dir = os.fspath(output_dir)
     if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
         raise ExportError(f"{output_dir!r} already exists and is not empty; choose a new folder")
+    if list(model.config.model_params.generator_params.attention_layers) != [0]:
+        raise ExportError("ONNX export covers DaGAN's attention at the bottleneck only; this model also attends at "
+                          "decoder levels "
+                          f"{[level for level in model.config.model_params.generator_params.attention_layers if level]}"
+                          ": run it with --backend torch")
     frozen = frozen_for_inference(model).cpu().float()
     specs = graph_specs(model.config)
     inputs = example_inputs(frozen)
