@@ -54,6 +54,15 @@ def tiny_model(tiny_config: Config) -> DaGAN:
     return DaGAN(tiny_config).eval()
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A seeded tiny model saved in our checkpoint format (one per test module)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    DaGAN(load_config(config_path("tiny.yaml"))).save(path)
+    return str(path)
+
+
 @pytest.fixture
 def images() -> torch.Tensor:
     """Two 64x64 images in [0, 1] with some structure (smooth gradients + a blob)."""

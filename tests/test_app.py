@@ -30,14 +30,6 @@ DOCS_SCREENSHOT = REPO_ROOT / "docs" / "app-screenshot.png"
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    DaGAN(load_config(config_path("tiny.yaml"))).save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def short_clip(tmp_path_factory) -> Path:
     """The first second of the bundled driving video (24 frames, with its audio track)."""
     path = tmp_path_factory.mktemp("clips") / "driving_1s.mp4"

@@ -18,14 +18,6 @@ from dagan.model import DaGAN
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    DaGAN(load_config(config_path("tiny.yaml"))).save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clips")
     return {"audio": str(make_test_clip(folder / "tone.mp4", 80, 64, seconds=1.3, fps=10, audio=True)),

@@ -15,24 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import REPO_ROOT, config_path, ffmpeg, load_script, make_test_clip
+from conftest import REPO_ROOT, ffmpeg, load_script, make_test_clip
 from dagan.cli.demo import main as demo_main
-from dagan.config import load_config
-from dagan.io import MediaError, open_video, read_image, set_pixel_limit, write_png
+from dagan.io import open_video, read_image, set_pixel_limit, write_png
 from dagan.io.images import DEFAULT_MAX_PIXELS, PixelLimitError
-from dagan.model import DaGAN
 
 SAMPLES = REPO_ROOT / "data" / "samples"
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    DaGAN(load_config(config_path("tiny.yaml"))).save(path)
-    return str(path)
 
 
 @pytest.fixture
