@@ -10,7 +10,6 @@ else the source image's own, so any portrait can be animated.
 from __future__ import annotations
 
 import argparse
-import itertools
 from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
@@ -62,14 +61,12 @@ def check_compatible(audio_model: AudioDrivenModel, pipeline: DaGANPipeline) -> 
 
 def reference_from_frames(pipeline: DaGANPipeline, frames, pose_model: str) -> Reference:
     """Keypoints of a reference clip's frames -> its most typical frame's keypoints and every frame's pose."""
-    values, jacobians = [], []
-    for batch in chunks(itertools.islice(frames, MAX_REFERENCE_FRAMES), pipeline.batch_size):
-        keypoints = pipeline.driving_keypoints(pipeline.to_tensor(batch))[0]
-        values.append(keypoints.value.cpu())
-        jacobians.append(keypoints.jacobian.cpu())
-    if not values:
-        raise ValueError("the reference clip has no frames; give a video of the target person")
-    clip = Keypoints(torch.cat(values), torch.cat(jacobians))
+    from dagan.audio.prepare import clip_keypoints
+
+    try:
+        clip = clip_keypoints(pipeline, frames, MAX_REFERENCE_FRAMES)
+    except ValueError:
+        raise ValueError("the reference clip has no frames; give a video of the target person") from None
     index = reference_index(clip.value)
     anchor = clip.index(slice(index, index + 1))
     return Reference(anchor, split_motion(clip, anchor, pose_model).pose)

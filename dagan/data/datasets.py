@@ -291,6 +291,13 @@ class DatasetRepeater(SeededDataset):
         return getattr(self.dataset, "skipped", [])
 
 
+def check_start_offset(offset: int, stride: int) -> None:
+    """A resume position must fall on a global-batch boundary (``stride`` = world_size x block_size)."""
+    if offset < 0 or offset % stride:
+        raise ValueError(f"start offset must be a non-negative multiple of world_size x block_size={stride} "
+                         f"(step * global batch size), got {offset}")
+
+
 class ResumableSampler(Sampler[int]):
     """An endless stream of dataset keys, shuffled per pass, resumable, split across ranks.
 
@@ -321,10 +328,7 @@ class ResumableSampler(Sampler[int]):
 
     def set_start(self, offset: int) -> None:
         """Begin the next iteration at global stream position ``offset`` (samples consumed by all ranks)."""
-        stride = self.world_size * self.block_size
-        if offset < 0 or offset % stride:
-            raise ValueError(f"start offset must be a non-negative multiple of world_size x block_size={stride} "
-                             f"(step * global batch size), got {offset}")
+        check_start_offset(offset, self.world_size * self.block_size)
         self.start = int(offset)
 
     def key_at(self, position: int) -> int:
@@ -392,10 +396,7 @@ class ShardSampler(Sampler[int]):
 
     def set_start(self, offset: int) -> None:
         """Begin the next iteration at global stream position ``offset`` (samples consumed by all ranks)."""
-        stride = self.world_size * self.block_size
-        if offset < 0 or offset % stride:
-            raise ValueError(f"start offset must be a non-negative multiple of world_size x block_size={stride} "
-                             f"(step * global batch size), got {offset}")
+        check_start_offset(offset, self.world_size * self.block_size)
         self.start = int(offset) // self.world_size
 
     def rank_items(self, pass_index: int) -> np.ndarray:
