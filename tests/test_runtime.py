@@ -14,13 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import PARITY_DIR, write_parity_release
+from conftest import PARITY_DIR, config_path, write_parity_release
 from dagan.checkpoint import load_official
+from dagan.config import load_config
 from dagan.cli.demo import main as demo_main
 from dagan.inference import DaGANPipeline
+from dagan.model import DaGAN
 from dagan.networks.blocks import ResBlock2d
 from dagan.runtime.autotune import CANDIDATES, autotune, cached_speed_settings, machine_key
-from dagan.runtime.backends import BackendError, ExportedNetworks
+from dagan.runtime.backends import BackendError, ExportedNetworks, choose_backend, default_backend
 from dagan.runtime.defaults import SpeedSettings, default_speed_settings
 from dagan.runtime.export import ExportError, export_onnx, read_manifest
 from dagan.runtime.fusion import fold_batch_norms, frozen_for_inference
@@ -234,6 +236,53 @@ def test_missing_backend_names_the_extra(exported, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", without_openvino)
     with pytest.raises(BackendError, match=r"\[openvino\]"):
         ExportedNetworks(exported, "openvino")
+
+
+# --backend auto (demo.py's default).
+def test_auto_backend_prefers_openvino_on_cpus_only(tiny_model, monkeypatch):
+    from dagan.runtime import backends
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(backends, "is_installed", lambda backend: True)
+    assert choose_backend(cpu, tiny_model).backend == "openvino"
+    assert choose_backend(torch.device("cuda"), tiny_model).backend == "torch"
+    assert choose_backend(cpu, tiny_model, torch_only="--compile") == ("torch", "torch (--compile needs it)")
+    plus = DaGAN(load_config(config_path("tiny.yaml"), ["model_params.generator_params.attention_layers=[0,1]"]))
+    assert "decoder levels [1]" in choose_backend(cpu, plus).reason
+    monkeypatch.setattr(backends, "is_installed", lambda backend: backend == "torch")
+    choice = choose_backend(cpu, tiny_model)
+    assert choice.backend == "torch" and "[onnx,openvino]" in choice.reason
+
+
+def test_backend_default_comes_from_the_environment(monkeypatch, capsys):
+    monkeypatch.setenv("DAGAN_BACKEND", "openvino")
+    assert default_backend() == "openvino"
+    monkeypatch.delenv("DAGAN_BACKEND")
+    assert default_backend() == "auto"
+    monkeypatch.setenv("DAGAN_BACKEND", "fast")
+    assert demo_main(["--checkpoint", "x"]) == 2
+    assert "DAGAN_BACKEND='fast' is not a backend" in capsys.readouterr().err
+
+
+def test_demo_auto_backend_runs_openvino_with_the_torch_frames(tiny_checkpoint, tmp_path, capsys):
+    needs("openvino")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    source, frames = tmp_path / "source.png", tmp_path / "frames"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(source)
+    frames.mkdir()
+    for index in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(frames / f"{index}.png")
+    common = ["--checkpoint", tiny_checkpoint, "--source_image", str(source), "--driving_video", str(frames),
+              "--relative", "--crop", "none"]
+    assert demo_main(common + ["--backend", "auto", "--result_video", f"{tmp_path / 'auto'}/"]) == 0
+    assert "backend: OpenVINO" in capsys.readouterr().err
+    assert len(os.listdir(os.environ["DAGAN_CACHE"] + "/onnx")) == 1  # exported once, into the cache
+    assert demo_main(common + ["--backend", "torch", "--result_video", f"{tmp_path / 'torch'}/"]) == 0
+    for name in ("000000.png", "000001.png"):
+        auto, reference = (np.asarray(Image.open(tmp_path / folder / name), dtype=int) for folder in ("auto", "torch"))
+        assert np.abs(auto - reference).max() <= 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (and a CUDA build of torch)")

@@ -13,24 +13,51 @@ import torch.nn.functional as F
 from torch import nn
 
 
-QUERY_CHUNK = 1024  # CPU: queries per scaled_dot_product_attention call (bounds memory at B x 1024 x N floats)
+QUERY_CHUNK = 256  # CPU: queries per chunk (bounds memory at B x 256 x N floats, and stays in the caches)
 
 
 def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """softmax(Q K^T) V with scale 1 through ``scaled_dot_product_attention``, never forming the (B, N, N) matrix.
+    """softmax(Q K^T) V with scale 1, never forming the (B, N, N) matrix.
 
-    query, key: (B, N, Cq); value: (B, N, Cv) -> (B, N, Cv). Fused GPU kernels need Cq == Cv, so on CUDA the
-    queries and keys are zero-padded (Q K^T is unchanged). The CPU's fused kernel would then do 8x the Q K^T
-    work, so on the CPU the queries go through in chunks instead, each materialising only (B, 1024, N).
+    query, key: (B, N, Cq); value: (B, N, Cv) -> (B, N, Cv). On CUDA through ``scaled_dot_product_attention``,
+    whose fused kernels need Cq == Cv, so the queries and keys are zero-padded (Q K^T is unchanged). On the CPU
+    that padding would do 8x the Q K^T work, so the queries go through in chunks of :data:`QUERY_CHUNK`
+    (:func:`chunked_attention`; with autograd or when traced for ONNX, the same chunks through ``torch.softmax``).
     """
-    query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)  # (B, 1, N, C): one head
     if query.device.type == "cuda":
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)  # (B, 1, N, C): one head
         padding = value.shape[-1] - query.shape[-1]
         query, key = F.pad(query, (0, padding)), F.pad(key, (0, padding))
         return F.scaled_dot_product_attention(query, key, value, scale=1.0).squeeze(1)
-    chunks = [F.scaled_dot_product_attention(query[:, :, start:start + QUERY_CHUNK], key, value, scale=1.0)
-              for start in range(0, query.shape[2], QUERY_CHUNK)]
-    return torch.cat(chunks, dim=2).squeeze(1)
+    needs_graph = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    if needs_graph or torch.jit.is_tracing():  # autograd, or a traced (ONNX) graph: no in-place or out= writes
+        key_transposed = key.transpose(1, 2)
+        return torch.cat([torch.softmax(query[:, start:start + QUERY_CHUNK] @ key_transposed, dim=-1) @ value
+                          for start in range(0, query.shape[1], QUERY_CHUNK)], dim=1)
+    return chunked_attention(query, key, value)
+
+
+def chunked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, chunk: int = QUERY_CHUNK
+                      ) -> torch.Tensor:
+    """softmax(Q K^T) V, (B, N, Cq), (B, N, Cq), (B, N, Cv) -> (B, N, Cv), ``chunk`` queries at a time.
+
+    Per chunk the scores S (B, chunk, N) are exponentiated in place after subtracting their row maximum, and the
+    normalisation by the row sums is applied to the (B, chunk, Cv) product instead of to S:
+    softmax(S) V = (exp(S - max S) V) / sum exp(S - max S). One pass over S fewer than ``torch.softmax``, and
+    none of the extra masking passes of ``scaled_dot_product_attention``'s CPU fallback.
+    """
+    batch, length, _ = query.shape
+    output = torch.empty(batch, length, value.shape[-1], dtype=value.dtype, device=value.device)
+    key_transposed = key.transpose(1, 2).contiguous()  # (B, Cq, N)
+    for start in range(0, length, chunk):
+        scores = torch.bmm(query[:, start:start + chunk], key_transposed)  # (B, chunk, N)
+        scores -= scores.amax(dim=-1, keepdim=True)
+        scores.exp_()
+        totals = scores.sum(dim=-1, keepdim=True)
+        rows = output[:, start:start + chunk]
+        torch.bmm(scores, value, out=rows)
+        rows /= totals
+    return output
 
 
 class DepthAwareAttention(nn.Module):

@@ -8,9 +8,11 @@ import os
 import sys
 from typing import Optional
 
+import torch
+
 from dagan.config import config_to_dict
 from dagan.model import DaGAN
-from dagan.runtime.export import export_onnx, is_export_folder
+from dagan.runtime.export import ExportError, export_onnx, is_export_folder
 
 INFERENCE_NETWORKS = ("depth_encoder", "depth_decoder", "kp_detector", "generator")
 
@@ -19,9 +21,22 @@ def cache_root() -> str:
     return os.environ.get("DAGAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dagan")
 
 
+def code_files() -> list[str]:
+    """The source files that decide what the exported graphs compute: the networks and the exporter."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    networks = os.path.join(package, "networks")
+    return sorted([os.path.join(networks, name) for name in os.listdir(networks) if name.endswith(".py")]
+                  + [os.path.join(package, "geometry.py"), os.path.join(package, "runtime", "export.py")])
+
+
 def model_digest(model: DaGAN) -> str:
-    """SHA-256 (first 16 hex digits) of the config and every inference network's tensors."""
+    """SHA-256 (first 16 hex digits) of the config, every inference network's tensors, the torch version and the
+    code that builds the graphs (so an upgrade of either never reuses a stale export)."""
     digest = hashlib.sha256(json.dumps(config_to_dict(model.config), sort_keys=True).encode())
+    digest.update(torch.__version__.encode())
+    for path in code_files():
+        with open(path, "rb") as stream:
+            digest.update(stream.read())
     for name in INFERENCE_NETWORKS:
         for key, tensor in getattr(model, name).state_dict().items():
             digest.update(f"{name}.{key}".encode())
@@ -34,7 +49,11 @@ def cached_export(model: DaGAN) -> str:
     directory = os.path.join(cache_root(), "onnx", model_digest(model))
     if not is_export_folder(directory):
         print(f"exporting the networks to ONNX once, into {directory} ...", file=sys.stderr)
-        export_onnx(model, directory)
+        try:
+            export_onnx(model, directory)
+        except ExportError:
+            if not is_export_folder(directory):  # not another process finishing the same export first
+                raise
     return directory
 
 
