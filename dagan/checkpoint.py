@@ -64,11 +64,12 @@ def read_file(path: str | os.PathLike, map_location: str = "cpu", what: str = "c
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        if "Weights only load failed" in str(error):
-            raise CheckpointError(f"{what} file {path!r} holds pickled Python objects (e.g. a whole model, not a "
-                                  "state dict of tensors), which only unsafe unpickling (torch.load(weights_only="
-                                  "False)) could read and dagan never does; if you trust the file, re-save its "
-                                  f"state_dict() with torch.save ({hint})") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found:  # e.g. a whole pickled nn.Module
+            raise CheckpointError(f"{what} file {path!r} holds pickled Python objects ({found.group(1)}), not only "
+                                  "tensors: only unsafe unpickling (torch.load(weights_only=False)) could read it, "
+                                  "which dagan never does; if you trust the file, re-save its state_dict() with "
+                                  f"torch.save ({hint})") from None
         raise CheckpointError(f"{what} file {path!r} could not be read as a torch file "
                               f"({type(error).__name__}: {first_line(error)}); it may be truncated or not a "
                               f"checkpoint ({hint})") from None
