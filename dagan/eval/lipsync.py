@@ -171,7 +171,8 @@ def face_track(frames: Iterable[np.ndarray], analyzer, num_frames: Optional[int]
 
 
 def face_crops(frames: Iterable[np.ndarray], track: Sequence[CropBox], size: int = LIP_CLIP_SHAPE[-1]) -> np.ndarray:
-    """(T, size, size, 3) uint8 RGB crops of the frames along the track (T,) (``dagan.faces.alignment.warp_to_crop``)."""
+    """(T, size, size, 3) uint8 RGB crops of the frames along the track (T,), by
+    ``dagan.faces.alignment.warp_to_crop``."""
     crops = [warp_to_crop(frame, box.transform((size, size))) for frame, box in zip(frames, track)]
     return np.stack(crops)
 

@@ -82,7 +82,8 @@ class SyncNet(nn.Module):
         return self.netfcaud(features.flatten(1))  # (B, 512) -> (B, E)
 
     def embed_lips(self, clips: torch.Tensor) -> torch.Tensor:
-        """clips: (B, 3, 5, 224, 224) BGR face crops in [0, 255], five consecutive 25 fps frames -> (B, embedding_size)."""
+        """clips: (B, 3, 5, 224, 224) BGR face crops in [0, 255] of five consecutive 25 fps frames
+        -> (B, embedding_size)."""
         _check_shape(clips, LIP_CLIP_SHAPE, "lip clips")
         features = self.netcnnlip(clips)  # (B, 512, 1, 1, 1)
         return self.netfclip(features.flatten(1))  # (B, 512) -> (B, E)
