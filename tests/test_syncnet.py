@@ -17,7 +17,8 @@ from conftest import NEEDS_FACES, load_script
 from dagan.audio.features import bin_mel_filterbank, mfcc
 from dagan.checkpoint import CheckpointError
 from dagan.eval.lipsync import (MAX_OFFSET, SyncEmbeddings, frames_at_syncnet_rate, load_syncnet, lse_from_distances,
-                                lse_scores, mfcc_windows, num_sync_windows, offset_distances, release_crop)
+                                lse_scores, mfcc_windows, num_sync_windows, offset_distances, release_crop,
+                                sync_embeddings)
 from dagan.faces import Box
 from dagan.networks.syncnet import SyncNet
 
@@ -172,6 +173,34 @@ def test_mfcc_windows_read_four_mfcc_frames_per_video_frame():
     assert windows.shape == (2, 1, 13, 20)
     assert torch.equal(windows[1, 0, :, 0], torch.from_numpy(cepstra[8]).float())  # frame 2 -> MFCC frame 8
     assert torch.equal(windows[1, 0, 3, :], torch.from_numpy(cepstra[8:28, 3]).float())
+
+
+class FrameReader(torch.nn.Module):
+    """A stand-in for SyncNet that shows what it was given: the corner pixel of each channel and frame of a clip
+    (B, 15), the first coefficient of each MFCC frame of a window (B, 20)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def embed_lips(self, clips: torch.Tensor) -> torch.Tensor:
+        assert clips.shape[1:] == (3, 5, 224, 224)
+        return clips[:, :, :, 0, 0].flatten(1)
+
+    def embed_audio(self, windows: torch.Tensor) -> torch.Tensor:
+        return windows[:, 0, 0, :]
+
+
+@pytest.mark.parametrize("batch_size", [2, 20])
+def test_embeddings_pair_frames_t_to_t_plus_4_with_mfcc_frames_4t_on(batch_size):
+    crops = (np.full((224, 224, 3), (t, 50 + t, 100 + t), np.uint8) for t in range(11))  # RGB, a stream
+    cepstra = np.arange(44 * 13, dtype=np.float64).reshape(44, 13)
+    lips, audio = sync_embeddings(FrameReader(), crops, cepstra, num_windows=6, batch_size=batch_size)
+    assert lips.shape == (6, 15) and audio.shape == (6, 20)
+    for start in range(6):
+        frames = torch.arange(start, start + 5, dtype=torch.float32)
+        assert torch.equal(lips[start], torch.cat([100 + frames, 50 + frames, frames]))  # blue, green, red
+        assert torch.equal(audio[start], torch.from_numpy(cepstra[4 * start:4 * start + 20, 0]).float())
 
 
 def test_frames_are_resampled_to_25_fps():

@@ -25,7 +25,7 @@ from dagan.audio.prepare import lagged_correlation
 from dagan.checkpoint import CheckpointError, load_strict, read_file
 from dagan.faces.alignment import CropBox, warp_to_crop
 from dagan.faces.detection import Box, NoFaceFound
-from dagan.faces.plans import _interpolated_and_smoothed
+from dagan.faces.plans import interpolated_and_smoothed
 from dagan.io.video import open_video
 from dagan.networks.syncnet import LIP_CLIP_SHAPE, MFCC_WINDOW_SHAPE, SyncNet
 
@@ -167,14 +167,15 @@ def face_track(frames: Iterable[np.ndarray], analyzer, num_frames: Optional[int]
             found[index] = release_crop(boxes[0])
     if not found:
         raise NoFaceFound("LSE found no face in the video; it needs one face seen roughly from the front")
-    return _interpolated_and_smoothed(found, count, SYNCNET_FPS)
+    return interpolated_and_smoothed(found, count, SYNCNET_FPS)
 
 
-def face_crops(frames: Iterable[np.ndarray], track: Sequence[CropBox], size: int = LIP_CLIP_SHAPE[-1]) -> np.ndarray:
-    """(T, size, size, 3) uint8 RGB crops of the frames along the track (T,), by
+def face_crops(frames: Iterable[np.ndarray], track: Sequence[CropBox], size: int = LIP_CLIP_SHAPE[-1]
+               ) -> Iterator[np.ndarray]:
+    """(size, size, 3) uint8 RGB crops of the frames along the track (T,), one at a time, by
     ``dagan.faces.alignment.warp_to_crop``."""
-    crops = [warp_to_crop(frame, box.transform((size, size))) for frame, box in zip(frames, track)]
-    return np.stack(crops)
+    for frame, box in zip(frames, track):
+        yield warp_to_crop(frame, box.transform((size, size)))
 
 
 def num_sync_windows(num_frames: int, num_samples: int) -> int:
@@ -206,15 +207,28 @@ class SyncEmbeddings(NamedTuple):
 
 
 @torch.no_grad()
-def sync_embeddings(network: SyncNet, crops: np.ndarray, cepstra: np.ndarray, num_windows: int,
+def sync_embeddings(network: SyncNet, crops: Iterable[np.ndarray], cepstra: np.ndarray, num_windows: int,
                     batch_size: int = 20) -> SyncEmbeddings:
-    """Embed windows 0..num_windows-1 in batches. crops: (T, 224, 224, 3) uint8 RGB; cepstra: (N, 13)."""
+    """Embed windows 0..num_windows-1 in batches of ``batch_size``. crops: (224, 224, 3) uint8 RGB frames, a list or
+    a stream (at most batch_size + 4 of them are held); cepstra: (N, 13) from :func:`dagan.audio.features.mfcc`."""
     device = next(network.parameters()).device
-    lips, audio = [], []
-    for first in tqdm(range(0, num_windows, batch_size), desc="SyncNet", unit="batch", leave=False):
-        starts = range(first, min(first + batch_size, num_windows))
-        lips.append(network.embed_lips(lip_clips(crops, starts).to(device)).cpu())
-        audio.append(network.embed_audio(mfcc_windows(cepstra, starts).to(device)).cpu())
+    clip_length = LIP_CLIP_SHAPE[1]
+    lips, audio, buffer = [], [], []
+    first = 0  # the window that starts at buffer[0]
+    with tqdm(total=num_windows, desc="SyncNet", unit="window", leave=False) as progress:
+        for crop in crops:
+            buffer.append(crop)
+            ready = min(len(buffer) - clip_length + 1, num_windows - first)  # windows whose 5 frames are in
+            if ready < batch_size and first + ready < num_windows:
+                continue
+            lips.append(network.embed_lips(lip_clips(np.stack(buffer), range(ready)).to(device)).cpu())
+            audio.append(network.embed_audio(mfcc_windows(cepstra, range(first, first + ready)).to(device)).cpu())
+            buffer, first = buffer[ready:], first + ready
+            progress.update(ready)
+            if first == num_windows:
+                break
+    if first < num_windows:
+        raise ValueError(f"{num_windows} SyncNet windows need {num_windows + clip_length - 1} frames, got fewer")
     return SyncEmbeddings(torch.cat(lips), torch.cat(audio))
 
 
@@ -265,13 +279,13 @@ def lse_scores(video: str | os.PathLike, syncnet_weights: SyncNet | str | os.Pat
         analyzer = get_face_analyzer("auto")
     source = open_video(video)
     expected = None if source.num_frames is None else int(round(source.num_frames * SYNCNET_FPS / source.fps))
-    track = face_track(frames_at_syncnet_rate(source, source.fps), analyzer, expected)
-    crops = face_crops(frames_at_syncnet_rate(source, source.fps), track)
     speech = load_audio(audio or video)
-    num_windows = num_sync_windows(len(crops), len(speech.samples))
+    track = face_track(frames_at_syncnet_rate(source, source.fps), analyzer, expected)
+    num_windows = num_sync_windows(len(track), len(speech.samples))
     if num_windows < 1:
         raise ValueError(f"LSE needs at least 6 frames (0.24 s) of video with audio; {os.fspath(video)!r} has "
-                         f"{len(crops)} frames at 25 fps and {speech.duration:.2f} s of audio")
+                         f"{len(track)} frames at 25 fps and {speech.duration:.2f} s of audio")
     pcm = np.clip(np.round(speech.samples.astype(np.float64) * PCM16_SCALE), -PCM16_SCALE, PCM16_SCALE - 1)
+    crops = face_crops(frames_at_syncnet_rate(source, source.fps), track)  # decoded a second time, one at a time
     embeddings = sync_embeddings(network, crops, mfcc(pcm, speech.sample_rate), num_windows, batch_size)
     return lse_from_distances(offset_distances(embeddings, max_offset), num_windows)
