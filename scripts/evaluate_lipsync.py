@@ -25,7 +25,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--syncnet_weights", default=None,
                         help="syncnet_python's syncnet_v2.model (never downloaded): adds lse_d (lower is better), "
                              "lse_c (higher is better) and lse_offset (frames, positive: the audio comes early)")
-    parser.add_argument("--device", default="cpu", help="torch device for SyncNet")
+    parser.add_argument("--device", default="cpu", help="torch device for SyncNet: cpu, cuda, mps or auto")
     parser.add_argument("--max_lag", type=int, default=10, help="lags scanned, frames")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     return parser.parse_args(argv)
@@ -36,11 +36,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dagan.audio import load_audio
     from dagan.eval.lipsync import lip_sync_scan, load_syncnet, lse_scores, pose_ratios, track_faces
     from dagan.faces import MissingFaceBackend, get_face_analyzer
+    from dagan.inference import InferenceError, resolve_device
     from dagan.io import open_video
     from dagan.io.files import atomic_write_text
 
     try:
-        network = load_syncnet(args.syncnet_weights, args.device) if args.syncnet_weights else None
+        network = load_syncnet(args.syncnet_weights, resolve_device(args.device)) if args.syncnet_weights else None
         analyzer = get_face_analyzer("auto")
         video = open_video(args.video)
         generated = track_faces(video, analyzer)
@@ -57,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ratios = pose_ratios(generated.pose, target.pose)
             results["pose_std_ratio"] = dict(zip(("pitch", "yaw", "roll"), ratios.std.round(3).tolist()))
             results["pose_velocity_ratio"] = dict(zip(("pitch", "yaw", "roll"), ratios.velocity_std.round(3).tolist()))
-    except (ValueError, MissingFaceBackend, ImportError) as error:
+    except (ValueError, MissingFaceBackend, ImportError, InferenceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     text = json.dumps(results, indent=2)
