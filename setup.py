@@ -2,7 +2,8 @@
 from setuptools import find_packages, setup
 
 EXTRAS = {
-    "dev": ["pytest>=8"],
+    # python_speech_features: only tests/test_syncnet.py, to check dagan's MFCC against it (runtime never needs it).
+    "dev": ["pytest>=8", "python_speech_features==0.6"],
     # TensorBoard event files during training (stats.jsonl is always written).
     "train": ["tensorboard>=2.14"],
     # Offline face detection, 68-point landmarks and identity embeddings (weights ship in the wheels).

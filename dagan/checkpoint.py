@@ -50,20 +50,29 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         raise CheckpointError(str(error)) from None
 
 
-def read_file(path: str | os.PathLike, map_location: str = "cpu", what: str = "checkpoint") -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors for missing, empty, truncated or foreign files."""
+def read_file(path: str | os.PathLike, map_location: str = "cpu", what: str = "checkpoint",
+              hint: str = RELEASE_HELP) -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors for missing, empty, truncated or foreign files, and
+    for files that hold pickled Python objects (a whole model), which only unsafe unpickling could read: never
+    done here. ``hint`` ends the messages (where the right file comes from)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"{what} file {path!r} does not exist ({RELEASE_HELP})")
+        raise CheckpointError(f"{what} file {path!r} does not exist ({hint})")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{what} file {path!r} is empty (0 bytes): its save was interrupted or the disk was "
                               "full; use an older checkpoint or download the file again")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found:  # e.g. a whole pickled nn.Module
+            raise CheckpointError(f"{what} file {path!r} holds pickled Python objects ({found.group(1)}), not only "
+                                  "tensors: only unsafe unpickling (torch.load(weights_only=False)) could read it, "
+                                  "which dagan never does; if you trust the file, re-save its state_dict() with "
+                                  f"torch.save ({hint})") from None
         raise CheckpointError(f"{what} file {path!r} could not be read as a torch file "
                               f"({type(error).__name__}: {first_line(error)}); it may be truncated or not a "
-                              f"checkpoint ({RELEASE_HELP})") from None
+                              f"checkpoint ({hint})") from None
 
 
 # Our format.
@@ -184,8 +193,11 @@ def check_fits(config: Config, networks: dict[str, dict], encoder_state: Optiona
                               "depth_face_model_Voxceleb2_10w is ResNet-50)")
 
 
-def load_strict(network: torch.nn.Module, state_dict: dict, name: str) -> None:
-    """Strict load whose error lists the first differing keys and shapes instead of a wall of text."""
+def load_strict(network: torch.nn.Module, state_dict: dict, name: str,
+                hint: str = "the file was trained with other model_params (e.g. block_expansion, max_features, "
+                            "num_blocks)") -> None:
+    """Strict load whose error lists the first differing keys and shapes instead of a wall of text; ``hint`` ends
+    the message (the likely cause)."""
     own = network.state_dict()
     missing = [key for key in own if key not in state_dict]
     unexpected = [key for key in state_dict if key not in own]
@@ -195,8 +207,7 @@ def load_strict(network: torch.nn.Module, state_dict: dict, name: str) -> None:
         details = "; ".join(part for part in (
             f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
             f"shape (file vs model) {wrong[:3]}" if wrong else "") if part)
-        raise CheckpointError(f"{name} weights do not fit the config ({details}); the file was trained with other "
-                              "model_params (e.g. block_expansion, max_features, num_blocks)")
+        raise CheckpointError(f"{name} weights do not fit the config ({details}); {hint}")
     network.load_state_dict(state_dict, strict=True)
 
 

@@ -4,6 +4,10 @@ Features run at ``MEL_RATE`` = 100 frames per second (hop 10 ms, window 25 ms). 
 is shown at time ``t / fps``; its feature window is the ``2 C + 1`` mel frames centred on that time (C mel
 frames = ``context_seconds`` on each side), so any output rate (23.976, 25, 30 fps) reads the same audio.
 Outside the signal the window sees silence (the log floor).
+
+:func:`mfcc` computes the cepstra SyncNet reads (python_speech_features' defaults, as the ``syncnet_python``
+release calls it): its own framing (uncentred 25 ms frames every 10 ms), so it shares only the mel scale with
+:func:`log_mel`.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import math
 from typing import Optional
 
 import numpy as np
+import scipy.fft
 import torch
 
 from dagan.audio.decode import SAMPLE_RATE, Audio
@@ -64,6 +69,53 @@ def log_mel(audio: Audio, num_mels: int = 80) -> torch.Tensor:
     power = spectrum.abs().pow(2)[:, :num_frames]
     energies = mel_filterbank(num_mels, num_fft, audio.sample_rate) @ power  # (M, num_frames)
     return torch.log(energies + LOG_FLOOR).T.contiguous()
+
+
+def bin_mel_filterbank(num_filters: int, num_fft: int, sample_rate: int) -> np.ndarray:
+    """Triangular mel filters (num_filters, num_fft // 2 + 1) float64 on whole FFT bins, peak 1, unnormalised: the
+    python_speech_features filterbank. The edges, equally spaced on the HTK mel scale from 0 Hz to Nyquist, are
+    rounded down to bins ``floor((num_fft + 1) f / sample_rate)``; filter j rises from edge j to edge j + 1 and
+    falls to edge j + 2 (a filter whose edges share a bin is empty on that side)."""
+    edges = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sample_rate / 2), num_filters + 2))  # (M + 2,) Hz
+    edge_bins = np.floor((num_fft + 1) * edges / sample_rate)
+    lower, centre, upper = edge_bins[:-2, None], edge_bins[1:-1, None], edge_bins[2:, None]  # (M, 1) each
+    bins = np.arange(num_fft // 2 + 1, dtype=np.float64)[None]  # (1, F)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rising = np.where((bins >= lower) & (bins < centre), (bins - lower) / (centre - lower), 0.0)
+        falling = np.where((bins >= centre) & (bins < upper), (upper - bins) / (upper - centre), 0.0)
+    return rising + falling
+
+
+def mfcc(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, num_coefficients: int = 13, num_filters: int = 26,
+         num_fft: int = 512, preemphasis: float = 0.97, lifter: int = 22) -> np.ndarray:
+    """MFCCs (num_frames, num_coefficients) float64 of ``samples`` (N,), in python_speech_features' way (its
+    ``mfcc`` defaults):
+
+    1. pre-emphasis ``y[n] = x[n] - 0.97 x[n - 1]`` (``y[0] = x[0]``);
+    2. frames of 25 ms every 10 ms starting at sample 0 (frame n covers ``[160 n, 160 n + 400)`` at 16 kHz), no
+       window, the last one zero-padded: ``1 + ceil((N - 400) / 160)`` frames (1 if N <= 400);
+    3. power spectrum ``|rfft(frame, 512)|^2 / 512``, the 26 filters of :func:`bin_mel_filterbank`, log (zeros
+       become float eps first), orthonormal DCT-II, the first 13 coefficients;
+    4. cepstral lifter ``c_k (1 + 11 sin(pi k / 22))``, and c0 replaced by the log of the frame's total power.
+
+    The values depend on the signal's scale (c0 and the energy): SyncNet was trained on 16-bit PCM values, see
+    ``dagan.eval.lipsync``.
+    """
+    signal = np.asarray(samples, dtype=np.float64)
+    signal = np.append(signal[:1], signal[1:] - preemphasis * signal[:-1])
+    frame_length, frame_step = round(WINDOW_SECONDS * sample_rate), round(HOP_SECONDS * sample_rate)
+    num_frames = 1 if len(signal) <= frame_length else 1 + math.ceil((len(signal) - frame_length) / frame_step)
+    signal = np.pad(signal, (0, (num_frames - 1) * frame_step + frame_length - len(signal)))
+    starts = np.arange(num_frames)[:, None] * frame_step  # (T, 1)
+    frames = signal[starts + np.arange(frame_length)[None]]  # (T, frame_length)
+    power = np.abs(np.fft.rfft(frames, num_fft)) ** 2 / num_fft  # (T, F)
+    energy = power.sum(axis=1)
+    floor = np.finfo(np.float64).eps
+    filtered = power @ bin_mel_filterbank(num_filters, num_fft, sample_rate).T  # (T, M)
+    cepstra = scipy.fft.dct(np.log(np.where(filtered == 0, floor, filtered)), type=2, axis=1, norm="ortho")
+    cepstra = cepstra[:, :num_coefficients] * (1 + lifter / 2 * np.sin(np.pi * np.arange(num_coefficients) / lifter))
+    cepstra[:, 0] = np.log(np.where(energy == 0, floor, energy))
+    return cepstra
 
 
 def frame_times(num_frames: int, fps: float) -> np.ndarray:

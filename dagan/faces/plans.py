@@ -32,6 +32,7 @@ __all__ = [
     "plan_picture_faces",
     "plan_video_crops",
     "is_face_crop",
+    "interpolated_and_smoothed",
 ]
 
 SMALL_FACE_PX = 64  # faces whose detector box is narrower than this give poor results (warned about)
@@ -179,7 +180,7 @@ def plan_video_crops(frames: Iterable[np.ndarray], num_frames: Optional[int], fr
         return VideoCrops(None, frame_size)
     if mode == "fixed":
         return VideoCrops([_inside_frame(crop, frame_size)], frame_size)
-    boxes = _interpolated_and_smoothed(found, last + 1, fps)
+    boxes = interpolated_and_smoothed(found, last + 1, fps)
     if not framing.rotate:  # upright crops stay inside the frame (no repeated border pixels)
         boxes = [_inside_frame(box, frame_size) for box in boxes]
     return VideoCrops(boxes, frame_size)
@@ -207,7 +208,7 @@ def _detect_every(frames: Iterable[np.ndarray], num_frames: Optional[int], analy
     return found, last
 
 
-def _interpolated_and_smoothed(found: dict[int, CropBox], count: int, fps: float) -> list[CropBox]:
+def interpolated_and_smoothed(found: dict[int, CropBox], count: int, fps: float) -> list[CropBox]:
     """Crop parameters for frames 0..count-1: linear interpolation between detections (held at the ends), then a
     centred moving average over about half a second."""
     indices = np.array(sorted(found))
