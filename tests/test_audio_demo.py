@@ -55,6 +55,25 @@ def test_demo_from_speech_writes_duration_times_fps_frames_with_the_speech(files
         assert np.abs(motion["pose"]).max() > 0  # the learned (here: untrained) pose generator moves
 
 
+def test_speech_demo_on_openvino_gives_the_torch_frames(files, tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed: pip install -e \".[onnx,openvino]\"")
+    from PIL import Image
+
+    monkeypatch.setenv("DAGAN_CACHE", str(tmp_path / "cache"))
+    for backend in ("openvino", "torch"):
+        assert demo(files, "--driving_audio", str(files / "speech.wav"), "--audio_checkpoint",
+                    str(files / "audio5.pt"), "--seed", "0", "--backend", backend,
+                    "--result_video", f"{tmp_path / backend}/") == 0
+    names = sorted(name for name in (tmp_path / "torch").iterdir() if name.suffix == ".png")
+    assert len(names) == 10
+    for name in names:
+        frames = [np.asarray(Image.open(tmp_path / backend / name.name), dtype=int) for backend in ("openvino", "torch")]
+        assert np.abs(frames[0] - frames[1]).max() <= 1
+
+
 def test_still_pose_at_30_fps(files, tmp_path):
     code = demo(files, "--driving_audio", str(files / "speech.wav"), "--audio_checkpoint", str(files / "audio5.pt"),
                 "--pose", "still", "--fps", "30", "--result_video", str(tmp_path / "frames") + "/", "--save_motion",

@@ -52,7 +52,7 @@ def add_audio_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_compatible(audio_model: AudioDrivenModel, pipeline: DaGANPipeline) -> None:
-    num_kp = pipeline.model.config.model_params.common_params.num_kp
+    num_kp = pipeline.config.model_params.common_params.num_kp
     if audio_model.num_kp != num_kp:
         raise CheckpointError(f"the audio checkpoint was built for {audio_model.num_kp} keypoints but the DaGAN "
                               f"checkpoint has {num_kp}; train or personalise the audio model on keypoints of this "
