@@ -254,6 +254,23 @@ def test_auto_backend_prefers_openvino_on_cpus_only(tiny_model, monkeypatch):
     assert choice.backend == "torch" and "[onnx,openvino]" in choice.reason
 
 
+def test_autotune_can_choose_the_backend(tiny_model):
+    needs("openvino")
+    cpu = torch.device("cpu")
+    tuned = autotune(tiny_model, cpu, repeats=1, backends=("torch", "openvino"))
+    assert cached_speed_settings(cpu, tiny_model.config) == tuned
+    choice = choose_backend(cpu, tiny_model)
+    assert choice.backend == tuned.backend and "auto-tuned" in choice.reason
+    # A stored torch result keeps torch even where OpenVINO is installed (a CPU where it measured slower).
+    from dagan.runtime.autotune import _cache_path
+
+    with open(_cache_path(), "w", encoding="utf-8") as stream:
+        json.dump({machine_key(cpu, tiny_model.config): {"batch_size": 2, "channels_last": True}}, stream)
+    assert choose_backend(cpu, tiny_model) == ("torch", "torch (auto-tuned as the fastest on this machine)")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SpeedSettings(1, False, backend="tensorflow")
+
+
 def test_backend_default_comes_from_the_environment(monkeypatch, capsys):
     monkeypatch.setenv("DAGAN_BACKEND", "openvino")
     assert default_backend() == "openvino"

@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reduced precision runs on CUDA only")
     parser.add_argument("--batch_size", type=int, default=None, help="driving frames per forward pass (default: "
                         "the fastest measured for the device: 1 on a CPU, 16 on CUDA)")
-    parser.add_argument("--autotune", action="store_true", help="time batch 1/2 x NCHW/channels_last on this "
-                        "machine first (a few seconds) and keep the fastest as this machine's default (cached)")
+    parser.add_argument("--autotune", action="store_true", help="time batch 1/2 x NCHW/channels_last on torch "
+                        "(and OpenVINO with --backend auto) on this machine first (seconds, plus a one-off export) "
+                        "and keep the fastest as this machine's default (cached)")
     parser.add_argument("--backend", default=default_backend(), choices=BACKENDS, help="runtime of the networks: "
                         "auto (default, or $" + BACKEND_VARIABLE + "): OpenVINO on a CPU when installed (about 20%% "
                         "faster), else torch; or torch, onnxruntime, openvino (extras [onnx] / [openvino]; the "
@@ -129,6 +130,8 @@ def load_pipeline(args: argparse.Namespace) -> DaGANPipeline:
     else:
         model = load_checkpoint_or_official(args.checkpoint, args.depth_checkpoint, load_config(args.config, overrides))
     backend = args.backend
+    if args.autotune and backend in ("auto", "torch"):
+        run_autotune(args, model, resolve_device(device))  # stored: read back by the choices below
     if backend == "auto":
         choice = choose_backend(resolve_device(device), model, torch_only_flag(args))
         print(f"backend: {choice.reason}", file=sys.stderr)
@@ -142,17 +145,24 @@ def load_pipeline(args: argparse.Namespace) -> DaGANPipeline:
                 backend = "torch"
     if backend != "torch":
         return exported_pipeline(model, backend, batch_size=args.batch_size)
-    if args.autotune:
-        tuned = autotune(model, resolve_device(device))
-        print(f"auto-tuned: batch {tuned.batch_size}, channels_last {tuned.channels_last} (cached)", file=sys.stderr)
     return DaGANPipeline(model, device=device, precision=args.precision, batch_size=args.batch_size,
                          compile=args.compile)
 
 
+def run_autotune(args: argparse.Namespace, model, device: torch.device) -> None:
+    """``--autotune``: time the torch settings, plus OpenVINO when ``--backend auto`` could pick it, and store the
+    fastest for this machine (:mod:`dagan.runtime.autotune`)."""
+    backends = ("torch",)
+    if args.backend == "auto" and choose_backend(device, model, torch_only_flag(args)).backend == "openvino":
+        backends = ("torch", "openvino")
+    tuned = autotune(model, device, backends=backends)
+    print(f"auto-tuned: {tuned.backend}, batch {tuned.batch_size}, channels_last {tuned.channels_last} (cached)",
+          file=sys.stderr)
+
+
 def torch_only_flag(args: argparse.Namespace) -> Optional[str]:
     """The first requested option only the torch backend has, or None."""
-    for flag, requested in (("--compile", args.compile), ("--autotune", args.autotune),
-                            (f"--precision {args.precision}", args.precision != "fp32")):
+    for flag, requested in (("--compile", args.compile), (f"--precision {args.precision}", args.precision != "fp32")):
         if requested:
             return flag
     return None

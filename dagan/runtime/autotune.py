@@ -1,7 +1,8 @@
 """A quick one-off auto-tune of the speed settings on this machine, cached per machine and model shape.
 
 ``demo.py --autotune`` times whole frames (driving keypoints + rendering, random inputs at the model's resolution)
-for batch 1 and 2, NCHW and ``channels_last``, keeps the fastest per frame (best of a few calls) and stores it in
+for batch 1 and 2, NCHW and ``channels_last`` on torch, and batch 1 on OpenVINO when ``--backend auto`` may use it
+(installed, exportable model, a CPU), keeps the fastest per frame (best of a few calls) and stores it in
 ``$DAGAN_CACHE/speed.json`` (default ``~/.cache/dagan``). Later runs with no speed flags use the stored entry for
 the same machine, thread count, torch version and model shape; without one they use the measured table of
 :mod:`dagan.runtime.defaults`.
@@ -62,18 +63,28 @@ def speed_settings(device: torch.device, config: Optional[Config]) -> SpeedSetti
     return tuned or default_speed_settings(device)
 
 
-@torch.no_grad()
-def autotune(model, device: torch.device, repeats: int = 2) -> SpeedSettings:
-    """Time :data:`CANDIDATES` on ``model`` (best per-frame time of ``repeats`` calls after one warm-up), store the
-    fastest for this machine and return it."""
+def candidate_pipeline(model, device: torch.device, candidate: SpeedSettings):
+    """The pipeline that runs ``candidate`` (an exported one, from the export cache, for other backends)."""
     from dagan.inference import DaGANPipeline
+    from dagan.runtime.cache import exported_pipeline
 
+    if candidate.backend != "torch":
+        return exported_pipeline(model, candidate.backend, batch_size=candidate.batch_size)
+    return DaGANPipeline(model, device=device, batch_size=candidate.batch_size, channels_last=candidate.channels_last)
+
+
+@torch.no_grad()
+def autotune(model, device: torch.device, repeats: int = 2, backends: tuple[str, ...] = ("torch",)
+             ) -> SpeedSettings:
+    """Time :data:`CANDIDATES` on ``model`` (best per-frame time of ``repeats`` calls after one warm-up), and batch
+    1 on each other runtime in ``backends``, store the fastest for this machine and return it."""
     height, width = model.config.dataset_params.frame_shape[:2]
     images = torch.rand(3, 3, height, width, generator=torch.Generator().manual_seed(0))
     best: Optional[tuple[float, SpeedSettings]] = None
-    for candidate in CANDIDATES:
-        pipeline = DaGANPipeline(model, device=device, batch_size=candidate.batch_size,
-                                 channels_last=candidate.channels_last)
+    candidates = CANDIDATES + tuple(SpeedSettings(1, False, backend=backend) for backend in backends
+                                    if backend != "torch")
+    for candidate in candidates:
+        pipeline = candidate_pipeline(model, device, candidate)
         source = pipeline.source_state(images[:1].to(device).contiguous(memory_format=pipeline.networks.memory_format))
         frames = images[1:1 + candidate.batch_size].to(device).contiguous(memory_format=pipeline.networks.memory_format)
 

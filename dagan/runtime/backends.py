@@ -64,7 +64,8 @@ class BackendChoice(NamedTuple):
 
 
 def choose_backend(device: torch.device, model: DaGAN, torch_only: Optional[str] = None) -> BackendChoice:
-    """What ``--backend auto`` runs: OpenVINO on a CPU when installed and the model exports, else torch.
+    """What ``--backend auto`` runs: OpenVINO on a CPU when installed and the model exports, else torch; or what
+    ``--autotune`` measured fastest on this machine for this model shape, when stored.
 
     Measured with ``scripts/benchmark.py`` (README "Speed"): on CPUs OpenVINO's fp32 kernels run the graphs about
     20% faster than torch (0.40-0.42x the reference's time per frame against torch's 0.49-0.57x), with frames
@@ -81,6 +82,11 @@ def choose_backend(device: torch.device, model: DaGAN, torch_only: Optional[str]
     if attention_levels:
         return BackendChoice("torch", f"torch (the exported graphs do not cover attention at decoder levels "
                                       f"{attention_levels})")
+    from dagan.runtime.autotune import cached_speed_settings
+
+    tuned = cached_speed_settings(device, model.config)
+    if tuned is not None and is_installed(tuned.backend):
+        return BackendChoice(tuned.backend, f"{tuned.backend} (auto-tuned as the fastest on this machine)")
     return BackendChoice("openvino", "OpenVINO (the fastest measured on CPUs; --backend torch to change)")
 
 

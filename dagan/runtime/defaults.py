@@ -17,18 +17,25 @@ from dataclasses import dataclass
 import torch
 
 
+TUNED_BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
 @dataclass(frozen=True)
 class SpeedSettings:
     """batch_size: driving frames per forward pass; channels_last: NHWC weights and activations;
-    fold_batch_norm: batch norms folded into the convolutions of the frozen networks."""
+    fold_batch_norm: batch norms folded into the convolutions of the frozen networks; backend: the runtime that
+    ``--backend auto`` picks (only an auto-tune result sets anything but torch)."""
 
     batch_size: int
     channels_last: bool
     fold_batch_norm: bool = True
+    backend: str = "torch"
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.backend not in TUNED_BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(TUNED_BACKENDS)}, got {self.backend!r}")
 
 
 DEVICE_DEFAULTS = {
