@@ -23,6 +23,7 @@ import contextlib
 import glob
 import logging
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -35,12 +36,14 @@ import gradio as gr
 import numpy as np
 import torch
 
-from dagan.checkpoint import CheckpointError, is_our_checkpoint
+from dagan.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint_or_official
 from dagan.config import ConfigError
 from dagan.inference import (DaGANPipeline, InferenceError, KeypointSmoother, best_aligned_frame, frame_at,
                              resolve_device)
 from dagan.io import MediaError, open_video, open_writer, read_image
 from dagan.io.images import PixelLimitError
+from dagan.runtime.backends import choose_backend, default_backend
+from dagan.runtime.cache import exported_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +123,22 @@ class PipelineCache:
             return pipeline, False
 
     def load(self, checkpoint: str, device: torch.device) -> DaGANPipeline:
+        """The checkpoint's pipeline on the backend demo.py's default would use (``$DAGAN_BACKEND``, else auto:
+        OpenVINO on a CPU when installed, see :func:`dagan.runtime.backends.choose_backend`)."""
         if is_our_checkpoint(checkpoint):  # ours hold config and depth network; extra ones would be an error
-            return DaGANPipeline.load(checkpoint, device=device, batch_size=self.settings.batch_size)
-        return DaGANPipeline.load(checkpoint, self.settings.depth_checkpoint, self.settings.config, device=device,
-                                  batch_size=self.settings.batch_size)
+            model = load_checkpoint_or_official(checkpoint)
+        else:
+            model = load_checkpoint_or_official(checkpoint, self.settings.depth_checkpoint, self.settings.config)
+        backend = default_backend()
+        if backend == "auto":
+            backend = choose_backend(device, model).backend
+        if backend != "torch" and device.type == "cpu":
+            try:
+                return exported_pipeline(model, backend, batch_size=self.settings.batch_size)
+            except Exception as error:  # an export this model does not support: torch runs everything
+                print(f"warning: could not run the model on {backend} ({str(error).splitlines()[0]}); running it "
+                      "on torch", file=sys.stderr)
+        return DaGANPipeline(model, device=device, batch_size=self.settings.batch_size)
 
 
 # One request.
