@@ -2,8 +2,9 @@
 from setuptools import find_packages, setup
 
 EXTRAS = {
-    # python_speech_features: only tests/test_syncnet.py, to check dagan's MFCC against it (runtime never needs it).
-    "dev": ["pytest>=8", "python_speech_features==0.6"],
+    # pytest-xdist: pytest.ini runs two test processes. python_speech_features: only tests/test_syncnet.py, to check
+    # dagan's MFCC against it (the runtime never needs it).
+    "dev": ["pytest>=8", "pytest-xdist>=3.5", "python_speech_features==0.6"],
     # TensorBoard event files during training (stats.jsonl is always written).
     "train": ["tensorboard>=2.14"],
     # Offline face detection, 68-point landmarks and identity embeddings (weights ship in the wheels).

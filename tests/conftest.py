@@ -18,7 +18,12 @@ FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 PARITY_DIR = FIXTURES_DIR / "dagan_parity"  # part of the repository: the parity tests run on every clone
 STATE_DICT_KEYS = FIXTURES_DIR / "dagan_state_dict_keys.txt"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread per test process (and, through OMP_NUM_THREADS, per child process: train.py, torchrun ranks,
+# the app server). The tiny networks launch thousands of small kernels, and two threads on a busy 2-core machine
+# wait on each other at every kernel (a 64x64 frame took 1.5 s instead of 37 ms); pytest.ini runs two test
+# processes instead (pytest-xdist), which keeps both cores busy without that.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 # demo.py's default backend ("auto") runs OpenVINO on CPUs when installed, after a one-off export per model. The
 # suite runs torch, so that its many tiny models are not each exported (tests/test_runtime.py tests "auto" itself);
 # `DAGAN_BACKEND=auto bash scripts/test.sh` runs every demo test through the default backend instead.
@@ -66,6 +71,15 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     DaGAN(load_config(config_path("tiny.yaml"))).save(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def short_clip(tmp_path_factory) -> Path:
+    """The first second of the bundled driving video (24 frames of a real face, with its audio track)."""
+    path = tmp_path_factory.mktemp("clips") / "driving_1s.mp4"
+    ffmpeg("-i", str(REPO_ROOT / "data" / "samples" / "driving.mp4"), "-t", "1", "-c:v", "libx264", "-pix_fmt",
+           "yuv420p", "-c:a", "aac", str(path))
+    return path
 
 
 @pytest.fixture

@@ -29,15 +29,6 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 DOCS_SCREENSHOT = REPO_ROOT / "docs" / "app-screenshot.png"
 
 
-@pytest.fixture(scope="module")
-def short_clip(tmp_path_factory) -> Path:
-    """The first second of the bundled driving video (24 frames, with its audio track)."""
-    path = tmp_path_factory.mktemp("clips") / "driving_1s.mp4"
-    ffmpeg("-i", str(SAMPLES / "driving.mp4"), "-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
-           str(path))
-    return path
-
-
 @pytest.fixture
 def animator(tmp_path, tiny_checkpoint) -> Animator:
     return Animator(AppSettings(checkpoint=tiny_checkpoint, search_root=str(tmp_path), work_dir=str(tmp_path / "work"),

