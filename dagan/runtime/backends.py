@@ -17,6 +17,7 @@ smoothing) the same way whatever the backend, and calls only these five methods:
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Callable, NamedTuple, Optional
@@ -142,10 +143,17 @@ def onnxruntime_runner(path: str, threads: int) -> GraphRunner:
     return lambda feeds: session.run(None, {name: feeds[name] for name in names})
 
 
+@functools.lru_cache(maxsize=None)
+def openvino_core():
+    """The process's one OpenVINO Core, kept alive for the whole process: a compiled model must never outlive the
+    Core that loaded its device plugin (the plugin's code is unloaded with the last Core, and the model's
+    destructor, run later by the garbage collector, would then crash the process)."""
+    return _import_backend("openvino").Core()
+
+
 def openvino_runner(path: str, threads: int) -> GraphRunner:
     """An OpenVINO model compiled for the CPU in fp32 (no bf16 down-casting on CPUs that support it)."""
-    openvino = _import_backend("openvino")
-    compiled = openvino.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
+    compiled = openvino_core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                            "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     names = [port.get_any_name() for port in compiled.inputs]
