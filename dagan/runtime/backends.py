@@ -153,6 +153,7 @@ def openvino_core():
 
 def openvino_runner(path: str, threads: int) -> GraphRunner:
     """An OpenVINO model compiled for the CPU in fp32 (no bf16 down-casting on CPUs that support it)."""
+    _import_backend("openvino")  # a clear error when it is not installed, even after a Core was made
     compiled = openvino_core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                            "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
