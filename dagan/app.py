@@ -23,7 +23,6 @@ import contextlib
 import glob
 import logging
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -43,7 +42,7 @@ from dagan.inference import (DaGANPipeline, InferenceError, KeypointSmoother, be
 from dagan.io import MediaError, open_video, open_writer, read_image
 from dagan.io.images import PixelLimitError
 from dagan.runtime.backends import choose_backend, default_backend
-from dagan.runtime.cache import exported_pipeline
+from dagan.runtime.cache import exported_pipeline_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -132,13 +131,10 @@ class PipelineCache:
         backend = default_backend()
         if backend == "auto":
             backend = choose_backend(device, model).backend
+        exported = None
         if backend != "torch" and device.type == "cpu":
-            try:
-                return exported_pipeline(model, backend, batch_size=self.settings.batch_size)
-            except Exception as error:  # an export this model does not support: torch runs everything
-                print(f"warning: could not run the model on {backend} ({str(error).splitlines()[0]}); running it "
-                      "on torch", file=sys.stderr)
-        return DaGANPipeline(model, device=device, batch_size=self.settings.batch_size)
+            exported = exported_pipeline_or_none(model, backend, batch_size=self.settings.batch_size)
+        return exported or DaGANPipeline(model, device=device, batch_size=self.settings.batch_size)
 
 
 # One request.

@@ -23,7 +23,7 @@ from dagan.io.images import pixel_limit
 from dagan.runtime.autotune import autotune
 from dagan.runtime.backends import (BACKEND_VARIABLE, BACKENDS, BackendError, choose_backend, default_backend,
                                     is_installed)
-from dagan.runtime.cache import exported_pipeline
+from dagan.runtime.cache import exported_pipeline, exported_pipeline_or_none
 from dagan.runtime.export import ExportError, is_export_folder
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -137,12 +137,10 @@ def load_pipeline(args: argparse.Namespace) -> DaGANPipeline:
         print(f"backend: {choice.reason}", file=sys.stderr)
         backend = choice.backend
         if backend != "torch":
-            try:
-                return exported_pipeline(model, backend, batch_size=args.batch_size)
-            except Exception as error:  # an export this model does not support: torch runs everything
-                print(f"warning: could not run the model on {backend} ({str(error).splitlines()[0]}); "
-                      "running it on torch", file=sys.stderr)
-                backend = "torch"
+            exported = exported_pipeline_or_none(model, backend, batch_size=args.batch_size)
+            if exported is not None:
+                return exported
+            backend = "torch"
     if backend != "torch":
         return exported_pipeline(model, backend, batch_size=args.batch_size)
     return DaGANPipeline(model, device=device, precision=args.precision, batch_size=args.batch_size,

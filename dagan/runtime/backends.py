@@ -28,10 +28,10 @@ import torch
 from dagan.geometry import Keypoints
 from dagan.model import DaGAN
 from dagan.networks.generator import GeneratorOutput, SourceFeatures
-from dagan.runtime.export import ExportManifest, read_manifest
+from dagan.runtime.defaults import RUNTIMES
+from dagan.runtime.export import ExportManifest, read_manifest, unexported_attention_levels
 from dagan.runtime.fusion import frozen_for_inference
 
-RUNTIMES = ("torch", "onnxruntime", "openvino")
 BACKENDS = ("auto", *RUNTIMES)  # what --backend accepts; "auto" resolves to a runtime (choose_backend)
 BACKEND_VARIABLE = "DAGAN_BACKEND"  # environment variable: the default of --backend (else "auto")
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
@@ -79,7 +79,7 @@ def choose_backend(device: torch.device, model: DaGAN, torch_only: Optional[str]
         return BackendChoice("torch", f"torch ({torch_only} needs it)")
     if not is_installed("openvino"):
         return BackendChoice("torch", "torch (pip install -e \".[onnx,openvino]\" runs CPU frames about 20% faster)")
-    attention_levels = [level for level in model.config.model_params.generator_params.attention_layers if level]
+    attention_levels = unexported_attention_levels(model.config)
     if attention_levels:
         return BackendChoice("torch", f"torch (the exported graphs do not cover attention at decoder levels "
                                       f"{attention_levels})")

@@ -51,7 +51,7 @@ def cached_export(model: DaGAN) -> str:
         print(f"exporting the networks to ONNX once, into {directory} ...", file=sys.stderr)
         try:
             export_onnx(model, directory)
-        except ExportError:
+        except (ExportError, OSError):
             if not is_export_folder(directory):  # not another process finishing the same export first
                 raise
     return directory
@@ -62,3 +62,14 @@ def exported_pipeline(model: DaGAN, backend: str, batch_size: Optional[int] = No
     from dagan.inference import DaGANPipeline
 
     return DaGANPipeline.from_exported(cached_export(model), backend, batch_size=batch_size)
+
+
+def exported_pipeline_or_none(model: DaGAN, backend: str, batch_size: Optional[int] = None):
+    """:func:`exported_pipeline`, or None (with a one-line warning) when ``model`` cannot run on ``backend``: what
+    ``--backend auto`` does before falling back to torch."""
+    try:
+        return exported_pipeline(model, backend, batch_size=batch_size)
+    except Exception as error:  # an export this model does not support: torch runs everything
+        print(f"warning: could not run the model on {backend} ({str(error).splitlines()[0]}); running it on torch",
+              file=sys.stderr)
+        return None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 
-TUNED_BACKENDS = ("torch", "onnxruntime", "openvino")
+RUNTIMES = ("torch", "onnxruntime", "openvino")  # what runs the networks (dagan.runtime.backends)
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,8 @@ class SpeedSettings:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.backend not in TUNED_BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(TUNED_BACKENDS)}, got {self.backend!r}")
+        if self.backend not in RUNTIMES:
+            raise ValueError(f"backend must be one of {', '.join(RUNTIMES)}, got {self.backend!r}")
 
 
 DEVICE_DEFAULTS = {

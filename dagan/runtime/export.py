@@ -191,6 +191,11 @@ def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...], spec: Grap
                           dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True)
 
 
+def unexported_attention_levels(config: Config) -> list[int]:
+    """The DaGAN++ decoder levels with attention (``attention_layers`` other than 0), which the graphs do not cover."""
+    return [level for level in config.model_params.generator_params.attention_layers if level]
+
+
 def export_onnx(model: DaGAN, output_dir: str | os.PathLike, progress=None) -> ExportManifest:
     """Export the frozen, batch-norm-folded inference networks of ``model`` into the new folder ``output_dir``.
 
@@ -200,11 +205,10 @@ def export_onnx(model: DaGAN, output_dir: str | os.PathLike, progress=None) -> E
     output_dir = os.fspath(output_dir)
     if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
         raise ExportError(f"{output_dir!r} already exists and is not empty; choose a new folder")
-    if list(model.config.model_params.generator_params.attention_layers) != [0]:
+    levels = unexported_attention_levels(model.config)
+    if levels:
         raise ExportError("ONNX export covers DaGAN's attention at the bottleneck only; this model also attends at "
-                          "decoder levels "
-                          f"{[level for level in model.config.model_params.generator_params.attention_layers if level]}"
-                          ": run it with --backend torch")
+                          f"decoder levels {levels}: run it with --backend torch")
     frozen = frozen_for_inference(model).cpu().float()
     specs = graph_specs(model.config)
     inputs = example_inputs(frozen)
