@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 
-from dagan.config import Config, load_config
+from dagan.config import Config
 from dagan.io.files import OutputError, atomic_write, first_line
 
 FORMAT_NAME = "dagan"
@@ -228,55 +228,6 @@ def load_shared(network: torch.nn.Module, state_dict: dict, name: str) -> list[s
     return sorted({".".join(key.split(".")[:2 if key.startswith("layer_attention.") else 1]) for key in new})
 
 
-def _resolve_config(config: Config | str | os.PathLike | None, networks: dict, encoder_state: Optional[dict]) -> Config:
-    if isinstance(config, Config):
-        return config
-    if config is not None:
-        return load_config(config)
-    overrides = [f"{key}={value}" for key, value in infer_model_settings(networks, encoder_state).items()]
-    return load_config(None, overrides)
-
-
-def load_official(checkpoint: str | os.PathLike | None, depth_dir: str | os.PathLike | None = None,
-                  config: Config | str | os.PathLike | None = None, map_location: str = "cpu"):
-    """Build a :class:`~dagan.model.DaGAN` from the official release.
-
-    checkpoint: the main ``.pth.tar`` (generator and keypoint detector loaded strictly, discriminator when present).
-    depth_dir: folder with ``encoder.pth`` and ``depth.pth``; ``None`` uses ``model_params.depth_params.checkpoint_dir``.
-    config: a Config, a YAML path, or None to use the official vox-adv-256 defaults with the keypoint count,
-    generator, detector input and depth-encoder depth read from the files.
-    """
-    from dagan.model import DaGAN
-
-    networks = read_official_checkpoint(checkpoint, map_location) if checkpoint is not None else {}
-    if depth_dir is None and isinstance(config, Config):
-        depth_dir = config.model_params.depth_params.checkpoint_dir
-    encoder_state, decoder_state = read_official_depth(depth_dir, map_location) if depth_dir else (None, None)
-    resolved = _resolve_config(config, networks, encoder_state)
-    check_fits(resolved, networks, encoder_state)
-    model = DaGAN(resolved)
-    for name, state_dict in networks.items():
-        load_shared(getattr(model, name), state_dict, name)
-    if encoder_state is not None:
-        load_depth_states(model, encoder_state, decoder_state)
-    model.loaded_networks = tuple(networks) + (("depth_encoder", "depth_decoder") if encoder_state is not None else ())
-    return model.eval()
-
-
-def load_depth_states(model, encoder_state: dict, decoder_state: dict) -> None:
-    """Strictly load depth encoder/decoder state dicts into ``model`` (a DaGAN)."""
-    load_strict(model.depth_encoder, encoder_state, "depth encoder (encoder.pth)")
-    load_strict(model.depth_decoder, decoder_state, "depth decoder (depth.pth)")
-
-
-def load_official_depth_into(model, depth_dir: str | os.PathLike) -> None:
-    """Load an official-layout depth folder (encoder.pth + depth.pth) into an existing DaGAN, checking that its
-    ResNet depth fits the model's config."""
-    encoder_state, decoder_state = read_official_depth(depth_dir)
-    check_fits(model.config, {}, encoder_state)
-    load_depth_states(model, encoder_state, decoder_state)
-
-
 def export_official_depth(model, depth_dir: str | os.PathLike) -> dict[str, str]:
     """Write ``encoder.pth`` (with the release's extra entries) and ``depth.pth`` into ``depth_dir``."""
     paths = {"encoder": os.path.join(os.fspath(depth_dir), "encoder.pth"),
@@ -324,21 +275,3 @@ def is_our_checkpoint(path: str | os.PathLike) -> bool:
     """True for files written by this project (checked by loading them; they are plain tensors and dicts)."""
     state = read_file(path)
     return isinstance(state, dict) and state.get("format") == FORMAT_NAME
-
-
-def load_checkpoint_or_official(checkpoint: str | os.PathLike, depth_dir: str | os.PathLike | None = None,
-                                config: Config | str | os.PathLike | None = None, map_location: str = "cpu"):
-    """A :class:`~dagan.model.DaGAN` from either of our checkpoints (``depth_dir`` and ``config`` must then be
-    None: ours hold everything) or from the official release (main file + depth folder)."""
-    from dagan.model import DaGAN
-
-    if is_our_checkpoint(checkpoint):
-        if depth_dir is not None:
-            raise CheckpointError(f"{os.fspath(checkpoint)!r} is a dagan checkpoint that already holds the depth "
-                                  "network; drop --depth_checkpoint")
-        return DaGAN.from_checkpoint(checkpoint, map_location=map_location)
-    if depth_dir is None and not (isinstance(config, Config) and config.model_params.depth_params.checkpoint_dir):
-        raise CheckpointError(f"{os.fspath(checkpoint)!r} is an official DaGAN checkpoint: it needs the depth "
-                              "network too; pass --depth_checkpoint DIR (the folder with encoder.pth and depth.pth, "
-                              "see checkpoints/README.md)")
-    return load_official(checkpoint, depth_dir, config, map_location=map_location)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
+import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple, Optional
 
@@ -24,7 +26,9 @@ from dagan.io.images import MediaError, resize_to_model, to_uint8
 from dagan.model import DaGAN
 from dagan.networks.generator import SourceFeatures
 from dagan.runtime.backends import ExportedNetworks, TorchNetworks
-from dagan.runtime.autotune import speed_settings
+from dagan.runtime.autotune import CANDIDATES, speed_settings, store_speed_settings
+from dagan.runtime.cache import cached_export
+from dagan.runtime.defaults import SpeedSettings
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -168,7 +172,7 @@ class DaGANPipeline:
     def load(cls, checkpoint: str, depth_checkpoint: Optional[str] = None, config: Config | str | None = None,
              **kwargs) -> "DaGANPipeline":
         """From our checkpoint (config inside) or the official release (main file + depth folder)."""
-        from dagan.checkpoint import load_checkpoint_or_official
+        from dagan.model import load_checkpoint_or_official
 
         return cls(load_checkpoint_or_official(checkpoint, depth_checkpoint, config), **kwargs)
 
@@ -270,19 +274,6 @@ class DaGANPipeline:
                                         source.features.expand(batch), return_deformed=return_deformed)
 
 
-def best_aligned_frame(source_image: np.ndarray, driving_frames: Iterable[np.ndarray], analyzer=None) -> int:
-    """Index of the driving frame whose face is best aligned with the source: 68 landmarks normalised by
-    centroid and sqrt(convex-hull area), smallest squared difference (the reference demo's find_best_frame).
-
-    Frames are searched at their own resolution (normalised landmarks do not depend on it, and a small model
-    resolution may be too small for the face detector). Needs the ``[faces]`` extra.
-    """
-    from dagan.faces import find_best_frame, get_face_analyzer
-
-    return find_best_frame(to_uint8(source_image) if source_image.dtype != np.uint8 else source_image,
-                           iter(driving_frames), analyzer or get_face_analyzer("auto"))
-
-
 def frame_at(driving_frames: Iterable[np.ndarray], index: int) -> np.ndarray:
     """Frame ``index`` of a re-iterable frame source (a VideoSource reads the video again)."""
     count = 0
@@ -302,3 +293,59 @@ def to_uint8_batch(images: torch.Tensor) -> np.ndarray:
     return to_uint8(images.float().permute(0, 2, 3, 1).cpu().numpy())
 
 
+# Exported pipelines (the export cache is dagan.runtime.cache).
+def exported_pipeline(model: DaGAN, backend: str, batch_size: Optional[int] = None):
+    """A :class:`DaGANPipeline` running ``model``'s cached export on ``backend``."""
+    return DaGANPipeline.from_exported(cached_export(model), backend, batch_size=batch_size)
+
+
+def exported_pipeline_or_none(model: DaGAN, backend: str, batch_size: Optional[int] = None):
+    """:func:`exported_pipeline`, or None (with a one-line warning) when ``model`` cannot run on ``backend``: what
+    ``--backend auto`` does before falling back to torch."""
+    try:
+        return exported_pipeline(model, backend, batch_size=batch_size)
+    except Exception as error:  # an export this model does not support: torch runs everything
+        print(f"warning: could not run the model on {backend} ({str(error).splitlines()[0]}); running it on torch",
+              file=sys.stderr)
+        return None
+
+
+# Auto-tune: time the speed settings on this machine (stored by dagan.runtime.autotune).
+def candidate_pipeline(model, device: torch.device, candidate: SpeedSettings):
+    """The pipeline that runs ``candidate`` (an exported one, from the export cache, for other backends)."""
+    if candidate.backend != "torch":
+        return exported_pipeline(model, candidate.backend, batch_size=candidate.batch_size)
+    return DaGANPipeline(model, device=device, batch_size=candidate.batch_size, channels_last=candidate.channels_last)
+
+
+@torch.no_grad()
+def autotune(model, device: torch.device, repeats: int = 2, backends: tuple[str, ...] = ("torch",)
+             ) -> SpeedSettings:
+    """Time :data:`CANDIDATES` on ``model`` (best per-frame time of ``repeats`` calls after one warm-up), and batch
+    1 on each other runtime in ``backends``, store the fastest for this machine and return it."""
+    height, width = model.config.dataset_params.frame_shape[:2]
+    images = torch.rand(3, 3, height, width, generator=torch.Generator().manual_seed(0))
+    best: Optional[tuple[float, SpeedSettings]] = None
+    candidates = CANDIDATES + tuple(SpeedSettings(1, False, backend=backend) for backend in backends
+                                    if backend != "torch")
+    for candidate in candidates:
+        pipeline = candidate_pipeline(model, device, candidate)
+        source = pipeline.source_state(images[:1].to(device).contiguous(memory_format=pipeline.networks.memory_format))
+        frames = images[1:1 + candidate.batch_size].to(device).contiguous(memory_format=pipeline.networks.memory_format)
+
+        def frame() -> None:
+            keypoints, _ = pipeline.driving_keypoints(frames)
+            pipeline.generate(source, normalize_keypoints(source.keypoints, keypoints, keypoints.index(slice(0, 1)),
+                                                          use_relative_movement=True, use_relative_jacobian=True))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        frame()
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            frame()
+            seconds.append((time.perf_counter() - start) / candidate.batch_size)
+        if best is None or min(seconds) < best[0]:
+            best = (min(seconds), candidate)
+    store_speed_settings(device, model.config, best[1])
+    return best[1]

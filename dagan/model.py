@@ -27,7 +27,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from dagan.config import Config, config_from_dict, config_to_dict
+from dagan.checkpoint import (CheckpointError, check_fits, infer_model_settings, is_our_checkpoint, load_checkpoint,
+                              load_shared, load_strict, read_official_checkpoint, read_official_depth, save_checkpoint)
+from dagan.config import Config, config_from_dict, config_to_dict, load_config
 from dagan.geometry import Keypoints
 from dagan.networks.depth import DepthDecoder, DepthEncoder
 from dagan.networks.discriminator import MultiScaleDiscriminator
@@ -103,16 +105,12 @@ class DaGAN(nn.Module):
     @classmethod
     def from_official(cls, checkpoint: Optional[str | os.PathLike] = None, depth_dir: Optional[str | os.PathLike] = None,
                       config: Optional[Config | str | os.PathLike] = None, map_location: str = "cpu") -> "DaGAN":
-        """Build from the official release files (see :func:`dagan.checkpoint.load_official`)."""
-        from dagan.checkpoint import load_official
-
+        """Build from the official release files (see :func:`load_official`)."""
         return load_official(checkpoint, depth_dir, config, map_location=map_location)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, map_location: str = "cpu") -> "DaGAN":
         """Build from a checkpoint in this project's format (config stored inside)."""
-        from dagan.checkpoint import load_checkpoint
-
         state = load_checkpoint(path, map_location=map_location)
         model = cls(config_from_dict(state["config"]))
         model.load_network_state_dicts(state["networks"])
@@ -126,7 +124,69 @@ class DaGAN(nn.Module):
 
     def save(self, path: str | os.PathLike, step: int = 0) -> None:
         """Write a checkpoint in this project's format (atomic): every network, the config and ``step``."""
-        from dagan.checkpoint import save_checkpoint
-
         save_checkpoint(path, {"config": config_to_dict(self.config), "step": step,
                                "networks": self.network_state_dicts()})
+
+
+# Building a model from checkpoint files (dagan.checkpoint reads and writes the state dicts).
+def _resolve_config(config: Config | str | os.PathLike | None, networks: dict, encoder_state: Optional[dict]) -> Config:
+    if isinstance(config, Config):
+        return config
+    if config is not None:
+        return load_config(config)
+    overrides = [f"{key}={value}" for key, value in infer_model_settings(networks, encoder_state).items()]
+    return load_config(None, overrides)
+
+
+def load_official(checkpoint: str | os.PathLike | None, depth_dir: str | os.PathLike | None = None,
+                  config: Config | str | os.PathLike | None = None, map_location: str = "cpu") -> DaGAN:
+    """Build a :class:`DaGAN` from the official release.
+
+    checkpoint: the main ``.pth.tar`` (generator and keypoint detector loaded strictly, discriminator when present).
+    depth_dir: folder with ``encoder.pth`` and ``depth.pth``; ``None`` uses ``model_params.depth_params.checkpoint_dir``.
+    config: a Config, a YAML path, or None to use the official vox-adv-256 defaults with the keypoint count,
+    generator, detector input and depth-encoder depth read from the files.
+    """
+    networks = read_official_checkpoint(checkpoint, map_location) if checkpoint is not None else {}
+    if depth_dir is None and isinstance(config, Config):
+        depth_dir = config.model_params.depth_params.checkpoint_dir
+    encoder_state, decoder_state = read_official_depth(depth_dir, map_location) if depth_dir else (None, None)
+    resolved = _resolve_config(config, networks, encoder_state)
+    check_fits(resolved, networks, encoder_state)
+    model = DaGAN(resolved)
+    for name, state_dict in networks.items():
+        load_shared(getattr(model, name), state_dict, name)
+    if encoder_state is not None:
+        load_depth_states(model, encoder_state, decoder_state)
+    model.loaded_networks = tuple(networks) + (("depth_encoder", "depth_decoder") if encoder_state is not None else ())
+    return model.eval()
+
+
+def load_depth_states(model: DaGAN, encoder_state: dict, decoder_state: dict) -> None:
+    """Strictly load depth encoder/decoder state dicts into ``model`` (a DaGAN)."""
+    load_strict(model.depth_encoder, encoder_state, "depth encoder (encoder.pth)")
+    load_strict(model.depth_decoder, decoder_state, "depth decoder (depth.pth)")
+
+
+def load_official_depth_into(model: DaGAN, depth_dir: str | os.PathLike) -> None:
+    """Load an official-layout depth folder (encoder.pth + depth.pth) into an existing DaGAN, checking that its
+    ResNet depth fits the model's config."""
+    encoder_state, decoder_state = read_official_depth(depth_dir)
+    check_fits(model.config, {}, encoder_state)
+    load_depth_states(model, encoder_state, decoder_state)
+
+
+def load_checkpoint_or_official(checkpoint: str | os.PathLike, depth_dir: str | os.PathLike | None = None,
+                                config: Config | str | os.PathLike | None = None, map_location: str = "cpu") -> DaGAN:
+    """A :class:`DaGAN` from either of our checkpoints (``depth_dir`` and ``config`` must then be
+    None: ours hold everything) or from the official release (main file + depth folder)."""
+    if is_our_checkpoint(checkpoint):
+        if depth_dir is not None:
+            raise CheckpointError(f"{os.fspath(checkpoint)!r} is a dagan checkpoint that already holds the depth "
+                                  "network; drop --depth_checkpoint")
+        return DaGAN.from_checkpoint(checkpoint, map_location=map_location)
+    if depth_dir is None and not (isinstance(config, Config) and config.model_params.depth_params.checkpoint_dir):
+        raise CheckpointError(f"{os.fspath(checkpoint)!r} is an official DaGAN checkpoint: it needs the depth "
+                              "network too; pass --depth_checkpoint DIR (the folder with encoder.pth and depth.pth, "
+                              "see checkpoints/README.md)")
+    return load_official(checkpoint, depth_dir, config, map_location=map_location)

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from dagan.checkpoint import export_official_depth  # noqa: E402
 from dagan.cli.train import main as train_main  # noqa: E402
 from dagan.config import load_config  # noqa: E402
-from dagan.data.synthetic_dataset import SyntheticClipStore, SyntheticSpec  # noqa: E402
+from dagan.data.synthetic.dataset import SyntheticClipStore, SyntheticSpec  # noqa: E402
 from dagan.eval.metrics import l1_distance, ssim  # noqa: E402
 from dagan.model import DaGAN  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Crop the faces of a video (or of one image) for DaGAN: the reference crop-video.py, writing the clips.
 
-See ``dagan/crop.py`` for the face-tube algorithm. Run ``python scripts/crop_video.py --help``.
+See ``dagan/faces/tubes.py`` for the face-tube algorithm. Run ``python scripts/crop_video.py --help``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dagan import crop  # noqa: E402
+from dagan.faces import tubes as crop  # noqa: E402
 from dagan.faces import MissingFaceBackend, NoFaceFound  # noqa: E402
 from dagan.io import read_image_uint8, write_png  # noqa: E402
 from dagan.io.files import refuse_to_overwrite  # noqa: E402

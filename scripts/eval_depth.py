@@ -4,7 +4,7 @@
 Renders ``--num_clips`` clips with seeds disjoint from the training clips, predicts depth with the trained
 network, the untrained network (the initialisation ``train_depth`` starts from) and a constant-depth baseline,
 and reports AbsRel, RMSE, delta<1.25 and delta<1.05 after per-image median scaling, on head pixels and on the full image
-(definitions: ``dagan/eval_depth.py``). The held-out clips follow the training clips' motion limits
+(definitions: ``dagan/eval/depth.py``). The held-out clips follow the training clips' motion limits
 (``rotation_scale`` / ``translation_scale`` of the config's synthetic root; ``--default_motion`` for the renderer's
 defaults). Prints a Markdown table, writes everything to ``--output`` (JSON) and, with ``--figure``, a
 picture of the depth maps.
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dagan.config import load_config  # noqa: E402
 from dagan.data.synthetic import MotionRanges  # noqa: E402
-from dagan.eval_depth import (EVAL_FPS, EVAL_SEED, check_disjoint_seeds, depth_figure,  # noqa: E402
+from dagan.eval.depth import (EVAL_FPS, EVAL_SEED, check_disjoint_seeds, depth_figure,  # noqa: E402
                               evaluate_predictions, format_table, load_depth_model, predict_depths,
                               relative_improvement, render_evaluation_set, results_to_dict, training_motion,
                               training_seeds)

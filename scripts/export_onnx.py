@@ -18,7 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dagan.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint_or_official  # noqa: E402
+from dagan.checkpoint import CheckpointError, is_our_checkpoint  # noqa: E402
+from dagan.model import load_checkpoint_or_official  # noqa: E402
 from dagan.config import ConfigError, load_config  # noqa: E402
 from dagan.runtime.backends import BackendError  # noqa: E402
 from dagan.runtime.export import ExportError, export_onnx  # noqa: E402

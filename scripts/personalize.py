@@ -1,6 +1,6 @@
 """Personalise the audio model on a short clip of the target person (about 12 s): one command.
 
-See ``dagan.audio.personalize``. Run ``python scripts/personalize.py --help``.
+See ``dagan.training.personalize``. Run ``python scripts/personalize.py --help``.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from dagan.audio.personalize import personalize
+    from dagan.training.personalize import personalize
     from dagan.checkpoint import CheckpointError
     from dagan.config import ConfigError
     from dagan.inference import DaGANPipeline

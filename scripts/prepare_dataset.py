@@ -1,6 +1,6 @@
 """Turn a folder of raw videos into the training layout ROOT/{train,test}/<identity>#<video>#<k>.
 
-See ``dagan.crop.prepare_dataset``. Run ``python scripts/prepare_dataset.py --help``.
+See ``dagan.data.prepare.prepare_dataset``. Run ``python scripts/prepare_dataset.py --help``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dagan import crop  # noqa: E402
+from dagan.data import prepare  # noqa: E402
+from dagan.faces import tubes as crop  # noqa: E402
 from dagan.faces import MissingFaceBackend  # noqa: E402
 
 EXAMPLE = """\
@@ -54,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         settings = crop.crop_settings(args)
         crop.build_analyzer(args.backend)  # fail early, with install instructions, if no backend is there
-        summary = crop.prepare_dataset(args.inp, args.out, args.format, args.test_fraction, args.workers, settings,
+        summary = prepare.prepare_dataset(args.inp, args.out, args.format, args.test_fraction, args.workers, settings,
                                        args.seed, args.backend, keep_audio=not args.no_audio,
                                        progress=not args.no_progress)
     except (MissingFaceBackend, ValueError) as error:  # MediaError and bad crop settings are ValueErrors

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dagan.quickstart import QuickstartError, run_quickstart, summary  # noqa: E402
+from dagan.cli.quickstart import QuickstartError, run_quickstart, summary  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -153,7 +153,7 @@ def test_app_audio_mode_animates_speech_and_reports_errors_in_one_line(files, tm
     import gradio as gr
 
     from dagan.app import Animator, AppSettings  # (test_app.py builds the page, audio mode included)
-    from dagan.audio.app_mode import SpeechRequest, speak
+    from dagan.app.speech_tab import SpeechRequest, speak
 
     import shutil
     root = tmp_path / "server"  # the app only uses the checkpoints it lists (checkpoints/ under its root)
@@ -235,7 +235,7 @@ def test_lip_sync_measures(tmp_path):
 
 
 def test_offset_check_finds_a_shifted_audio_track():
-    from dagan.data import synthetic_talking as talking
+    from dagan.data.synthetic import talking
 
     if not talking.available():
         pytest.skip("text-to-speech needs espeak-ng: apt-get install espeak-ng (or pip install espeakng-loader)")

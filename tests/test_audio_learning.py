@@ -1,5 +1,5 @@
 """The audio model learns lip sync and personal head pose: synthetic talking heads whose jaw follows espeak-ng
-speech (``dagan.data.synthetic_talking``), ground-truth keypoints (10 head landmarks, projected), held-out
+speech (``dagan.data.synthetic.talking``), ground-truth keypoints (10 head landmarks, projected), held-out
 sentences. One general model and one personalised model are trained once per module (single-threaded: small
 recurrent networks train several times faster on one thread of a busy CPU)."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dagan.audio import frame_times, load_audio, write_wav
 from dagan.audio.data import make_item, motion_clip, save_item
 from dagan.audio.model import AudioDrivenModel
 from dagan.audio.motion import pose_statistics, statistics_distance
-from dagan.data import synthetic_talking as talking
+from dagan.data.synthetic import talking
 
 pytestmark = pytest.mark.skipif(not talking.available(), reason="text-to-speech needs espeak-ng: apt-get install "
                                 "espeak-ng (or pip install espeakng-loader)")

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from conftest import config_path
-from dagan.checkpoint import (CheckpointError, atomic_save, export_official, load_checkpoint, load_official,
-                              resnet_depth_of)
+from dagan.checkpoint import CheckpointError, atomic_save, export_official, load_checkpoint, resnet_depth_of
 from dagan.config import load_config
-from dagan.model import DaGAN
+from dagan.model import DaGAN, load_official
 from dagan.networks.depth import DepthEncoder
 
 

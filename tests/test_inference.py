@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import NEEDS_FACES, PARITY_DIR, config_path, make_test_clip, write_parity_release
-from dagan.checkpoint import load_official
+from dagan.model import load_official
 from dagan.cli.demo import main as demo_main
 from dagan.inference import DaGANPipeline, InferenceError, KeypointSmoother, OneEuroFilter
 from dagan.io import probe

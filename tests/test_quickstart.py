@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO_ROOT, config_path, make_test_clip
 from dagan.io import open_video
-from dagan.quickstart import (CAPTION_HEIGHT, PANEL_SIZE, QuickstartError, QuickstartPaths, run_quickstart,
+from dagan.cli.quickstart import (CAPTION_HEIGHT, PANEL_SIZE, QuickstartError, QuickstartPaths, run_quickstart,
                               split_clip)
 
 TINY_STEPS = ["train_params.num_steps=2", "depth_train_params.num_steps=2", "depth_train_params.batch_size=2",
@@ -63,7 +63,7 @@ def test_side_by_side_shows_source_driving_and_result(first_run):
     frame = next(iter(open_video(paths.side_by_side)))[CAPTION_HEIGHT:].astype(np.float32)
     driving = next(iter(open_video(clip)))
     source_panel, driving_panel = frame[:, :PANEL_SIZE], frame[:, PANEL_SIZE:2 * PANEL_SIZE]
-    from dagan.quickstart import to_panel
+    from dagan.cli.quickstart import to_panel
     assert np.abs(driving_panel - to_panel(driving, PANEL_SIZE)).mean() < 8  # H.264 tolerance
     assert np.abs(source_panel - driving_panel).mean() > 8  # the source is a later, held-out frame
 

@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from conftest import PARITY_DIR, config_path, write_parity_release
-from dagan.checkpoint import load_official
+from dagan.model import load_official
 from dagan.config import load_config
 from dagan.cli.demo import main as demo_main
 from dagan.inference import DaGANPipeline
 from dagan.model import DaGAN
 from dagan.networks.blocks import ResBlock2d
-from dagan.runtime.autotune import CANDIDATES, autotune, cached_speed_settings, machine_key
+from dagan.inference import autotune
+from dagan.runtime.autotune import CANDIDATES, cached_speed_settings, machine_key
 from dagan.runtime.backends import BackendError, ExportedNetworks, choose_backend, default_backend
 from dagan.runtime.defaults import SpeedSettings, default_speed_settings
 from dagan.runtime.export import ExportError, export_onnx, read_manifest

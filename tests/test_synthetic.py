@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from dagan import geometry
-from dagan.data import synthetic
+from dagan.data.synthetic import heads as synthetic
 from dagan.data.synthetic import HeadShape, MotionRanges, SyntheticClip, relative_pose, render_clip, warp_points
 
 SIZE = 64

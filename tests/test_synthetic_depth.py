@@ -15,9 +15,9 @@ from conftest import config_path, load_script
 from dagan.cli.train import main as train_main
 from dagan.config import load_config
 from dagan.data.synthetic import BACKGROUND_DEPTH, relative_pose
-from dagan.data.synthetic_dataset import (SyntheticPairDataset, SyntheticSpec, SyntheticTripletDataset,
+from dagan.data.synthetic.dataset import (SyntheticPairDataset, SyntheticSpec, SyntheticTripletDataset,
                                           is_synthetic_root)
-from dagan.eval_depth import (EVAL_SEED, DepthErrors, check_disjoint_seeds, compare_depth, constant_depth,
+from dagan.eval.depth import (EVAL_SEED, DepthErrors, check_disjoint_seeds, compare_depth, constant_depth,
                               depth_errors, depth_figure, evaluate_predictions, format_table, load_depth_model,
                               relative_improvement, render_evaluation_set, training_motion, training_seeds)
 from dagan.geometry import backproject, project, reproject_grid, warp

@@ -77,7 +77,7 @@ def test_depth_stage_smoke_writes_official_depth(tmp_path):
     assert "encoder.conv1.weight" in encoder and encoder["height"] == 256
     # Stage 2 can start from it.
     model = DaGAN(load_config(config_path("tiny.yaml")))
-    from dagan.checkpoint import load_official_depth_into
+    from dagan.model import load_official_depth_into
     load_official_depth_into(model, tmp_path / "depth")
 
 
@@ -194,7 +194,7 @@ def test_two_rank_gloo_ddp_matches_one_rank(tmp_path, depth_dir):
 @pytest.mark.slow
 def test_gan_stage_learns_to_reconstruct(tmp_path, depth_dir):
     """50 steps on the sample clip at 64x64: reconstruction L1 of held-back pairs of the clip drops >= 30%."""
-    from dagan.checkpoint import load_official_depth_into
+    from dagan.model import load_official_depth_into
     from dagan.data import FramesDataset
     assert run_train(tmp_path, gan_overrides(depth_dir, 50, "train_params.batch_size=2", "train_params.log_every=50",
                                              "train_params.image_every=1000", "train_params.checkpoint_every=50")) == 0
@@ -224,7 +224,7 @@ def test_export_checkpoint_script(tmp_path, depth_dir):
                         "--official", str(tmp_path / "release")]) == 0
     inference = read_file(tmp_path / "dagan.pt")
     assert "training" not in inference and set(inference["networks"]) >= {"generator", "kp_detector"}
-    from dagan.checkpoint import load_official
+    from dagan.model import load_official
     official = load_official(tmp_path / "release" / "checkpoint.pth.tar", tmp_path / "release" / "depth",
                              config_path("tiny.yaml"))
     ours = DaGAN.from_checkpoint(trained)

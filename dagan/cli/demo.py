@@ -12,19 +12,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dagan.audio.animate import add_audio_arguments, run_audio
-from dagan.checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint_or_official
-from dagan.config import ConfigError, load_config
+from dagan.checkpoint import CheckpointError
+from dagan.cli.demo_audio import add_audio_arguments, run_audio
 from dagan.cli.demo_faces import add_face_arguments, run_faces, uses_face_mode
-from dagan.inference import (DaGANPipeline, InferenceError, KeypointSmoother, best_aligned_frame, frame_at,
-                             resolve_device)
-from dagan.io import MediaError, check_result_path, open_video, open_writer, read_image, set_pixel_limit
+from dagan.cli.pipeline import check_outputs, load_pipeline, visualization_path
+from dagan.config import ConfigError
+from dagan.faces.landmarks import best_aligned_frame
+from dagan.inference import InferenceError, KeypointSmoother, frame_at
+from dagan.io import MediaError, open_video, open_writer, read_image, set_pixel_limit
 from dagan.io.images import pixel_limit
-from dagan.runtime.autotune import autotune
-from dagan.runtime.backends import (BACKEND_VARIABLE, BACKENDS, BackendError, choose_backend, default_backend,
-                                    is_installed)
-from dagan.runtime.cache import exported_pipeline, exported_pipeline_or_none
-from dagan.runtime.export import ExportError, is_export_folder
+from dagan.runtime.backends import BACKEND_VARIABLE, BACKENDS, BackendError, default_backend
+from dagan.runtime.export import ExportError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "vox-adv-256.yaml")
@@ -103,69 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_pipeline(args: argparse.Namespace) -> DaGANPipeline:
-    overrides = list(args.overrides)
-    if args.kp_num is not None and args.kp_num != -1:
-        overrides.append(f"model_params.common_params.num_kp={args.kp_num}")
-    if args.generator is not None:
-        overrides.append(f"model_params.generator={args.generator}")
-    device = "cpu" if args.cpu else args.device
-    if os.path.isdir(args.checkpoint) and is_export_folder(args.checkpoint):
-        backend = args.backend
-        if backend == "auto":
-            backend = "openvino" if is_installed("openvino") else "onnxruntime"
-        if backend == "torch":
-            raise BackendError(f"{args.checkpoint!r} holds exported ONNX graphs: add --backend onnxruntime or openvino")
-        return DaGANPipeline.from_exported(args.checkpoint, backend, batch_size=args.batch_size)
-    if is_our_checkpoint(args.checkpoint):
-        model = load_checkpoint_or_official(args.checkpoint, args.depth_checkpoint)
-        if overrides:
-            wanted = load_config(None, overrides).model_params
-            stored = model.config.model_params
-            if args.kp_num not in (None, -1) and wanted.common_params.num_kp != stored.common_params.num_kp:
-                raise CheckpointError(f"the checkpoint holds {stored.common_params.num_kp} keypoints; "
-                                      f"drop --kp_num or use --kp_num {stored.common_params.num_kp}")
-            if args.generator is not None and wanted.generator != stored.generator:
-                raise CheckpointError(f"the checkpoint holds a {stored.generator}; drop --generator")
-    else:
-        model = load_checkpoint_or_official(args.checkpoint, args.depth_checkpoint, load_config(args.config, overrides))
-    backend = args.backend
-    if args.autotune and backend in ("auto", "torch"):
-        run_autotune(args, model, resolve_device(device))  # stored: read back by the choices below
-    if backend == "auto":
-        choice = choose_backend(resolve_device(device), model, torch_only_flag(args))
-        print(f"backend: {choice.reason}", file=sys.stderr)
-        backend = choice.backend
-        if backend != "torch":
-            exported = exported_pipeline_or_none(model, backend, batch_size=args.batch_size)
-            if exported is not None:
-                return exported
-            backend = "torch"
-    if backend != "torch":
-        return exported_pipeline(model, backend, batch_size=args.batch_size)
-    return DaGANPipeline(model, device=device, precision=args.precision, batch_size=args.batch_size,
-                         compile=args.compile)
-
-
-def run_autotune(args: argparse.Namespace, model, device: torch.device) -> None:
-    """``--autotune``: time the torch settings, plus OpenVINO when ``--backend auto`` could pick it, and store the
-    fastest for this machine (:mod:`dagan.runtime.autotune`)."""
-    backends = ("torch",)
-    if args.backend == "auto" and choose_backend(device, model, torch_only_flag(args)).backend == "openvino":
-        backends = ("torch", "openvino")
-    tuned = autotune(model, device, backends=backends)
-    print(f"auto-tuned: {tuned.backend}, batch {tuned.batch_size}, channels_last {tuned.channels_last} (cached)",
-          file=sys.stderr)
-
-
-def torch_only_flag(args: argparse.Namespace) -> Optional[str]:
-    """The first requested option only the torch backend has, or None."""
-    for flag, requested in (("--compile", args.compile), (f"--precision {args.precision}", args.precision != "fp32")):
-        if requested:
-            return flag
-    return None
-
-
 def anchor_frame(args, source: np.ndarray, video) -> Optional[np.ndarray]:
     """The driving frame that anchors relative motion: --best_frame N, the best-aligned face, or the first."""
     index = args.best_frame
@@ -174,14 +109,6 @@ def anchor_frame(args, source: np.ndarray, video) -> Optional[np.ndarray]:
         index = best_aligned_frame(source, video)
         print(f"best frame: {index}", file=sys.stderr)
     return None if index is None else frame_at(video, index)
-
-
-def visualization_path(result: str) -> str:
-    stripped = result.rstrip("/\\")
-    if result.endswith(("/", os.sep)) or os.path.isdir(result):
-        return stripped + "_visualization" + os.sep
-    stem, extension = os.path.splitext(stripped)
-    return f"{stem}_visualization{extension or '.mp4'}"
 
 
 def check_inputs(args: argparse.Namespace) -> None:
@@ -196,21 +123,12 @@ def check_inputs(args: argparse.Namespace) -> None:
                          "--driving_audio and --audio_checkpoint)")
 
 
-def check_outputs(args: argparse.Namespace, result: str, inputs: list[Optional[str]]) -> None:
-    """Refuse, before any work, a result (and its visualisation) that would replace an input or the user's files,
-    or land in an unwritable folder."""
-    inputs = [*inputs, args.checkpoint, args.depth_checkpoint]
-    check_result_path(result, inputs)
-    if args.visualize:
-        check_result_path(visualization_path(result), inputs)
-
-
 def run(args: argparse.Namespace) -> int:
     set_pixel_limit(args.max_pixels)
     if args.driving_audio is not None:  # speech-driven (dagan.audio)
         check_outputs(args, args.result_video, [args.source_image, args.driving_audio, args.audio_checkpoint,
                                                 args.reference_video])
-        return run_audio(args, load_pipeline)
+        return run_audio(args)
     check_inputs(args)
     if uses_face_mode(args):
         return run_faces(args, load_pipeline, check_outputs)

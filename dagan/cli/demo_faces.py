@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
+from dagan.cli.pipeline import visualization_path
 from dagan.faces.alignment import Framing
 from dagan.faces.animation import FaceOptions, FaceSession, MotionOptions, fit_picture
 from dagan.faces.plans import parse_face_selection
@@ -186,7 +187,8 @@ class FaceDemo:
 
     def anchor_frame(self, picture: np.ndarray, driving) -> Optional[np.ndarray]:
         """``--best_frame`` / ``--find_best_frame`` (landmarks of the picture's largest face)."""
-        from dagan.inference import best_aligned_frame, frame_at
+        from dagan.faces.landmarks import best_aligned_frame
+        from dagan.inference import frame_at
 
         index = self.args.best_frame
         if self.args.find_best_frame and index is None:
@@ -212,7 +214,6 @@ class FaceDemo:
         self.session.messages.clear()
         if first is None:
             raise MediaError(f"nothing to animate: {job.driving} or {job.source} has no frames")
-        from dagan.cli.demo import visualization_path
 
         count, inputs = 0, [job.source, job.driving]
         with contextlib.ExitStack() as stack:

@@ -26,12 +26,13 @@ from dagan.faces.detection import (
     face_alignment_weight_paths,
     get_face_analyzer,
 )
-from dagan.faces.landmarks import find_best_frame, normalized_landmarks
+from dagan.faces.landmarks import best_aligned_frame, find_best_frame, normalized_landmarks
 from dagan.faces.pose import CANONICAL_FACE_3D, camera_matrix, head_pose_from_landmarks, rotation_from_head_pose
 
 __all__ = [
     "Box",
     "HeadPose",
+    "best_aligned_frame",
     "FaceAnalyzer",
     "MissingFaceBackend",
     "NoFaceFound",

@@ -35,9 +35,11 @@ import importlib
 import os
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from dagan.faces.pose import HeadPose, head_pose_from_landmarks
 
 if TYPE_CHECKING:  # only for type hints; never imported at run time here
     import dlib
@@ -121,14 +123,6 @@ class Box:
     def as_array(self) -> np.ndarray:
         """``(4,)`` float array ``[x0, y0, x1, y1]``."""
         return np.array([self.x0, self.y0, self.x1, self.y1], dtype=np.float64)
-
-
-class HeadPose(NamedTuple):
-    """Head rotation in degrees (see :func:`head_pose_from_landmarks` for the signs)."""
-
-    pitch: float
-    yaw: float
-    roll: float
 
 
 # Image helpers.
@@ -353,7 +347,6 @@ class FaceAnalyzer:
         image_size: ``(width, height)``; required with landmarks, read from the image otherwise.
         Returns ``None`` when the image has no face. See :func:`head_pose_from_landmarks`.
         """
-        from dagan.faces.pose import head_pose_from_landmarks
 
         if _is_landmarks(image_or_landmarks):
             if image_size is None:

@@ -8,8 +8,9 @@ import numpy as np
 from scipy.spatial import ConvexHull
 
 from dagan.faces.detection import FaceAnalyzer, NoFaceFound, get_face_analyzer
+from dagan.io.images import to_uint8
 
-__all__ = ["normalized_landmarks", "find_best_frame"]
+__all__ = ["normalized_landmarks", "find_best_frame", "best_aligned_frame"]
 
 def normalized_landmarks(landmarks: np.ndarray) -> np.ndarray:
     """Landmarks with the centroid removed, divided by sqrt(area of their convex hull).
@@ -49,3 +50,14 @@ def find_best_frame(source_image: np.ndarray, driving_frames: Iterable[np.ndarra
     if best_index < 0:
         raise NoFaceFound("find_best_frame: no face found in any driving frame")
     return best_index
+
+
+def best_aligned_frame(source_image: np.ndarray, driving_frames: Iterable[np.ndarray], analyzer=None) -> int:
+    """Index of the driving frame whose face is best aligned with the source: 68 landmarks normalised by
+    centroid and sqrt(convex-hull area), smallest squared difference (the reference demo's find_best_frame).
+
+    Frames are searched at their own resolution (normalised landmarks do not depend on it, and a small model
+    resolution may be too small for the face detector). Needs the ``[faces]`` extra.
+    """
+    return find_best_frame(to_uint8(source_image) if source_image.dtype != np.uint8 else source_image,
+                           iter(driving_frames), analyzer or get_face_analyzer("auto"))

@@ -106,7 +106,7 @@ def plan_picture_faces(picture: np.ndarray, analyzer: FaceAnalyzer, size: tuple[
 
 def _merged(boxes: list[Box], more: list[Box]) -> list[Box]:
     """``boxes`` plus the boxes of ``more`` that overlap none of them, largest first."""
-    from dagan.crop import box_iou
+    from dagan.faces.tubes import box_iou
 
     extra = [box for box in more if all(box_iou(box, kept) < 0.3 for kept in boxes)]
     return sorted(boxes + extra, key=lambda box: box.area, reverse=True)

@@ -5,11 +5,20 @@ Conventions as in :mod:`dagan.faces.detection`: points are ``(x, y)`` pixels, an
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from dagan.faces.detection import HeadPose
 
-__all__ = ["CANONICAL_FACE_3D", "camera_matrix", "rotation_from_head_pose", "head_pose_from_landmarks"]
+class HeadPose(NamedTuple):
+    """Head rotation in degrees (see :func:`head_pose_from_landmarks` for the signs)."""
+
+    pitch: float
+    yaw: float
+    roll: float
+
+
+__all__ = ["HeadPose", "CANONICAL_FACE_3D", "camera_matrix", "rotation_from_head_pose", "head_pose_from_landmarks"]
 
 # A generic adult face in millimetres for 12 stable points of the 68-point iBUG layout (no jaw
 # contour, no eyebrows, no inner lips: those move with expression or slide along the silhouette).

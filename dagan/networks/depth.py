@@ -159,3 +159,9 @@ class PoseNetwork(nn.Module):
         intrinsics[:, 2, 2] = 1
         uncertainty = None if self.uncertainty_head is None else self.uncertainty_head(pyramid, (height, width))
         return PoseOutput(pose[:, :3], pose[:, 3:], intrinsics, uncertainty)
+
+
+def disparity_to_depth(disparity: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:
+    """Sigmoid disparity in (0, 1) -> depth in [min_depth, max_depth] (Monodepth2's scaling)."""
+    min_disparity, max_disparity = 1 / max_depth, 1 / min_depth
+    return 1 / (min_disparity + (max_disparity - min_disparity) * disparity)

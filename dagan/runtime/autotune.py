@@ -1,6 +1,6 @@
-"""A quick one-off auto-tune of the speed settings on this machine, cached per machine and model shape.
+"""The speed settings measured on this machine, stored per machine and model shape.
 
-``demo.py --autotune`` times whole frames (driving keypoints + rendering, random inputs at the model's resolution)
+``demo.py --autotune`` (the timing is :func:`dagan.inference.autotune`) times whole frames (driving keypoints + rendering, random inputs at the model's resolution)
 for batch 1 and 2, NCHW and ``channels_last`` on torch, and batch 1 on OpenVINO when ``--backend auto`` may use it
 (installed, exportable model, a CPU), keeps the fastest per frame (best of a few calls) and stores it in
 ``$DAGAN_CACHE/speed.json`` (default ``~/.cache/dagan``). Later runs with no speed flags use the stored entry for
@@ -13,13 +13,11 @@ import dataclasses
 import json
 import os
 import platform
-import time
 from typing import Optional
 
 import torch
 
 from dagan.config import Config
-from dagan.geometry import normalize_keypoints
 from dagan.io.files import atomic_write_text
 from dagan.runtime.cache import cache_root
 from dagan.runtime.defaults import SpeedSettings, default_speed_settings
@@ -63,46 +61,9 @@ def speed_settings(device: torch.device, config: Optional[Config]) -> SpeedSetti
     return tuned or default_speed_settings(device)
 
 
-def candidate_pipeline(model, device: torch.device, candidate: SpeedSettings):
-    """The pipeline that runs ``candidate`` (an exported one, from the export cache, for other backends)."""
-    from dagan.inference import DaGANPipeline
-    from dagan.runtime.cache import exported_pipeline
-
-    if candidate.backend != "torch":
-        return exported_pipeline(model, candidate.backend, batch_size=candidate.batch_size)
-    return DaGANPipeline(model, device=device, batch_size=candidate.batch_size, channels_last=candidate.channels_last)
-
-
-@torch.no_grad()
-def autotune(model, device: torch.device, repeats: int = 2, backends: tuple[str, ...] = ("torch",)
-             ) -> SpeedSettings:
-    """Time :data:`CANDIDATES` on ``model`` (best per-frame time of ``repeats`` calls after one warm-up), and batch
-    1 on each other runtime in ``backends``, store the fastest for this machine and return it."""
-    height, width = model.config.dataset_params.frame_shape[:2]
-    images = torch.rand(3, 3, height, width, generator=torch.Generator().manual_seed(0))
-    best: Optional[tuple[float, SpeedSettings]] = None
-    candidates = CANDIDATES + tuple(SpeedSettings(1, False, backend=backend) for backend in backends
-                                    if backend != "torch")
-    for candidate in candidates:
-        pipeline = candidate_pipeline(model, device, candidate)
-        source = pipeline.source_state(images[:1].to(device).contiguous(memory_format=pipeline.networks.memory_format))
-        frames = images[1:1 + candidate.batch_size].to(device).contiguous(memory_format=pipeline.networks.memory_format)
-
-        def frame() -> None:
-            keypoints, _ = pipeline.driving_keypoints(frames)
-            pipeline.generate(source, normalize_keypoints(source.keypoints, keypoints, keypoints.index(slice(0, 1)),
-                                                          use_relative_movement=True, use_relative_jacobian=True))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-        frame()
-        seconds = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            frame()
-            seconds.append((time.perf_counter() - start) / candidate.batch_size)
-        if best is None or min(seconds) < best[0]:
-            best = (min(seconds), candidate)
+def store_speed_settings(device: torch.device, config: Config, settings: SpeedSettings) -> None:
+    """Keep ``settings`` as this machine's measured fastest for ``config``'s model shape (read back by
+    :func:`speed_settings`)."""
     cache = _read_cache()
-    cache[machine_key(device, model.config)] = dataclasses.asdict(best[1])
+    cache[machine_key(device, config)] = dataclasses.asdict(settings)
     atomic_write_text(_cache_path(), json.dumps(cache, indent=1) + "\n")
-    return best[1]

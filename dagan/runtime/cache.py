@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import sys
-from typing import Optional
 
 import torch
 
@@ -55,21 +54,3 @@ def cached_export(model: DaGAN) -> str:
             if not is_export_folder(directory):  # not another process finishing the same export first
                 raise
     return directory
-
-
-def exported_pipeline(model: DaGAN, backend: str, batch_size: Optional[int] = None):
-    """A :class:`~dagan.inference.DaGANPipeline` running ``model``'s cached export on ``backend``."""
-    from dagan.inference import DaGANPipeline
-
-    return DaGANPipeline.from_exported(cached_export(model), backend, batch_size=batch_size)
-
-
-def exported_pipeline_or_none(model: DaGAN, backend: str, batch_size: Optional[int] = None):
-    """:func:`exported_pipeline`, or None (with a one-line warning) when ``model`` cannot run on ``backend``: what
-    ``--backend auto`` does before falling back to torch."""
-    try:
-        return exported_pipeline(model, backend, batch_size=batch_size)
-    except Exception as error:  # an export this model does not support: torch runs everything
-        print(f"warning: could not run the model on {backend} ({str(error).splitlines()[0]}); running it on torch",
-              file=sys.stderr)
-        return None

@@ -30,23 +30,17 @@ from torch import nn
 from dagan.checkpoint import export_official_depth
 from dagan.config import Config, DepthTrainParams, config_to_dict
 from dagan.data import DepthTripletDataset, SeededDataset, make_sampler
-from dagan.data.synthetic_dataset import SyntheticTripletDataset, is_synthetic_root
+from dagan.data.synthetic.dataset import SyntheticTripletDataset, is_synthetic_root
 from dagan.geometry import pose_to_matrix, reproject_grid, warp
 from dagan.losses import edge_aware_smoothness, photometric_error
 from dagan.model import DaGAN
-from dagan.networks.depth import MIN_UNCERTAINTY, NUM_SCALES, PoseNetwork
+from dagan.networks.depth import MIN_UNCERTAINTY, NUM_SCALES, PoseNetwork, disparity_to_depth
 from dagan.training import distributed
 from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable
 from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, adam,
                                 apply_learning_rates, check_finite, reconcile_resumed_config,
                                 per_rank_batch, rng_state, seed_everything, set_rng_state)
 from dagan.visualization import disparity_image, to_image
-
-
-def disparity_to_depth(disparity: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:
-    """Sigmoid disparity in (0, 1) -> depth in [min_depth, max_depth] (Monodepth2's scaling)."""
-    min_disparity, max_disparity = 1 / max_depth, 1 / min_depth
-    return 1 / (min_disparity + (max_disparity - min_disparity) * disparity)
 
 
 class UncertaintyNetwork(nn.Module):

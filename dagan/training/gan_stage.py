@@ -18,14 +18,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dagan.checkpoint import load_official_depth_into
 from dagan.config import Config, TrainParams, config_to_dict
 from dagan.data import DatasetRepeater, FramesDataset, SeededDataset, make_sampler
-from dagan.data.synthetic_dataset import SyntheticPairDataset, is_synthetic_root
+from dagan.data.synthetic.dataset import SyntheticPairDataset, is_synthetic_root
 from dagan.geometry import Keypoints, RandomTransform
 from dagan.losses import (ImagePyramid, equivariance_jacobian_loss, equivariance_value_loss, feature_matching_loss,
                           keypoint_distance_loss, lsgan_discriminator_loss, lsgan_generator_loss, perceptual_loss)
-from dagan.model import DaGAN
+from dagan.model import DaGAN, load_official_depth_into
 from dagan.networks.backbones import VGG19, load_vgg19_weights
 from dagan.training import distributed
 from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable

@@ -3,12 +3,12 @@
 Speech comes from espeak-ng (the Debian package ``espeak-ng`` or the ``espeakng-loader`` wheel), called through
 its C API so that every phoneme arrives with its time in the audio. A phoneme-to-openness table turns the
 phoneme timeline into a jaw trajectory (targets at phoneme centres, linearly interpolated, smoothed over
-~40 ms for coarticulation), which drives the procedural head of :mod:`dagan.data.synthetic`. Each identity has
+~40 ms for coarticulation), which drives the procedural head of :mod:`dagan.data.synthetic.heads`. Each identity has
 its own head-pose style (turn / nod / tilt amplitudes and rhythm, and how much speech excites them).
 
 Keypoints: instead of running a DaGAN keypoint detector on rendered frames (slow on a CPU), the clips give
 **ground-truth keypoints**: fixed points of the head surface (lips, chin, mouth corners, nose, eyes, brows)
-moved by the head pose and the jaw exactly as :func:`dagan.data.synthetic.warp_points` moves them, projected
+moved by the head pose and the jaw exactly as :func:`dagan.data.synthetic.heads.warp_points` moves them, projected
 by the clip's camera to DaGAN's normalised [-1, 1] coordinates, with Jacobians = the projected local frame
 (d image position / d surface x, y). The motion space is therefore the same kind as DaGAN's (K points + 2x2
 Jacobians), small, and exactly known. ``render_talking_frames`` renders the frames too, when a test needs
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from dagan.audio.decode import SAMPLE_RATE, Audio
-from dagan.data.synthetic import (HEAD_DISTANCE, HeadShape, make_intrinsics, open_jaw, render_frame,
+from dagan.data.synthetic.heads import (HEAD_DISTANCE, HeadShape, make_intrinsics, open_jaw, render_frame,
                                   rotation_from_angles, smooth_trajectory, prepare_face_texture,
                                   make_background_texture)
 
@@ -42,7 +42,7 @@ CONSONANT_DEFAULT, VOWEL_DEFAULT = 0.25, 0.6
 VOWEL_LETTERS = "aeiouAEIOUV03@"
 COARTICULATION_SECONDS = 0.04  # std of the Gaussian that smooths the jaw trajectory
 
-# Head landmarks (object coordinates, see dagan.data.synthetic), ordered so that the first few carry the mouth:
+# Head landmarks (object coordinates, see dagan.data.synthetic.heads), ordered so that the first few carry the mouth:
 # a model with K keypoints uses the first K.
 LANDMARKS = ((0.0, 0.215, -0.335), (0.0, 0.275, -0.315), (0.0, 0.18, -0.345), (-0.07, 0.19, -0.32),
              (0.07, 0.19, -0.32), (0.0, 0.085, -0.43), (-0.105, -0.02, -0.35), (0.105, -0.02, -0.35),

@@ -1,4 +1,4 @@
-"""The web app's audio mode: upload speech, pick an audio model (and optionally a reference clip of the target),
+"""The web app's speech tab: upload speech, pick an audio model (and optionally a reference clip of the target),
 get the portrait saying it. Uses the app's pipeline cache, request directories and one-line errors."""
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from dagan.audio.animate import POSE_MODES, animate_from_audio, check_compatible
 from dagan.audio.decode import load_audio
 from dagan.audio.features import num_video_frames
 from dagan.audio.model import AudioDrivenModel
+from dagan.app.common import KNOWN_ERRORS, find_checkpoints, no_progress, read_portrait, scrub, track
+from dagan.io import open_video, open_writer
 
 
 @dataclass
@@ -29,9 +31,7 @@ class SpeechRequest:
 
 
 def speak(animator, request: SpeechRequest, progress=None) -> tuple[str, str]:
-    """Run one speech request with the app's :class:`~dagan.app.Animator`: (result video path, status line)."""
-    from dagan.app import KNOWN_ERRORS, no_progress, scrub
-
+    """Run one speech request with the app's :class:`~dagan.app.video_tab.Animator`: (result video path, status line)."""
     progress = no_progress if progress is None else progress
     names = {path: os.path.basename(path) for path in (request.source_image, request.speech, request.reference_video)
              if path}
@@ -44,9 +44,6 @@ def speak(animator, request: SpeechRequest, progress=None) -> tuple[str, str]:
 
 
 def _speak(animator, request: SpeechRequest, progress) -> tuple[str, str]:
-    from dagan.app import read_portrait, track
-    from dagan.io import open_video, open_writer
-
     started = time.perf_counter()
     if not request.source_image or not request.speech:
         raise gr.Error("Upload a source portrait and the speech (an audio file).", print_exception=False)
@@ -75,10 +72,8 @@ def _speak(animator, request: SpeechRequest, progress) -> tuple[str, str]:
     return str(result), f"Done: {total} frames at {request.fps:g} fps in {time.perf_counter() - started:.1f} s."
 
 
-def add_audio_mode(animator, settings, source, checkpoint, device, result, status) -> None:
-    """The audio-mode controls, inside the app's ``gr.Blocks``; results go to the page's result video and status."""
-    from dagan.app import find_checkpoints
-
+def add_speech_tab(animator, settings, source, checkpoint, device, result, status) -> None:
+    """The speech controls, inside the app's ``gr.Blocks``; results go to the page's result video and status."""
     with gr.Accordion("Speech instead of a driving video (audio model)", open=False):
         speech = gr.Audio(label="Speech", type="filepath", sources=["upload"], elem_id="speech-audio")
         models = find_checkpoints(settings.search_root)

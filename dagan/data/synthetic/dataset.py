@@ -1,4 +1,4 @@
-"""Training datasets over synthetic talking-head clips (:mod:`dagan.data.synthetic`) with exact ground truth.
+"""Training datasets over synthetic talking-head clips (:mod:`dagan.data.synthetic.heads`) with exact ground truth.
 
 Both training stages read them when ``dataset_params.root_dir`` is a *synthetic root*, a string of the form
 
@@ -36,7 +36,7 @@ import torch
 from dagan.config import AugmentationParams, DatasetParams
 from dagan.data.augmentation import apply_augmentation, draw_augmentation
 from dagan.data.datasets import DEFAULT_DEPTH_STRIDE, SeededDataset, _check_index, _check_seed
-from dagan.data.synthetic import MotionRanges, SyntheticClip, render_clip
+from dagan.data.synthetic.heads import MotionRanges, SyntheticClip, render_clip
 
 SYNTHETIC_SCHEME = "synthetic://"
 

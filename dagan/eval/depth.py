@@ -36,8 +36,8 @@ from typing import Callable, Optional
 import torch
 
 from dagan.config import Config, config_from_dict, load_config
-from dagan.data.synthetic import MotionRanges, render_clip
-from dagan.training.depth_stage import disparity_to_depth
+from dagan.data.synthetic.heads import MotionRanges, render_clip
+from dagan.networks.depth import disparity_to_depth
 
 EVAL_SEED = 1_000_000  # render seed of the first held-out clip; training sets use small seeds
 EVAL_FPS = 1.0  # frames of an evaluation clip are 1 s apart: varied poses
@@ -177,7 +177,8 @@ def load_depth_model(checkpoint: str | os.PathLike, config: Optional[Config] = N
         ``depth.pth``, e.g. ``<run>/depth``), whose config is ``config``, else ``<folder>/../config.yaml``.
     Returns ``(model, config)``; the model is in eval mode.
     """
-    from dagan.checkpoint import CheckpointError, load_checkpoint, load_official_depth_into
+    from dagan.checkpoint import CheckpointError, load_checkpoint
+    from dagan.model import load_official_depth_into
     from dagan.model import DaGAN
 
     path = os.fspath(checkpoint)
@@ -241,8 +242,8 @@ def check_disjoint_seeds(eval_seeds: list[int], train_seeds: Optional[range]) ->
 
 
 def training_spec(config: Config):
-    """The :class:`~dagan.data.synthetic_dataset.SyntheticSpec` a config trains on, or None for video data."""
-    from dagan.data.synthetic_dataset import SyntheticSpec, is_synthetic_root
+    """The :class:`~dagan.data.synthetic.dataset.SyntheticSpec` a config trains on, or None for video data."""
+    from dagan.data.synthetic.dataset import SyntheticSpec, is_synthetic_root
 
     root = config.dataset_params.root_dir
     return SyntheticSpec.parse(root) if is_synthetic_root(root) else None

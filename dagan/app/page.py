@@ -1,0 +1,93 @@
+"""The web app's page: the video tab's controls and the speech tab, wired to one :class:`Animator`, served on
+localhost. Requests are queued one at a time (``default_concurrency_limit=1``): the model and the CPU/GPU are shared,
+so runs never interleave."""
+from __future__ import annotations
+
+from typing import Optional
+
+import gradio as gr
+
+from dagan.app.common import SAMPLES_DIR, AppSettings, UploadedImage, available_devices, find_checkpoints
+from dagan.app.speech_tab import add_speech_tab
+from dagan.app.video_tab import AnimationRequest, Animator
+
+CSS = "#status {min-height: 1.5em}"
+INTRO = """# DaGAN: depth-aware talking heads
+Upload a **photo** (with face crop *auto* the faces are found, animated and pasted back into the whole picture; with
+*none* it is resized to the model's square input) and a **driving video** of a talking face, or pick the bundled
+sample below, then press **Animate**. The result has the driving video's frame rate and audio."""
+
+
+def build_app(settings: AppSettings, animator: Optional[Animator] = None) -> gr.Blocks:
+    """The Gradio page. ``launch_app`` starts it; tests may call ``build_app(...).launch(...)`` themselves."""
+    animator = animator or Animator(settings)
+    checkpoints = find_checkpoints(settings.search_root, settings.checkpoint)
+    devices = available_devices()
+    with gr.Blocks(title="DaGAN", delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column():
+                source = UploadedImage(label="Source portrait", type="filepath", image_mode=None, sources=["upload"],
+                                  height=300, elem_id="source-image")
+                driving = gr.Video(label="Driving video", sources=["upload"], height=300, elem_id="driving-video")
+                if (SAMPLES_DIR / "source.png").is_file() and (SAMPLES_DIR / "driving.mp4").is_file():
+                    gr.Examples([[str(SAMPLES_DIR / "source.png"), str(SAMPLES_DIR / "driving.mp4")]],
+                                inputs=[source, driving], label="Bundled sample", cache_examples=False,
+                                elem_id="samples")
+                with gr.Accordion("Settings", open=True):
+                    checkpoint = gr.Dropdown(checkpoints, value=checkpoints[0] if checkpoints else None,
+                                             label="Checkpoint", elem_id="checkpoint",
+                                             info="found in checkpoints/ and runs/*/checkpoints/")
+                    device = gr.Dropdown(devices, value=settings.device if settings.device in devices else "auto",
+                                         label="Device", elem_id="device")
+                    with gr.Row():
+                        relative = gr.Checkbox(True, label="Relative motion")
+                        adapt_scale = gr.Checkbox(True, label="Adapt movement scale")
+                        find_best = gr.Checkbox(False, label="Find best frame (face landmarks)")
+                    with gr.Row():
+                        smooth = gr.Checkbox(False, label="Smooth keypoints")
+                        smooth_cutoff = gr.Slider(0.1, 5.0, value=1.0, step=0.1, label="Smoothing cutoff (Hz; "
+                                                  "lower is smoother)")
+                        visualize = gr.Checkbox(False, label="Visualisation video")
+                    with gr.Row():
+                        crop = gr.Radio(["auto", "none"], value="auto", label="Face crop", elem_id="crop",
+                                        info="auto: find the face(s) and crop them like VoxCeleb; none: resize the "
+                                        "whole picture")
+                        faces = gr.Radio(["largest", "all"], value="largest", label="Faces", elem_id="faces")
+                    with gr.Row():
+                        paste_back = gr.Checkbox(True, label="Paste back into the full picture", elem_id="paste-back")
+                        motion_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Motion strength (0 = still, "
+                                                 "1 = as driven)", elem_id="motion-scale")
+                button = gr.Button("Animate", variant="primary", elem_id="animate-button")
+            with gr.Column():
+                result = gr.Video(label="Result (the full picture with paste-back)", interactive=False, height=300,
+                                  elem_id="result-video")
+                panels = gr.Video(label="Visualisation (source, driving, result, depth)", interactive=False,
+                                  height=300, elem_id="visualization-video")
+                status = gr.Markdown(elem_id="status")
+
+        def animate(source_image, driving_video, checkpoint_path, device_name, use_relative, use_adapt_scale,
+                    use_smooth, cutoff, use_best_frame, use_visualize, crop_mode, use_paste_back, face_choice,
+                    strength, progress=gr.Progress()):
+            request = AnimationRequest(source_image, driving_video, checkpoint_path, device_name, use_relative,
+                                       use_adapt_scale, use_smooth, cutoff, use_best_frame, use_visualize, crop_mode,
+                                       use_paste_back, face_choice, strength)
+            outcome = animator(request, progress)
+            return outcome.video, outcome.visualization, outcome.status
+
+        button.click(animate, [source, driving, checkpoint, device, relative, adapt_scale, smooth, smooth_cutoff,
+                               find_best, visualize, crop, paste_back, faces, motion_scale], [result, panels, status],
+                     api_name="animate")
+        add_speech_tab(animator, settings, source, checkpoint, device, result, status)
+    demo.queue(default_concurrency_limit=1, max_size=32)
+    return demo
+
+
+def launch_app(settings: AppSettings, host: str = "127.0.0.1", port: int = 7860, **launch_kwargs) -> gr.Blocks:
+    """Build and serve the app (blocks unless ``prevent_thread_lock=True`` is passed)."""
+    demo = build_app(settings)
+    allowed = [str(SAMPLES_DIR)] if SAMPLES_DIR.is_dir() else []
+    demo.launch(server_name=host, server_port=port, max_file_size=int(settings.max_upload_mb * 2**20),
+                allowed_paths=allowed, ssr_mode=False, footer_links=["gradio", "settings"], css=CSS,
+                **launch_kwargs)
+    return demo
