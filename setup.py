@@ -3,8 +3,9 @@ from setuptools import find_packages, setup
 
 EXTRAS = {
     # pytest-xdist: pytest.ini runs two test processes. python_speech_features: only tests/test_syncnet.py, to check
-    # dagan's MFCC against it (the runtime never needs it).
-    "dev": ["pytest>=8", "pytest-xdist>=3.5", "python_speech_features==0.6"],
+    # dagan's MFCC against it (the runtime never needs it). import-linter: the import contract (.importlinter,
+    # tests/test_layout.py).
+    "dev": ["pytest>=8", "pytest-xdist>=3.5", "python_speech_features==0.6", "import-linter>=2.1,<3"],
     # TensorBoard event files during training (stats.jsonl is always written).
     "train": ["tensorboard>=2.14"],
     # Offline face detection, 68-point landmarks and identity embeddings (weights ship in the wheels).
