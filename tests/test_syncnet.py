@@ -237,7 +237,7 @@ def talking_video(tmp_path_factory):
     """8 frames (0.32 s, 25 fps: 3 SyncNet windows) of the astronaut's face moving sideways, noise as speech."""
     skimage_data = pytest.importorskip("skimage.data")
     from dagan.audio import SAMPLE_RATE, Audio, write_wav
-    from dagan.io.video import VideoWriter
+    from dagan.io.writers import VideoWriter
 
     folder = tmp_path_factory.mktemp("talking")
     samples = 0.2 * np.random.default_rng(4).standard_normal(int(0.32 * SAMPLE_RATE)).astype(np.float32)

@@ -9,11 +9,11 @@ from typing import Optional
 
 import gradio as gr
 
+from dagan.app.common import KNOWN_ERRORS, find_checkpoints, no_progress, read_portrait, scrub, track
 from dagan.audio.animate import POSE_MODES, animate_from_audio, check_compatible, check_face
 from dagan.audio.decode import load_audio
 from dagan.audio.features import num_video_frames
 from dagan.audio.model import AudioDrivenModel
-from dagan.app.common import KNOWN_ERRORS, find_checkpoints, no_progress, read_portrait, scrub, track
 from dagan.io import open_video, open_writer
 
 

@@ -25,20 +25,16 @@ from dagan.eval.face_metrics import (
 from dagan.eval.lpips import LPIPS, LPIPS_NETS, LPIPSWeightsMissing, load_lpips, lpips_distance, lpips_paths_from_env
 from dagan.eval.metrics import METRIC_NAMES, METRICS, MetricSpec, MetricTotal, l1_distance, psnr, ssim
 from dagan.eval.protocols import (
-    EvaluationReport,
     FramePair,
     FrameRef,
-    FrameScorer,
     ItemPaths,
-    ItemResult,
-    build_scorer,
     evaluate_files,
     evaluate_pairs,
     evaluate_reconstruction,
     pair_items,
     read_pairs,
-    select_metrics,
 )
+from dagan.eval.scoring import EvaluationReport, FrameScorer, ItemResult, build_scorer, select_metrics
 
 __all__ = [
     "FACE_METRICS",

@@ -21,19 +21,21 @@ from dagan.io.images import (
 )
 from dagan.io.video import (
     VIDEO_SUFFIXES,
-    FrameDirectoryWriter,
     VideoInfo,
     VideoSource,
-    VideoWriter,
-    check_result_path,
     ffmpeg_executable,
-    is_video_file,
-    frame_file_name,
     has_audio_stream,
+    is_video_file,
     natural_sort_key,
     open_video,
-    open_writer,
     probe,
+)
+from dagan.io.writers import (
+    FrameDirectoryWriter,
+    VideoWriter,
+    check_result_path,
+    frame_file_name,
+    open_writer,
     refuse_to_overwrite_inputs,
 )
 
