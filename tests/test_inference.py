@@ -208,10 +208,11 @@ def test_result_never_overwrites_an_input(tiny_checkpoint, clips, source_png, ca
 
 def test_find_best_frame_without_faces_extra_names_it(tiny_checkpoint, clips, source_png, tmp_path, capsys,
                                                       monkeypatch):
-    import dagan.faces
+    import dagan.faces.landmarks
+
     def missing(*args, **kwargs):
         raise dagan.faces.MissingFaceBackend('no face backend: pip install "dagan[faces]"')
-    monkeypatch.setattr(dagan.faces, "get_face_analyzer", missing)
+    monkeypatch.setattr(dagan.faces.landmarks, "get_face_analyzer", missing)  # where best_aligned_frame finds it
     code = run_demo("--checkpoint", tiny_checkpoint, "--source_image", source_png, "--driving_video",
                     clips["silent"], "--result_video", tmp_path / "o.mp4", "--find_best_frame", "--relative")
     assert code == 1 and "dagan[faces]" in capsys.readouterr().err
