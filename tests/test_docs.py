@@ -68,29 +68,25 @@ def relative(path: Path) -> str:
     return path.relative_to(REPO_ROOT).as_posix()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def read_lines(path: Path) -> tuple[str, ...]:
     return tuple(path.read_text(encoding="utf-8").split("\n"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def split_fences(path: Path) -> tuple[tuple[tuple[str, int, tuple[str, ...]], ...], tuple[str, ...]]:
     """((language, first line number, lines) per fenced block, the file's lines with fenced lines blanked)."""
-    blocks, prose, current = [], [], None
+    blocks, prose, current, fence = [], [], None, ""
     for number, line in enumerate(read_lines(path), start=1):
         match = FENCE.match(line)
         if current is None and match:
-            current = (match.group(2), number + 1, [])
-            prose.append("")
-        elif current is not None and line.startswith(match.group(1) if match else "\0"):
+            current, fence = (match.group(2), number + 1, []), match.group(1)
+        elif current is not None and line.strip() == fence:
             blocks.append((current[0], current[1], tuple(current[2])))
             current = None
-            prose.append("")
         elif current is not None:
             current[2].append(line)
-            prose.append("")
-        else:
-            prose.append(line)
+        prose.append(line if current is None and not match else "")
     assert current is None, f"{relative(path)}: unclosed code block from line {current[1] - 1}"
     return tuple(blocks), tuple(prose)
 
@@ -192,20 +188,21 @@ for script in sys.argv[1:]:
             status = 0
         except SystemExit as exit:
             status = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
-        except BaseException as error:
-            status, _ = 1, print(f"{type(error).__name__}: {error}")
+        except Exception as error:
+            print(f"{type(error).__name__}: {error}")
+            status = 1
     results[script] = [status, out.getvalue()]
 sys.stdout.write(json.dumps(results))
 """
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def help_of_all() -> dict[str, tuple[int, str, frozenset[str]]]:
     """script -> (exit status, output, flags) of its ``--help``, every script once, from the repository root."""
     scripts = sorted({c.script for c in COMMANDS if c.script.endswith(".py") and (REPO_ROOT / c.script).is_file()})
     env = dict(os.environ, COLUMNS="1000", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     result = subprocess.run([sys.executable, "-c", HELP_DRIVER, *scripts], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, f"--help of {scripts} failed:\n{result.stderr[-3000:]}"
     return {script: (status, output, frozenset(FLAG.findall(output)))
             for script, (status, output) in json.loads(result.stdout).items()}
@@ -241,7 +238,7 @@ def github_anchor(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def anchors(path: Path) -> frozenset[str]:
     seen: dict[str, int] = {}
     result = set()
@@ -255,7 +252,9 @@ def anchors(path: Path) -> frozenset[str]:
     return frozenset(result)
 
 
-LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|<img\s[^>]*src=\"([^\"]+)\"")
+# [text](target), ![alt](target "title") (the text may hold one level of brackets), or <img src="target">.
+LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)"
+                  r"|<img\s[^>]*src=\"([^\"]+)\"")
 
 
 def collect_links() -> list[tuple[str, int, str]]:
@@ -373,4 +372,5 @@ def test_no_names_from_before_the_layout_change():
         for old in OLD_NAMES:
             if written == old or dotted == old or dotted.startswith(old + ".") or old in written.split():
                 stale.append(f"{file}:{line}: {written} (old name {old})")
+                break
     assert not stale, "\n".join(stale)
