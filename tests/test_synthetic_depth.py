@@ -163,7 +163,7 @@ def test_depth_errors_are_scale_invariant_and_zero_for_the_truth():
 # Learning.
 # The short run trains on heads with the renderer's default motion (they turn as well as translate): its first
 # few dozen steps reliably learn head depth, which is what this test checks. configs/synthetic-depth.yaml itself
-# uses translation-dominant motion, on which longer runs keep improving (README, "Depth quality").
+# uses translation-dominant motion, on which longer runs keep improving (docs/depth-quality.md).
 TRAIN_ROOT = "synthetic://num_clips=16,num_frames=12,fps=5,seed=0"
 TRAIN_STEPS = 50
 

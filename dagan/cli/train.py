@@ -23,7 +23,7 @@ examples:
       --set model_params.depth_params.checkpoint_dir=runs/vox-depth/depth
   # 8 GPUs (the batch size in the config is global and is split across ranks)
   torchrun --nproc_per_node=8 train.py --config configs/vox-adv-256.yaml --log_dir runs/vox
-  # fine-tune the released DaGAN on your own clips (README "Fine-tune on one person")
+  # fine-tune the released DaGAN on your own clips (docs/fine-tuning.md)
   python train.py --config configs/finetune-person.yaml --log_dir runs/me \
       --init checkpoints/DaGAN_vox_adv_256.pth.tar --set dataset_params.root_dir=data/me
   # continue the newest checkpoint of a run (also after SIGTERM / Ctrl-C)

@@ -68,7 +68,7 @@ def choose_backend(device: torch.device, model: DaGAN, torch_only: Optional[str]
     """What ``--backend auto`` runs: OpenVINO on a CPU when installed and the model exports, else torch; or what
     ``--autotune`` measured fastest on this machine for this model shape, when stored.
 
-    Measured with ``scripts/benchmark.py`` (README "Speed"): on CPUs OpenVINO's fp32 kernels run the graphs about
+    Measured with ``scripts/benchmark.py`` (docs/speed.md): on CPUs OpenVINO's fp32 kernels run the graphs about
     20% faster than torch (0.40-0.42x the reference's time per frame against torch's 0.49-0.57x), with frames
     within 1e-7; on GPUs torch (bf16, ``channels_last``, compile) is the fast path. ``torch_only`` names a
     requested feature only torch has (e.g. "--compile"), which keeps torch.

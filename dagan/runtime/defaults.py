@@ -1,6 +1,6 @@
 """Speed settings the pipeline uses when the caller does not choose: picked per device from measurements.
 
-Measured with ``scripts/benchmark.py`` (vox-adv-256, fp32; README "Speed"):
+Measured with ``scripts/benchmark.py`` (vox-adv-256, fp32; docs/speed.md):
 
 * CPU: batch 1 is the fastest (activations of one 256x256 frame already exceed the caches: batch 8 was 1.35x
   slower per frame than batch 1, batch 2 1.13x); ``channels_last`` is 7% slower end to end (the convolutions gain
