@@ -340,3 +340,29 @@ def test_demo_motion_errors_are_one_line(tiny_checkpoint, media, tmp_path, capsy
                 *arguments)
     assert code == 1
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_face_mode_assigns_regions_from_the_source_landmarks_and_shows_them(parity_pipeline, face_template, tmp_path,
+                                                                         capsys):
+    """The default face mode on a real face: the keypoints' regions come from the source's 68 landmarks, are
+    printed, coloured in --visualize, and --still mouth keeps the mouth keypoints at the source's."""
+    from dagan.cli.demo import main
+    from dagan.io import open_video, read_image_uint8, write_png
+    from dagan.motion.regions import REGION_COLORS
+
+    folder = tmp_path / "driving"
+    folder.mkdir()
+    for index, frame in zip(range(2), open_video(REPO_ROOT / "data" / "samples" / "driving.mp4")):
+        write_png(folder / f"{index}.png", frame)
+    release = write_parity_release(tmp_path / "release")
+    arguments = ["--checkpoint", release["checkpoint"], "--depth_checkpoint", os.path.dirname(release["encoder"]),
+                 "--config", str(PARITY_DIR / "model.yaml"), "--cpu", "--batch_size", "2", "--relative",
+                 "--adapt_scale", "--source_image", str(REPO_ROOT / "data" / "samples" / "source.png"),
+                 "--driving_video", str(folder), "--face_backend", "dlib"]
+    assert main([*arguments, "--still", "mouth", "--visualize", "--result_video", f"{tmp_path / 'still'}/"]) == 0
+    printed = capsys.readouterr().err
+    assert "face regions of the 15 keypoints: eyes" in printed
+    panels = read_image_uint8(tmp_path / "still_visualization" / "000000.png")
+    colours = {tuple(pixel) for pixel in panels.reshape(-1, 3)}
+    assert sum(tuple(colour) in colours for colour in REGION_COLORS.values()) >= 2
+
