@@ -366,3 +366,31 @@ def test_face_mode_assigns_regions_from_the_source_landmarks_and_shows_them(pari
     colours = {tuple(pixel) for pixel in panels.reshape(-1, 3)}
     assert sum(tuple(colour) in colours for colour in REGION_COLORS.values()) >= 2
 
+
+
+def test_web_app_motion_sliders_and_one_frame_preview(tiny_checkpoint, short_clip, media, tmp_path):
+    pytest.importorskip("gradio")
+    from dagan.app import AnimationRequest, Animator, AppSettings
+
+    animator = Animator(AppSettings(checkpoint=tiny_checkpoint, search_root=str(tmp_path), device="cpu",
+                                    work_dir=str(tmp_path / "work")))
+    base = dict(source_image=str(media / "source.png"), driving_video=str(short_clip), checkpoint=tiny_checkpoint,
+                device="cpu", crop="none", preview_frame=10)
+    plain = animator.preview(AnimationRequest(**base))
+    assert plain.frame.shape == (64, 64, 3) and plain.index == 10 and plain.status.startswith("Preview of driving")
+    expression = animator.preview(AnimationRequest(**base, animate="expression"))
+    still = animator.preview(AnimationRequest(**base, pose_scale=0.0, expression_scale=0.0))
+    assert not np.array_equal(plain.frame, expression.frame)
+    # Scales of 0: the portrait as the model renders it at its own keypoints, whatever the driving frame.
+    from dagan.inference import DaGANPipeline, to_uint8_batch
+
+    pipeline = DaGANPipeline.load(tiny_checkpoint, device="cpu")
+    state = pipeline.prepare_source(np.asarray(__import__("PIL.Image").Image.open(media / "source.png")))
+    itself = to_uint8_batch(pipeline.generate(state, state.keypoints).prediction)[0]
+    assert np.abs(still.frame.astype(int) - itself.astype(int)).max() <= 1
+    # The preview is the whole video's frame at that index.
+    video = animator(AnimationRequest(**base, animate="expression"))
+    from dagan.io import open_video
+
+    frame = [f for index, f in enumerate(open_video(video.video)) if index == 10][0]
+    assert np.abs(frame.astype(int) - expression.frame.astype(int)).mean() < 3  # H.264 vs the exact frame
