@@ -182,8 +182,11 @@ class MotionEditor:
 def edit_keypoints(kp_driving: Keypoints, anchor: Keypoints, control: MotionControl,
                    regions: Optional[np.ndarray] = None, opening: Optional[Opening] = None,
                    movement_scale: float = 1.0) -> Keypoints:
-    """Edited driving keypoints (B, K, ...) (see the module docstring); computed in float64, returned in the
-    driving keypoints' dtype."""
+    """Edited driving keypoints (B, K, ...) (see the module docstring); computed in float64 (on the CPU for MPS,
+    which has no float64), returned in the driving keypoints' dtype and device."""
+    if kp_driving.value.device.type == "mps":
+        edited = edit_keypoints(_on(kp_driving, "cpu"), _on(anchor, "cpu"), control, regions, opening, movement_scale)
+        return _on(edited, kp_driving.value.device)
     dtype, device = kp_driving.value.dtype, kp_driving.value.device
     value = kp_driving.value.double()
     anchor_value = anchor.value.double()  # (1, K, 2)
@@ -215,3 +218,7 @@ def edit_keypoints(kp_driving: Keypoints, anchor: Keypoints, control: MotionCont
     if has_jacobian:
         jacobian = torch.einsum("bij,bkjl->bkil", matrix, anchor_jacobian + local_jacobian).to(dtype)
     return Keypoints(value.to(dtype), jacobian)
+
+
+def _on(keypoints: Keypoints, device) -> Keypoints:
+    return Keypoints(keypoints.value.to(device), None if keypoints.jacobian is None else keypoints.jacobian.to(device))
