@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -117,6 +117,9 @@ class AnimatedFrame(NamedTuple):
     frame: np.ndarray
     keypoints: Keypoints
     visualization: Optional[np.ndarray]
+
+
+KeypointEdit = Callable[[Keypoints, Keypoints, float], Keypoints]
 
 
 def chunks(iterable: Iterable, size: int) -> Iterator[list]:
@@ -230,12 +233,17 @@ class DaGANPipeline:
     @torch.no_grad()
     def animate(self, source_image: np.ndarray, driving_frames: Iterable[np.ndarray], relative: bool = True,
                 adapt_scale: bool = True, driving_initial: Optional[np.ndarray] = None,
-                smooth: Optional[KeypointSmoother] = None, visualize: bool = False) -> Iterator[AnimatedFrame]:
+                smooth: Optional[KeypointSmoother] = None, visualize: bool = False, edit: Optional[KeypointEdit] = None,
+                keypoint_colors: Optional[np.ndarray] = None) -> Iterator[AnimatedFrame]:
         """Yield one :class:`AnimatedFrame` per driving frame, consuming ``driving_frames`` lazily.
 
         relative / adapt_scale: DaGAN's relative motion transfer (see :func:`~dagan.geometry.normalize_keypoints`),
         anchored at ``driving_initial`` (default: the first driving frame; ``find_best_frame`` picks a better one).
         smooth: a :class:`KeypointSmoother` applied to the driving keypoints before the transfer.
+        edit: ``edit(kp_driving, anchor, movement_scale) -> kp_driving`` applied to the driving keypoints just
+        before the transfer (a :class:`dagan.motion.MotionEditor`: pose and expression apart, regions, openness;
+        it also records motion files); None transfers them as they are.
+        keypoint_colors: (K, 3) uint8 colours of the keypoints in the ``visualize`` panels (e.g. their regions).
         """
         source = self.prepare_source(source_image)
         anchor: Optional[Keypoints] = None
@@ -249,10 +257,7 @@ class DaGANPipeline:
                 kp_driving = smooth(kp_driving)
             if anchor is None:
                 anchor = kp_driving.index(slice(0, 1))
-            if relative and adapt_scale and scale is None:
-                scale = adapt_movement_scale(source.keypoints, anchor)
-            kp_norm = normalize_keypoints(source.keypoints, kp_driving, anchor, use_relative_movement=relative,
-                                          use_relative_jacobian=relative, movement_scale=scale if adapt_scale else 1.0)
+            kp_norm, scale = self.transfer(source, kp_driving, anchor, relative, adapt_scale, scale, edit)
             output = self.generate(source, kp_norm, visualize)
             predictions = to_uint8_batch(output.prediction)
             for index, prediction in enumerate(predictions):
@@ -262,8 +267,41 @@ class DaGANPipeline:
                     from dagan.visualization import visualization_row
 
                     panel = visualization_row(source, frames[index], output.prediction[index], disparity[index],
-                                              kp_driving.index(one), kp_norm.index(one))
+                                              kp_driving.index(one), kp_norm.index(one), keypoint_colors)
                 yield AnimatedFrame(prediction, kp_norm.index(one), panel)
+
+    @torch.no_grad()
+    def animate_keypoints(self, source_image: np.ndarray, driving_keypoints: Iterable[Keypoints], anchor: Keypoints,
+                          relative: bool = True, adapt_scale: bool = True,
+                          edit: Optional[KeypointEdit] = None) -> Iterator[AnimatedFrame]:
+        """:meth:`animate` from driving keypoints instead of frames (a motion file, speech): batches (B, K, ...) of
+        driving keypoints and their anchor (1, K, ...). Batches of the sizes :meth:`animate` used give its frames
+        bit for bit."""
+        source = self.prepare_source(source_image)
+        anchor = Keypoints(anchor.value.to(self.device),
+                           None if anchor.jacobian is None else anchor.jacobian.to(self.device))
+        scale: Optional[float] = None
+        for kp_driving in driving_keypoints:
+            kp_driving = Keypoints(kp_driving.value.to(self.device),
+                                   None if kp_driving.jacobian is None else kp_driving.jacobian.to(self.device))
+            kp_norm, scale = self.transfer(source, kp_driving, anchor, relative, adapt_scale, scale, edit)
+            predictions = to_uint8_batch(self.generate(source, kp_norm).prediction)
+            for index, prediction in enumerate(predictions):
+                yield AnimatedFrame(prediction, kp_norm.index(slice(index, index + 1)), None)
+
+    @staticmethod
+    def transfer(source: SourceState, kp_driving: Keypoints, anchor: Keypoints, relative: bool = True,
+                 adapt_scale: bool = True, scale: Optional[float] = None, edit: Optional[KeypointEdit] = None
+                 ) -> tuple[Keypoints, Optional[float]]:
+        """The source keypoints moved by the driving keypoints relative to ``anchor``, and the movement scale
+        (computed on the first call, then passed back in). ``edit`` changes the driving keypoints first."""
+        if relative and adapt_scale and scale is None:
+            scale = adapt_movement_scale(source.keypoints, anchor)
+        if edit is not None:
+            kp_driving = edit(kp_driving, anchor, scale if (relative and adapt_scale) else 1.0)
+        kp_norm = normalize_keypoints(source.keypoints, kp_driving, anchor, use_relative_movement=relative,
+                                      use_relative_jacobian=relative, movement_scale=scale if adapt_scale else 1.0)
+        return kp_norm, scale
 
     @torch.no_grad()
     def generate(self, source: SourceState, kp_norm: Keypoints, return_deformed: bool = False):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import colorsys
+from typing import Optional
 
 import numpy as np
 import torch
@@ -29,24 +30,28 @@ def disparity_image(disparity: torch.Tensor) -> np.ndarray:
     return to_image((disparity - low) / (high - low).clamp_min(1e-8))
 
 
-def draw_keypoints(image: np.ndarray, value: torch.Tensor, radius: int = 3) -> np.ndarray:
-    """Draw keypoints (K, 2) in normalised (x, y) as filled discs on a copy of image (H, W, 3) uint8."""
+def draw_keypoints(image: np.ndarray, value: torch.Tensor, radius: int = 3,
+                   colors: Optional[np.ndarray] = None) -> np.ndarray:
+    """Draw keypoints (K, 2) in normalised (x, y) as filled discs on a copy of image (H, W, 3) uint8, in ``colors``
+    (K, 3) uint8 (default: :func:`keypoint_colors`)."""
     out = image.copy()
     height, width = out.shape[:2]
     rows, columns = np.mgrid[0:height, 0:width]
-    for color, (x, y) in zip(keypoint_colors(value.shape[0]), value.detach().float().cpu().numpy()):
+    colors = keypoint_colors(value.shape[0]) if colors is None else colors
+    for color, (x, y) in zip(colors, value.detach().float().cpu().numpy()):
         column, row = (x + 1) / 2 * (width - 1), (y + 1) / 2 * (height - 1)
         out[(rows - row) ** 2 + (columns - column) ** 2 <= radius ** 2] = color
     return out
 
 
 def visualization_row(source, driving: torch.Tensor, prediction: torch.Tensor, driving_disparity: torch.Tensor,
-                      kp_driving: Keypoints, kp_norm: Keypoints) -> np.ndarray:
+                      kp_driving: Keypoints, kp_norm: Keypoints, colors: Optional[np.ndarray] = None) -> np.ndarray:
     """[source + its keypoints | driving + its keypoints | result + transferred keypoints | source depth |
-    driving depth] as one (H, 5W, 3) uint8 image. ``source`` is a :class:`~dagan.inference.SourceState`."""
-    panels = [draw_keypoints(to_image(source.image[0]), source.keypoints.value[0]),
-              draw_keypoints(to_image(driving), kp_driving.value[0]),
-              draw_keypoints(to_image(prediction), kp_norm.value[0]),
+    driving depth] as one (H, 5W, 3) uint8 image. ``source`` is a :class:`~dagan.inference.SourceState`;
+    ``colors`` (K, 3) uint8 colour the keypoints (e.g. by face region), else one hue each."""
+    panels = [draw_keypoints(to_image(source.image[0]), source.keypoints.value[0], colors=colors),
+              draw_keypoints(to_image(driving), kp_driving.value[0], colors=colors),
+              draw_keypoints(to_image(prediction), kp_norm.value[0], colors=colors),
               disparity_image(source.disparity[0]),
               disparity_image(driving_disparity)]
     return np.concatenate(panels, axis=1)

@@ -53,6 +53,10 @@ def test_demo_from_speech_writes_duration_times_fps_frames_with_the_speech(files
     with np.load(tmp_path / "motion.npz", allow_pickle=False) as motion:
         assert motion["keypoints"].shape == (10, 5, 2) and motion["pose"].shape == (10, 6)
         assert np.abs(motion["pose"]).max() > 0  # the learned (here: untrained) pose generator moves
+    from dagan.motion import load_motion
+
+    saved = load_motion(tmp_path / "motion.npz", num_kp=5)  # the common motion file, playable with --driving_motion
+    assert saved.driver == "speech" and saved.fps == 25.0 and saved.anchor.value.shape == (1, 5, 2)
 
 
 def test_speech_demo_on_openvino_gives_the_torch_frames(files, tmp_path):

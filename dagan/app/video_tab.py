@@ -51,6 +51,27 @@ class AnimationRequest:
     paste_back: bool = False
     faces: str = "largest"
     motion_scale: float = 1.0
+    # Directed motion (dagan.motion, as demo.py's motion flags): scales 0 = the source's, 1 = the driver's.
+    animate: str = "all"
+    pose_scale: float = 1.0
+    expression_scale: float = 1.0
+    eyes_scale: float = 1.0
+    brows_scale: float = 1.0
+    mouth_scale: float = 1.0
+    eye_openness: Optional[float] = None  # None: follow the driver
+    mouth_openness: Optional[float] = None
+    preview_frame: int = 12  # the driving frame a one-frame preview shows
+
+    def control(self):
+        """The :class:`dagan.motion.MotionControl` of the motion settings."""
+        from dagan.motion import MotionControl
+
+        regions = tuple((name, float(scale)) for name, scale in (("eyes", self.eyes_scale),
+                                                                 ("brows", self.brows_scale),
+                                                                 ("mouth", self.mouth_scale)) if scale != 1.0)
+        return MotionControl(animate=self.animate, pose_scale=float(self.pose_scale),
+                             expression_scale=float(self.expression_scale), region_scales=regions,
+                             eye_openness=self.eye_openness, mouth_openness=self.mouth_openness)
 
 
 @dataclass
@@ -60,6 +81,15 @@ class AnimationResult:
     status: str
     frames: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class PreviewResult:
+    """One frame of the result (H, W, 3) uint8, the driving frame it shows, and a status line."""
+
+    frame: np.ndarray
+    index: int
+    status: str
 
 
 class Animator:
@@ -73,13 +103,23 @@ class Animator:
         if settings.work_dir is None:
             atexit.register(shutil.rmtree, self.work_dir, ignore_errors=True)
         self.face_analyzer = None
+        self.driving_plans: dict = {}  # driving crops by video path, kept across requests (previews are fast)
 
     def __call__(self, request: AnimationRequest, progress: Optional[Progress] = None) -> AnimationResult:
         if progress is None:  # not `progress or ...`: a gradio.Progress is falsy (it has a __len__)
             progress = no_progress
+        return self.guarded(self.run, request, progress)
+
+    def preview(self, request: AnimationRequest) -> PreviewResult:
+        """One frame of the result at driving frame ``request.preview_frame`` (the motion sliders' preview): the
+        model, the face crops and the source's regions are found as for the whole video, but one frame is
+        rendered."""
+        return self.guarded(self.run_preview, request, no_progress)
+
+    def guarded(self, function, request: AnimationRequest, progress: Progress):
         names = {path: os.path.basename(path) for path in (request.source_image, request.driving_video) if path}
         try:
-            return self.run(request, progress)
+            return function(request, progress)
         except gr.Error:
             raise
         except torch.OutOfMemoryError:
@@ -104,13 +144,7 @@ class Animator:
         if request.find_best_frame:
             anchor = self.best_anchor_frame(pipeline, source, video, progress)
         smoother = KeypointSmoother(video.fps, min_cutoff=request.smooth_cutoff) if request.smooth else None
-        notes: list[str] = []
-        if request.crop != "none" or request.motion_scale != 1.0:
-            progress(0.0, desc="Finding faces")
-            frames, notes = self.face_frames(request, pipeline, source, video, anchor, smoother)
-        else:
-            frames = pipeline.animate(source, video, relative=request.relative, adapt_scale=request.adapt_scale,
-                                      driving_initial=anchor, smooth=smoother, visualize=request.visualize)
+        frames, notes = self.frames(request, pipeline, source, video, anchor, smoother, progress)
         directory = self.request_directory()
         result, panels = directory / "result.mp4", directory / "result_visualization.mp4"
         count = write_results(frames, video, result, panels if request.visualize else None, progress)
@@ -120,10 +154,61 @@ class Animator:
         status = " ".join([status, *(note[0].upper() + note[1:] + "." for note in notes)])
         return AnimationResult(str(result), str(panels) if request.visualize else None, status, count, seconds)
 
+    def frames(self, request: AnimationRequest, pipeline: DaGANPipeline, source: np.ndarray, driving,
+               anchor: Optional[np.ndarray], smoother, progress: Progress = no_progress,
+               video=None) -> tuple[Iterator, list[str]]:
+        """The result frames of a request, driven by ``driving`` (the video, or some of its frames with ``video``
+        the whole one, for a preview), and the notes for the status line."""
+        control = request.control()
+        video = driving if video is None else video
+        if request.crop != "none" or request.motion_scale != 1.0:
+            progress(0.0, desc="Finding faces")
+            return self.face_frames(request, pipeline, source, driving, anchor, smoother, control, video)
+        analyzer = self.motion_analyzer(control, request.visualize)
+        from dagan.motion import motion_editor
+
+        editor = motion_editor(pipeline, source, control, analyzer, show_regions=request.visualize)
+        frames = pipeline.animate(source, driving, relative=request.relative, adapt_scale=request.adapt_scale,
+                                  driving_initial=anchor, smooth=smoother, visualize=request.visualize, edit=editor,
+                                  keypoint_colors=editor.colors)
+        return frames, list(editor.report)
+
+    def motion_analyzer(self, control, visualize: bool = False):
+        """The face analyzer the motion settings need (regions, openness; region colours), or None."""
+        if not (control.needs_regions or visualize):
+            return None
+        from dagan.faces import MissingFaceBackend, get_face_analyzer
+
+        if self.face_analyzer is None:
+            try:
+                self.face_analyzer = get_face_analyzer("auto")
+            except MissingFaceBackend:
+                if control.needs_regions:
+                    raise
+                return None
+        return self.face_analyzer
+
+    def run_preview(self, request: AnimationRequest, progress: Progress) -> PreviewResult:
+        self.check_uploads(request)
+        source = read_portrait(request.source_image)
+        video = open_driving(request.driving_video)
+        pipeline, _ = self.cache.get(self.resolve_checkpoint(request.checkpoint), request.device)
+        last = (video.num_frames or 1) - 1
+        index = min(max(int(request.preview_frame), 0), last)
+        anchor = frame_at(video, 0)
+        shown = frame_at(video, index)
+        frames, notes = self.frames(request, pipeline, source, [shown], anchor, None, progress, video=video)
+        frame = next(iter(frames)).frame
+        status = " ".join([f"Preview of driving frame {index} (of 0-{last}).",
+                           *(note[0].upper() + note[1:] + "." for note in notes)])
+        return PreviewResult(frame, index, status)
+
     def face_frames(self, request: AnimationRequest, pipeline: DaGANPipeline, source: np.ndarray, video,
-                    anchor: Optional[np.ndarray], smoother) -> tuple[Iterator, list[str]]:
-        """The frames of the face mode (crop, paste-back into the full picture, face selection, motion strength;
-        as ``demo.py --crop auto``) and the notes for the status line (faces found, small-face warnings)."""
+                    anchor: Optional[np.ndarray], smoother, control=None,
+                    whole_video=None) -> tuple[Iterator, list[str]]:
+        """The frames of the face mode (crop, paste-back into the full picture, face selection, motion strength
+        and control; as ``demo.py --crop auto``) and the notes for the status line (faces found, small-face
+        warnings, the keypoints' regions). ``whole_video``: the driving video when ``video`` is a preview's frame."""
         from dagan.faces import NoFaceFound, get_face_analyzer
         from dagan.faces.animation import PHOTO_DETECT_MAX_SIDE, FaceOptions, FaceSession, MotionOptions, fit_picture
         from dagan.faces.plans import parse_face_selection
@@ -132,18 +217,28 @@ class Animator:
         options = FaceOptions(crop=request.crop, paste_back=request.paste_back and request.crop == "auto",
                               faces=parse_face_selection(request.faces),
                               motion=MotionOptions(request.relative, request.adapt_scale, request.motion_scale))
-        if request.crop == "auto" and self.face_analyzer is None:
+        if (request.crop == "auto" or (control is not None and control.needs_regions)) and self.face_analyzer is None:
             self.face_analyzer = get_face_analyzer("auto", detect_max_side=PHOTO_DETECT_MAX_SIDE)
-        session = FaceSession(pipeline, options, analyzer=self.face_analyzer)
+        session = FaceSession(pipeline, options, analyzer=self.face_analyzer,
+                              control=control if control is not None else request.control())
+        session.driving_plans = self.driving_plans  # planned once per driving video, previews included
         picture = fit_picture(to_uint8(source), options.max_size)
         name = os.path.basename(request.source_image)
         try:
-            frames = session.animate_picture(picture, video, name, smoother, anchor, visualize=request.visualize)
+            if whole_video is not None and whole_video is not video:  # a preview: crops of the whole video
+                faces = session.picture_faces(picture, name)
+                crops = session.driving_crops(whole_video)
+                frames = session.animator(smoother, request.visualize).animate_picture(
+                    picture, faces, video, crops, anchor, request.visualize)
+            else:
+                frames = session.animate_picture(picture, video, name, smoother, anchor, visualize=request.visualize)
         except NoFaceFound as error:
             raise gr.Error(scrub(str(error), {request.source_image: name, str(video.path): "the driving video"})
                            .replace("--crop none", "Face crop 'none'").replace("--driving_crop none",
                                                                                "Face crop 'none'"),
                            print_exception=False) from None
+        if whole_video is not None and whole_video is not video:
+            frames = iter(list(frames))  # the preview's one frame: its messages are written now
         return frames, session.messages
 
     def check_uploads(self, request: AnimationRequest) -> None:

@@ -19,8 +19,9 @@ from dagan.audio.features import frame_times, log_mel, num_video_frames
 from dagan.audio.model import AudioDrivenModel
 from dagan.audio.motion import compose_motion, reference_index, split_motion, style_vector
 from dagan.checkpoint import CheckpointError
-from dagan.geometry import Keypoints, adapt_movement_scale, normalize_keypoints
+from dagan.geometry import Keypoints, adapt_movement_scale
 from dagan.inference import DaGANPipeline, chunks, to_uint8_batch
+from dagan.motion import MotionControl, make_motion, motion_editor, save_motion
 
 POSE_MODES = ("learned", "replay", "still")
 MAX_REFERENCE_FRAMES = 750  # 30 s at 25 fps: enough for replay and style
@@ -87,8 +88,14 @@ def audio_driving_keypoints(audio_model: AudioDrivenModel, audio: Audio, fps: fl
 
 def animate_from_audio(pipeline: DaGANPipeline, audio_model: AudioDrivenModel, source_image: np.ndarray,
                        audio: Audio, fps: float = 25.0, reference_frames=None, pose_mode: str = "learned",
-                       seed: int = 0, motion_path: Optional[str] = None) -> Iterator[np.ndarray]:
-    """Yield the (H, W, 3) uint8 frames of the source saying ``audio``; num_video_frames(duration, fps) of them."""
+                       seed: int = 0, motion_path: Optional[str] = None, control: Optional[MotionControl] = None,
+                       analyzer=None, messages: Optional[list] = None) -> Iterator[np.ndarray]:
+    """Yield the (H, W, 3) uint8 frames of the source saying ``audio``; num_video_frames(duration, fps) of them.
+
+    motion_path: also save the motion as a motion file (:mod:`dagan.motion.files`, driver "speech").
+    control: pose / expression / region edits (:class:`dagan.motion.MotionControl`; regions and openness targets
+    need ``analyzer``); what the user should be told is appended to ``messages``.
+    """
     check_compatible(audio_model, pipeline)
     source = pipeline.prepare_source(source_image)
     if reference_frames is not None:
@@ -97,26 +104,21 @@ def animate_from_audio(pipeline: DaGANPipeline, audio_model: AudioDrivenModel, s
         reference = Reference(Keypoints(source.keypoints.value.cpu(), source.keypoints.jacobian.cpu()), None)
     driving, pose, local = audio_driving_keypoints(audio_model, audio, fps, reference, pose_mode, seed)
     if motion_path is not None:
-        from dagan.io.files import atomic_write_bytes
-
-        atomic_write_bytes(motion_path, motion_npz(pose, local, driving))
+        save_motion(motion_path, make_motion(driving, reference.keypoints, fps, "speech",
+                                             audio_model.params.pose_model, pose, local))
+    edit = None
+    if control is not None and not control.is_identity:
+        edit = motion_editor(pipeline, None, control, analyzer, source=source)
+        if messages is not None:
+            messages.extend(edit.report)
     scale = adapt_movement_scale(source.keypoints, reference.keypoints) if reference_frames is not None else 1.0
+    anchor = Keypoints(reference.keypoints.value.to(pipeline.device), reference.keypoints.jacobian.to(pipeline.device))
     for batch in chunks(range(len(pose)), pipeline.batch_size):
         selection = slice(batch[0], batch[-1] + 1)
         kp_driving = Keypoints(driving.value[selection].to(pipeline.device), driving.jacobian[selection].to(pipeline.device))
-        anchor = Keypoints(reference.keypoints.value.to(pipeline.device), reference.keypoints.jacobian.to(pipeline.device))
-        kp_norm = normalize_keypoints(source.keypoints, kp_driving, anchor, use_relative_movement=True,
-                                      use_relative_jacobian=True, movement_scale=scale)
+        kp_norm, _ = pipeline.transfer(source, kp_driving, anchor, relative=True, adapt_scale=True, scale=scale,
+                                       edit=edit)
         yield from to_uint8_batch(pipeline.generate(source, kp_norm).prediction)
-
-
-def motion_npz(pose: torch.Tensor, local: torch.Tensor, driving: Keypoints) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, pose=pose.numpy(), local=local.numpy(), keypoints=driving.value.numpy(),
-             jacobians=driving.jacobian.numpy())
-    return buffer.getvalue()
 
 
 def check_face(video) -> None:

@@ -15,11 +15,12 @@ from tqdm import tqdm
 from dagan.checkpoint import CheckpointError
 from dagan.cli.demo_audio import add_audio_arguments, run_audio
 from dagan.cli.demo_faces import add_face_arguments, run_faces, uses_face_mode
-from dagan.cli.pipeline import check_outputs, load_pipeline, visualization_path
+from dagan.cli.pipeline import (add_motion_arguments, check_outputs, driving_path, load_pipeline, motion_analyzer,
+                                motion_control, visualization_path)
 from dagan.config import ConfigError
 from dagan.faces.landmarks import best_aligned_frame
 from dagan.inference import InferenceError, KeypointSmoother, frame_at
-from dagan.io import MediaError, open_video, open_writer, read_image, set_pixel_limit
+from dagan.io import MediaError, open_image_as_video, open_video, open_writer, read_image, set_pixel_limit
 from dagan.io.images import pixel_limit
 from dagan.runtime.backends import BACKEND_VARIABLE, BACKENDS, BackendError, default_backend
 from dagan.runtime.export import ExportError
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. model_params.common_params.num_kp=15")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_motion_arguments(parser)
     add_face_arguments(parser)
     add_audio_arguments(parser)
     return parser
@@ -118,9 +120,14 @@ def check_inputs(args: argparse.Namespace) -> None:
     if len(given) != 1:
         raise ValueError("give one of --source_image, --source_video or --pairs" +
                          (f" (got {' and '.join(given)})" if given else ""))
-    if args.pairs is None and args.driving_video is None:
-        raise ValueError("--driving_video is required (or give source,driving pairs with --pairs, or speech with "
-                         "--driving_audio and --audio_checkpoint)")
+    driver = driving_path(args)
+    if args.pairs is None and driver is None:
+        raise ValueError("--driving_video is required (or --driving_image, --driving_motion, source,driving pairs "
+                         "with --pairs, or speech with --driving_audio and --audio_checkpoint)")
+    if args.pairs is not None and driver is not None:
+        raise ValueError("--pairs names the driving files itself; drop " +
+                         ("--driving_video" if args.driving_video else "--driving_image" if args.driving_image
+                          else "--driving_motion"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,29 +137,65 @@ def run(args: argparse.Namespace) -> int:
                                                 args.reference_video])
         return run_audio(args)
     check_inputs(args)
+    motion_control(args)  # a bad motion flag is reported before any work
     if uses_face_mode(args):
         return run_faces(args, load_pipeline, check_outputs)
-    check_outputs(args, args.result_video, [args.source_image, args.driving_video])
+    return run_plain(args)
+
+
+def run_plain(args: argparse.Namespace) -> int:
+    """The whole-image demo (``--crop none``): one source image, one driver (video, image or motion file)."""
+    from dagan.motion import MotionRecorder, animate_motion, check_keypoint_count, load_motion, motion_editor
+
+    driver = driving_path(args)
+    check_outputs(args, args.result_video, [args.source_image, driver])
+    control = motion_control(args)
+    if args.driving_motion is not None and (args.smooth is not None or args.find_best_frame
+                                            or args.best_frame is not None):
+        raise ValueError("a motion file holds its keypoints already smoothed and anchored: drop --smooth, "
+                         "--find_best_frame and --best_frame with --driving_motion")
+    if args.driving_motion is not None and args.visualize:
+        raise ValueError("--visualize shows the driving frames, which a motion file does not hold; drop it")
     source = read_image(args.source_image)
-    video = open_video(args.driving_video)
+    motion = None
+    if args.driving_motion is not None:
+        motion = load_motion(args.driving_motion)
+    video = None if motion is not None else (open_image_as_video(driver) if args.driving_image else open_video(driver))
     pipeline = load_pipeline(args)
-    smoother = KeypointSmoother(video.fps, min_cutoff=args.smooth) if args.smooth is not None else None
-    anchor = anchor_frame(args, source, video)
-    audio = None if args.no_audio or not video.has_audio else args.driving_video
-    inputs = [args.source_image, args.driving_video, args.checkpoint]
-    frames = pipeline.animate(source, video, relative=args.relative, adapt_scale=args.adapt_scale,
-                              driving_initial=anchor, smooth=smoother, visualize=args.visualize)
+    if motion is not None:
+        check_keypoint_count(motion, pipeline.config.model_params.common_params.num_kp, args.driving_motion)
+    fps = motion.fps if motion is not None else video.fps
+    kind = "motion" if motion is not None else "image" if args.driving_image else "video"
+    recorder = MotionRecorder(fps, kind, control.pose_model) if args.save_motion else None
+    editor = motion_editor(pipeline, source, control, motion_analyzer(args, control, args.visualize), recorder,
+                           show_regions=args.visualize)
+    for message in editor.report:
+        print(message, file=sys.stderr)
+    audio = None if video is None or args.no_audio or not video.has_audio else driver
+    inputs = [args.source_image, driver, args.checkpoint]
+    if motion is not None:
+        frames = animate_motion(pipeline, source, motion, args.relative, args.adapt_scale, edit=editor)
+        total = motion.num_frames
+    else:
+        smoother = KeypointSmoother(video.fps, min_cutoff=args.smooth) if args.smooth is not None else None
+        # A driving image is measured from the source itself (its motion = the source's face -> the photo's).
+        anchor = source if args.driving_image else anchor_frame(args, source, video)
+        frames = pipeline.animate(source, video, relative=args.relative, adapt_scale=args.adapt_scale,
+                                  driving_initial=anchor, smooth=smoother, visualize=args.visualize, edit=editor,
+                                  keypoint_colors=editor.colors)
+        total = video.num_frames
     with contextlib.ExitStack() as stack:
-        writer = stack.enter_context(open_writer(args.result_video, video.fps, audio_from=audio,
-                                                 protected_paths=inputs))
-        panels = stack.enter_context(open_writer(visualization_path(args.result_video), video.fps, audio_from=audio,
+        writer = stack.enter_context(open_writer(args.result_video, fps, audio_from=audio, protected_paths=inputs))
+        panels = stack.enter_context(open_writer(visualization_path(args.result_video), fps, audio_from=audio,
                                                  protected_paths=inputs)) if args.visualize else None
-        for animated in tqdm(frames, total=video.num_frames, unit="frame", desc="animating", dynamic_ncols=True):
+        for animated in tqdm(frames, total=total, unit="frame", desc="animating", dynamic_ncols=True):
             writer.write(animated.frame)
             if panels is not None:
                 panels.write(animated.visualization)
-    print(f"wrote {args.result_video}" + (f" and {visualization_path(args.result_video)}" if args.visualize else ""),
-          file=sys.stderr)
+    if recorder is not None:
+        recorder.save(args.save_motion)
+    print(f"wrote {args.result_video}" + (f" and {visualization_path(args.result_video)}" if args.visualize else "")
+          + (f" and {args.save_motion}" if recorder is not None else ""), file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 
 from tqdm import tqdm
@@ -11,7 +12,7 @@ from dagan.audio.animate import POSE_MODES, REPLAY_HINT, animate_from_audio, che
 from dagan.audio.decode import load_audio
 from dagan.audio.features import num_video_frames
 from dagan.audio.model import AudioDrivenModel
-from dagan.cli.pipeline import load_pipeline
+from dagan.cli.pipeline import load_pipeline, motion_analyzer, motion_control
 from dagan.io import open_video, open_writer, read_image
 
 
@@ -27,8 +28,6 @@ def add_audio_arguments(parser: argparse.ArgumentParser) -> None:
                        "reference clip's own (replay), or none (still)")
     group.add_argument("--fps", type=float, default=25.0, help="output frame rate (any, e.g. 23.976, 25, 30)")
     group.add_argument("--seed", type=int, default=0, help="seed of the generated head motion")
-    group.add_argument("--save_motion", default=None, help="also write the generated motion (.npz: pose, local, "
-                       "keypoints, jacobians)")
 
 
 def run_audio(args: argparse.Namespace) -> int:
@@ -38,6 +37,11 @@ def run_audio(args: argparse.Namespace) -> int:
                          "train_params.stage=audio)")
     if not args.fps > 0:
         raise ValueError(f"--fps must be positive, got {args.fps}")
+    for flag, value in (("--driving_video", args.driving_video), ("--driving_image", args.driving_image),
+                        ("--driving_motion", args.driving_motion)):
+        if value is not None:
+            raise ValueError(f"--driving_audio drives the animation: drop {flag}")
+    control = motion_control(args)
     audio = load_audio(args.driving_audio)
     audio_model = AudioDrivenModel.load(args.audio_checkpoint)
     if args.pose == "replay" and args.reference_video is None and audio_model.reference_pose is None:
@@ -50,8 +54,13 @@ def run_audio(args: argparse.Namespace) -> int:
         reference = open_video(args.reference_video)
         check_face(reference)
     inputs = [args.source_image, args.driving_audio, args.checkpoint, args.audio_checkpoint, args.reference_video]
+    messages: list[str] = []
     frames = animate_from_audio(pipeline, audio_model, source, audio, args.fps, reference, args.pose, args.seed,
-                                args.save_motion)
+                                args.save_motion, control, motion_analyzer(args, control), messages)
+    first = next(frames, None)  # the motion is edited (regions found, targets solved) before the writer opens
+    for message in messages:
+        print(message, file=sys.stderr)
+    frames = itertools.chain([] if first is None else [first], frames)
     with open_writer(args.result_video, args.fps, audio_from=args.driving_audio, protected_paths=inputs) as writer:
         for frame in tqdm(frames, total=num_video_frames(audio.duration, args.fps), unit="frame", desc="animating",
                           dynamic_ncols=True):

@@ -18,12 +18,12 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from dagan.cli.pipeline import visualization_path
+from dagan.cli.pipeline import driver_kind, driving_path, motion_control, visualization_path
 from dagan.faces.alignment import Framing
 from dagan.faces.animation import FaceOptions, FaceSession, MotionOptions, fit_picture
 from dagan.faces.plans import parse_face_selection
 from dagan.inference import AnimatedFrame
-from dagan.io import MediaError, is_image_file, open_video, open_writer, read_image_uint8
+from dagan.io import MediaError, is_image_file, open_image_as_video, open_video, open_writer, read_image_uint8
 
 DEFAULT_MAX_SIZE = FaceOptions().max_size
 
@@ -125,24 +125,26 @@ class Job:
 
 def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
     """The jobs of this command line and whether it is a batch (results named after the inputs, in a folder)."""
+    driving = driving_path(args)
     if args.pairs is not None:
         pairs = read_pairs(args.pairs)
     elif args.source_video is not None:
-        return [Job(args.source_video, args.driving_video, args.result_video, source_is_video=True)], False
+        return [Job(args.source_video, driving, args.result_video, source_is_video=True)], False
     else:
         sources = source_paths(args.source_image)
         if not sources:
             raise MediaError(f"--source_image {args.source_image}: no image matches")
         if len(sources) == 1 and sources[0] == args.source_image and not os.path.isdir(args.source_image):
-            return [Job(args.source_image, args.driving_video, args.result_video)], False
-        pairs = [(source, args.driving_video) for source in sources]
+            return [Job(args.source_image, driving, args.result_video)], False
+        pairs = [(source, driving) for source in sources]
     folder = args.result_video
     if folder.lower().endswith(".mp4") and not os.path.isdir(folder):
         raise MediaError("a batch writes one video per input: give --result_video a folder (e.g. results/)")
     jobs = []
     for source, driving in pairs:
         is_video = not is_image_file(Path(source))
-        name = f"{Path(source).stem}_by_{Path(driving).stem}.mp4"
+        still = driver_kind(driving) == "image" and not is_video  # a photo driven by a photo: a still image
+        name = f"{Path(source).stem}_by_{Path(driving).stem}.{'png' if still else 'mp4'}"
         jobs.append(Job(source, driving, os.path.join(folder, name), source_is_video=is_video))
     return jobs, True
 
@@ -164,7 +166,8 @@ class FaceDemo:
 
     def __init__(self, args: argparse.Namespace, pipeline):
         self.args, self.pipeline = args, pipeline
-        self.session = FaceSession(pipeline, face_options(args), face_backend=args.face_backend)
+        self.control = motion_control(args)
+        self.session = FaceSession(pipeline, face_options(args), face_backend=args.face_backend, control=self.control)
 
     def smoother(self, fps: float):
         from dagan.inference import KeypointSmoother
@@ -173,17 +176,31 @@ class FaceDemo:
 
     def frames(self, job: Job) -> tuple[Iterator[AnimatedFrame], float, Optional[int]]:
         """The result frames of a job (faces and crops planned now), its fps and its frame count."""
-        driving = open_video(job.driving)
+        from dagan.motion import MotionRecorder, check_keypoint_count, load_motion
+
+        kind = driver_kind(job.driving)
+        if kind == "motion":
+            driving = load_motion(job.driving)
+            check_keypoint_count(driving, self.pipeline.config.model_params.common_params.num_kp, job.driving)
+            fps, count = driving.fps, driving.num_frames
+        else:
+            driving = open_image_as_video(job.driving) if kind == "image" else open_video(job.driving)
+            fps, count = driving.fps, driving.num_frames
+        still = kind == "image"
+        self.session.recorder = (MotionRecorder(fps, kind, self.control.pose_model)
+                                 if self.args.save_motion is not None else None)
+        smoother = self.smoother(fps) if kind != "motion" else None
         if job.source_is_video:
             source = open_video(job.source)
-            frames = self.session.animate_video(source, driving, self.smoother(source.fps))
-            known = [count for count in (source.num_frames, driving.num_frames) if count]
+            frames = self.session.animate_video(source, driving, self.smoother(source.fps) if kind == "video" else None,
+                                                still_driver=still)
+            known = [n for n in (source.num_frames, None if still else count) if n]
             return frames, source.fps, min(known) if known else None
         picture = fit_picture(read_image_uint8(job.source), self.args.max_size)
-        anchor = self.anchor_frame(picture, driving)
-        frames = self.session.animate_picture(picture, driving, job.source, self.smoother(driving.fps), anchor,
-                                              visualize=self.args.visualize)
-        return frames, driving.fps, driving.num_frames
+        anchor = self.anchor_frame(picture, driving) if kind == "video" else None
+        frames = self.session.animate_picture(picture, driving, job.source, smoother, anchor,
+                                              visualize=self.args.visualize and kind != "motion", still_driver=still)
+        return frames, fps, count
 
     def anchor_frame(self, picture: np.ndarray, driving) -> Optional[np.ndarray]:
         """``--best_frame`` / ``--find_best_frame`` (landmarks of the picture's largest face)."""
@@ -201,6 +218,8 @@ class FaceDemo:
         choice = "none" if self.args.no_audio else self.args.audio
         if choice == "source" and not job.source_is_video:
             raise ValueError("--audio source needs --source_video (a picture has no audio)")
+        if choice == "driving" and driver_kind(job.driving) != "video":
+            return None  # an image or a motion file has no sound
         path = {"driving": job.driving, "source": job.source, "none": None}[choice]
         return path if path is not None and open_video(path).has_audio else None
 
@@ -228,6 +247,9 @@ class FaceDemo:
                 if panels is not None:
                     panels.write(animated.visualization)
                 count += 1
+        if self.session.recorder is not None:
+            self.session.recorder.save(self.args.save_motion)
+            print(f"wrote the motion file {self.args.save_motion}", file=sys.stderr)
         return count
 
 
@@ -237,6 +259,12 @@ def run_faces(args: argparse.Namespace, load_pipeline: Callable[[argparse.Namesp
     jobs, batch = plan_jobs(args)
     if args.visualize and any(job.source_is_video for job in jobs):
         raise ValueError("--visualize works with source images only (not with --source_video)")
+    if args.save_motion is not None and batch:
+        raise ValueError("--save_motion writes one motion file: give one source and one driver, not a batch")
+    if args.driving_motion is not None and (args.smooth is not None or args.find_best_frame
+                                            or args.best_frame is not None):
+        raise ValueError("a motion file holds its keypoints already smoothed and anchored: drop --smooth, "
+                         "--find_best_frame and --best_frame with --driving_motion")
     for job in jobs:  # before the model loads; a batch skips the results already there
         if not (batch and os.path.exists(job.result)):
             check_outputs(args, job.result, [job.source, job.driving])

@@ -1,5 +1,6 @@
 """What the demo's three modes share (video, photos and faces, speech): loading the pipeline the flags ask for
-(checkpoint or export, backend, auto-tune) and checking the output paths before any work."""
+(checkpoint or export, backend, auto-tune), the motion-control flags (:mod:`dagan.motion`) and checking the
+output paths before any work."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +15,7 @@ from dagan.config import load_config
 from dagan.inference import DaGANPipeline, autotune, exported_pipeline, exported_pipeline_or_none, resolve_device
 from dagan.io import check_result_path
 from dagan.model import load_checkpoint_or_official
+from dagan.motion import ANIMATE, MotionControl, parse_region_scales, parse_still
 from dagan.runtime.backends import BackendError, choose_backend, is_installed
 from dagan.runtime.export import is_export_folder
 
@@ -99,3 +101,90 @@ def check_outputs(args: argparse.Namespace, result: str, inputs: list[Optional[s
     check_result_path(result, inputs)
     if args.visualize:
         check_result_path(visualization_path(result), inputs)
+    check_motion_output(args, inputs)
+
+
+# Motion control: every driver (video, image, speech, motion file) takes these flags (docs/demo.md, "Motion control").
+def add_motion_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "motion control (every driver: video, image, speech, motion file; docs/demo.md \"Motion control\")",
+        "the driver's keypoint motion is split into a head pose and a local expression (dagan.motion), which are "
+        "scaled apart: 0 = the source's, 1 = the driver's, >1 exaggerates")
+    group.add_argument("--animate", choices=ANIMATE, default="all", help="what the portrait copies: all (default), "
+                       "pose (head pose only: the source's expression) or expression (the source's head pose)")
+    group.add_argument("--pose_scale", type=float, default=1.0, help="head-pose strength (default 1)")
+    group.add_argument("--expression_scale", type=float, default=1.0, help="expression strength (default 1)")
+    group.add_argument("--region_scale", default=None, metavar="REGION=SCALE,...", help="strength of each face "
+                       "region's expression, e.g. mouth=1.3,eyes=0 (regions: eyes, brows, mouth, rest; each keypoint "
+                       "gets the region of its nearest source landmark; needs a face backend)")
+    group.add_argument("--still", default=None, metavar="REGION,...", help="keep these regions as in the source, "
+                       "e.g. eyes or eyes,brows (= --region_scale REGION=0)")
+    group.add_argument("--eye_openness", type=float, default=None, metavar="RATIO", help="target eye openness (eye "
+                       "aspect ratio on the output's landmarks: ~0.3 open, <0.1 closed); solved and reported")
+    group.add_argument("--mouth_openness", type=float, default=None, metavar="RATIO", help="target mouth openness "
+                       "(inner-lip gap / mouth width on the output's landmarks: 0 closed, ~0.6 wide open)")
+    group.add_argument("--save_motion", default=None, metavar="NPZ", help="also write the driving motion as a motion "
+                       "file (.npz of plain arrays: keypoints, Jacobians, pose/local split, fps, anchor), for "
+                       "--driving_motion")
+    group.add_argument("--driving_motion", default=None, metavar="NPZ", help="drive with a motion file saved by "
+                       "--save_motion instead of a video (no driving frames needed)")
+    group.add_argument("--driving_image", default=None, metavar="IMAGE", help="drive with one photo: with "
+                       "--source_image the result is a still image (give --result_video a .png or .jpg), with "
+                       "--source_video a video whose every frame takes the photo's expression")
+
+
+def motion_control(args: argparse.Namespace) -> MotionControl:
+    """The :class:`~dagan.motion.MotionControl` of a command line (ValueError, one line, for a bad value)."""
+    return MotionControl(animate=args.animate, pose_scale=args.pose_scale, expression_scale=args.expression_scale,
+                         region_scales=parse_region_scales(args.region_scale), still=parse_still(args.still),
+                         eye_openness=args.eye_openness, mouth_openness=args.mouth_openness)
+
+
+def motion_analyzer(args: argparse.Namespace, control: MotionControl, visualize: bool = False):
+    """The face analyzer regions and openness targets need (None when they are not asked for; with only
+    ``visualize``, None when no face backend is installed)."""
+    if not (control.needs_regions or visualize):
+        return None
+    from dagan.faces import MissingFaceBackend, get_face_analyzer
+
+    try:
+        return get_face_analyzer(getattr(args, "face_backend", "auto"))
+    except MissingFaceBackend as error:
+        if control.needs_regions:
+            raise ValueError(f"--region_scale, --still and openness targets find the source's landmarks: {error}") \
+                from None
+        return None
+
+
+def driver_kind(path: str) -> str:
+    """What a driving path holds: "motion" (.npz), "image" (an image file) or "video"."""
+    from pathlib import Path
+
+    from dagan.io import is_image_file
+
+    if str(path).lower().endswith(".npz"):
+        return "motion"
+    return "image" if is_image_file(Path(path)) and not os.path.isdir(path) else "video"
+
+
+def driving_path(args: argparse.Namespace) -> Optional[str]:
+    """The one driver given: --driving_video, --driving_image or --driving_motion (ValueError for several)."""
+    given = [(flag, value) for flag, value in (("--driving_video", args.driving_video),
+                                               ("--driving_image", args.driving_image),
+                                               ("--driving_motion", args.driving_motion)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one driver, not {' and '.join(flag for flag, _ in given)}")
+    return given[0][1] if given else None
+
+
+def check_motion_output(args: argparse.Namespace, inputs: list[Optional[str]]) -> None:
+    """Refuse, before any work, a --save_motion path that would replace an input or the result."""
+    if args.save_motion is None:
+        return
+    from dagan.io.files import check_writable, refuse_to_overwrite
+
+    if not str(args.save_motion).lower().endswith(".npz"):
+        raise ValueError(f"--save_motion writes a .npz file; got {args.save_motion!r}")
+    refuse_to_overwrite(args.save_motion, [*inputs, args.checkpoint, args.result_video], what="motion file",
+                        flag="--save_motion")
+    check_writable(args.save_motion, "motion file")

@@ -22,6 +22,7 @@ from dagan.faces.paste import PasteBack
 from dagan.faces.plans import FacePlan, FaceSelection, VideoCrops, plan_picture_faces, plan_video_crops
 from dagan.geometry import Keypoints, adapt_movement_scale, normalize_keypoints
 from dagan.inference import AnimatedFrame
+from dagan.motion import Motion, MotionControl, MotionEditor, motion_editor
 
 if TYPE_CHECKING:
     import torch
@@ -33,12 +34,16 @@ PHOTO_DETECT_MAX_SIDE = 1280  # photos are searched for faces at up to this size
 
 class DrivingBatch(NamedTuple):
     """Cropped driving frames (B, 3, h, w) on the model's device, their keypoints and disparities (B, 1, h, w),
-    and the keypoints of the anchor frame (batch of 1) that relative motion is measured from."""
+    and the keypoints of the anchor frame (batch of 1) that relative motion is measured from. A motion file's
+    batches have keypoints only (frames and disparity None)."""
 
-    frames: "torch.Tensor"
+    frames: Optional["torch.Tensor"]
     keypoints: Keypoints
-    disparity: "torch.Tensor"
+    disparity: Optional["torch.Tensor"]
     anchor: Keypoints
+
+    def __len__(self) -> int:
+        return int(self.keypoints.value.shape[0])
 
 
 @dataclass(frozen=True)
@@ -61,11 +66,30 @@ class FaceAnimator:
     """Animates chosen faces with a driving video, yielding full pictures (``paste_back``) or the first face's crop.
 
     pipeline: a :class:`~dagan.inference.DaGANPipeline`. smooth: an optional
-    :class:`~dagan.inference.KeypointSmoother` for the driving keypoints.
+    :class:`~dagan.inference.KeypointSmoother` for the driving keypoints. control: the motion edits
+    (:class:`dagan.motion.MotionControl`), made per face by a :class:`dagan.motion.MotionEditor`; analyzer: the
+    face analyzer its regions and openness targets need; recorder: a :class:`dagan.motion.MotionRecorder` that
+    sees the driving keypoints (``--save_motion``). What the user should be told goes to ``messages``.
     """
 
-    def __init__(self, pipeline, motion: MotionOptions = MotionOptions(), smooth=None, paste_back: bool = True):
+    def __init__(self, pipeline, motion: MotionOptions = MotionOptions(), smooth=None, paste_back: bool = True,
+                 control: MotionControl = MotionControl(), analyzer=None, recorder=None,
+                 messages: Optional[list[str]] = None):
         self.pipeline, self.motion, self.smooth, self.paste_back = pipeline, motion, smooth, paste_back
+        self.control, self.analyzer, self.recorder = control, analyzer, recorder
+        self.messages = messages if messages is not None else []
+
+    def editors(self, sources: list, visualize: bool = False) -> list[MotionEditor]:
+        """One motion editor per prepared source face (the first one records the motion)."""
+        editors = []
+        for index, source in enumerate(sources):
+            editor = motion_editor(self.pipeline, None, self.control, self.analyzer,
+                                   self.recorder if index == 0 else None, source=source,
+                                   show_regions=visualize and index == 0)
+            prefix = f"face {index + 1}: " if len(sources) > 1 else ""
+            self.messages.extend(prefix + line for line in editor.report)
+            editors.append(editor)
+        return editors
 
     @property
     def size(self) -> tuple[int, int]:
@@ -76,9 +100,12 @@ class FaceAnimator:
         return adapt_movement_scale(kp_source, anchor) if self.motion.relative and self.motion.adapt_scale else 1.0
 
     def transfer(self, kp_source: Keypoints, kp_driving: Keypoints, anchor: Keypoints,
-                 scale: Optional[float] = None) -> Keypoints:
-        """Source keypoints moved by the driving motion relative to ``anchor`` (batch of driving frames)."""
+                 scale: Optional[float] = None, edit: Optional[MotionEditor] = None) -> Keypoints:
+        """Source keypoints moved by the driving motion relative to ``anchor`` (batch of driving frames); ``edit``
+        changes the driving keypoints first."""
         scale = self.movement_scale(kp_source, anchor) if scale is None else scale
+        if edit is not None:
+            kp_driving = edit(kp_driving, anchor, scale)
         return normalize_keypoints(kp_source, kp_driving, anchor, use_relative_movement=self.motion.relative,
                                    use_relative_jacobian=self.motion.relative, movement_scale=scale,
                                    motion_strength=self.motion.motion_scale)
@@ -108,26 +135,44 @@ class FaceAnimator:
                 anchor = kp_driving.index(slice(0, 1))
             yield DrivingBatch(frames, kp_driving, disparity, anchor)
 
+    def motion_batches(self, motion: Motion) -> Iterator[DrivingBatch]:
+        """A motion file's keypoints, batch by batch as :meth:`driving_batches` reads a video."""
+        device = self.pipeline.device
+        anchor = Keypoints(motion.anchor.value.to(device),
+                           None if motion.anchor.jacobian is None else motion.anchor.jacobian.to(device))
+        for keypoints in motion.batches(self.pipeline.batch_size, device):
+            yield DrivingBatch(None, keypoints, None, anchor)
+
     def animate_picture(self, picture: np.ndarray, faces: Sequence[FacePlan], driving_frames: Iterable[np.ndarray],
-                        driving_crops: VideoCrops, driving_initial: Optional[np.ndarray] = None,
-                        visualize: bool = False) -> Iterator[AnimatedFrame]:
+                        driving_crops: Optional[VideoCrops], driving_initial: Optional[np.ndarray] = None,
+                        visualize: bool = False, batches: Optional[Iterable[DrivingBatch]] = None,
+                        anchor_at_source: bool = False) -> Iterator[AnimatedFrame]:
         """One :class:`~dagan.inference.AnimatedFrame` per driving frame: the picture (H, W, 3) uint8 with every
         face of ``faces`` animated (paste-back), or the first face's (h, w, 3) crop (no paste-back); keypoints and
-        the visualisation panels (``visualize``) are those of the first face."""
+        the visualisation panels (``visualize``) are those of the first face. ``batches`` replaces the driving
+        video (a motion file's :meth:`motion_batches`); ``anchor_at_source`` measures each face's motion from the
+        face itself (a driving image: the source's face -> the photo's)."""
         from dagan.inference import to_uint8_batch
 
         if not faces:
             raise ValueError("no face to animate")
         faces = faces if self.paste_back else faces[:1]
         sources = [self.pipeline.prepare_source(warp_to_crop(picture, face.transform)) for face in faces]
+        editors = self.editors(sources, visualize)
         pastes = [PasteBack(face.transform, picture.shape[:2], whole_picture=face.whole_picture) for face in faces]
-        for batch in self.driving_batches(driving_frames, driving_crops, driving_initial):
-            kp_norms = [self.transfer(source.keypoints, batch.keypoints, batch.anchor) for source in sources]
+        if batches is None:
+            batches = self.driving_batches(driving_frames, driving_crops, driving_initial)
+        for batch in batches:
+            kp_norms = [self.transfer(source.keypoints, batch.keypoints,
+                                      source.keypoints if anchor_at_source else batch.anchor, edit=editor)
+                        for source, editor in zip(sources, editors)]
             predictions = [self.render(source, kp_norm) for source, kp_norm in zip(sources, kp_norms)]
             rendered = [to_uint8_batch(prediction) for prediction in predictions]
-            for index in range(len(batch.frames)):
+            for index in range(len(batch)):
                 one = slice(index, index + 1)
-                panel = self.panel(sources[0], batch, predictions[0], kp_norms[0], index) if visualize else None
+                panel = None
+                if visualize and batch.frames is not None:
+                    panel = self.panel(sources[0], batch, predictions[0], kp_norms[0], index, editors[0].colors)
                 if not self.paste_back:
                     yield AnimatedFrame(rendered[0][index], kp_norms[0].index(one), panel)
                     continue
@@ -137,37 +182,54 @@ class FaceAnimator:
                 yield AnimatedFrame(output, kp_norms[0].index(one), panel)
 
     @staticmethod
-    def panel(source, batch: DrivingBatch, prediction, kp_norm: Keypoints, index: int) -> np.ndarray:
-        """The visualisation row of frame ``index`` of a batch (see :func:`dagan.visualization.visualization_row`)."""
+    def panel(source, batch: DrivingBatch, prediction, kp_norm: Keypoints, index: int,
+              colors: Optional[np.ndarray] = None) -> np.ndarray:
+        """The visualisation row of frame ``index`` of a batch (see :func:`dagan.visualization.visualization_row`);
+        ``colors``: the keypoints' region colours."""
         from dagan.visualization import visualization_row
 
         one = slice(index, index + 1)
         return visualization_row(source, batch.frames[index], prediction[index], batch.disparity[index],
-                                 batch.keypoints.index(one), kp_norm.index(one))
+                                 batch.keypoints.index(one), kp_norm.index(one), colors)
 
     def animate_video(self, source_frames: Iterable[np.ndarray], source_crops: VideoCrops,
-                      driving_frames: Iterable[np.ndarray], driving_crops: VideoCrops) -> Iterator[AnimatedFrame]:
+                      driving_frames: Iterable[np.ndarray], driving_crops: Optional[VideoCrops],
+                      batches: Optional[Iterable[DrivingBatch]] = None,
+                      still_driver: bool = False) -> Iterator[AnimatedFrame]:
         """A source video animated frame by frame: source frame t, cropped by ``source_crops``, follows driving
         frame t's motion relative to driving frame 0 (movement scale from source frame 0). Stops at the shorter
-        video. Yields :class:`~dagan.inference.AnimatedFrame` s of full frames (paste-back) or crops."""
+        video. ``batches`` replaces the driving video (a motion file); ``still_driver``: the driving video is one
+        image, which every source frame takes, measured from that frame itself (an expression put on a video).
+        The motion edits are made for the first source frame's face. Yields
+        :class:`~dagan.inference.AnimatedFrame` s of full frames (paste-back) or crops."""
+        import itertools
+
         from dagan.inference import to_uint8_batch
 
         pipeline = self.pipeline
         source_iterator = enumerate(source_frames)
         paste: Optional[PasteBack] = None
         scale: Optional[float] = None
-        for batch in self.driving_batches(driving_frames, driving_crops):
-            for offset in range(len(batch.frames)):
+        editor: Optional[MotionEditor] = None
+        if batches is None:
+            batches = self.driving_batches(driving_frames, driving_crops)
+        if still_driver:
+            batches = itertools.repeat(next(iter(batches)))
+        for batch in batches:
+            for offset in range(len(batch)):
                 item = next(source_iterator, None)
                 if item is None:
                     return
                 index, frame = item
                 transform = source_crops.transform(index, self.size)
                 source = pipeline.prepare_source(warp_to_crop(frame, transform))
-                if scale is None:
+                if editor is None:
+                    editor = self.editors([source])[0]
+                anchor = source.keypoints if still_driver else batch.anchor
+                if scale is None and not still_driver:
                     scale = self.movement_scale(source.keypoints, batch.anchor)
                 kp_norm = self.transfer(source.keypoints, batch.keypoints.index(slice(offset, offset + 1)),
-                                        batch.anchor, scale)
+                                        anchor, None if still_driver else scale, editor)
                 crop = to_uint8_batch(self.render(source, kp_norm))[0]
                 if not self.paste_back:
                     yield AnimatedFrame(crop, kp_norm, None)
@@ -179,7 +241,6 @@ class FaceAnimator:
                 output = frame.copy()
                 paste(output, crop)
                 yield AnimatedFrame(output, kp_norm, None)
-
 
 
 @dataclass(frozen=True)
@@ -234,11 +295,13 @@ class FaceSession:
     warnings); callers print or show them.
     """
 
-    def __init__(self, pipeline, options: FaceOptions = FaceOptions(), analyzer=None, face_backend: str = "auto"):
-        self.pipeline, self.options = pipeline, options
+    def __init__(self, pipeline, options: FaceOptions = FaceOptions(), analyzer=None, face_backend: str = "auto",
+                 control: MotionControl = MotionControl()):
+        self.pipeline, self.options, self.control = pipeline, options, control
         self._analyzer, self.face_backend = analyzer, face_backend
         self.driving_plans: dict[str, VideoCrops] = {}
         self.messages: list[str] = []
+        self.recorder = None  # a dagan.motion.MotionRecorder for the next animation (--save_motion)
 
     @property
     def analyzer(self):
@@ -252,8 +315,22 @@ class FaceSession:
                                          "whole picture with --crop none") from error
         return self._analyzer
 
-    def animator(self, smooth=None) -> FaceAnimator:
-        return FaceAnimator(self.pipeline, self.options.motion, smooth, self.options.paste_back)
+    def motion_analyzer(self, visualize: bool = False):
+        """The analyzer the motion edits need (regions, openness; the region colours of ``visualize``), or None."""
+        if not (self.control.needs_regions or visualize):
+            return None
+        from dagan.faces.detection import MissingFaceBackend
+
+        try:
+            return self.analyzer
+        except MissingFaceBackend:
+            if self.control.needs_regions:
+                raise
+            return None
+
+    def animator(self, smooth=None, visualize: bool = False) -> FaceAnimator:
+        return FaceAnimator(self.pipeline, self.options.motion, smooth, self.options.paste_back, self.control,
+                            self.motion_analyzer(visualize), self.recorder, self.messages)
 
     def driving_crops(self, video) -> VideoCrops:
         """The crops of a driving :class:`~dagan.io.VideoSource` (planned once per path)."""
@@ -286,16 +363,22 @@ class FaceSession:
         return faces
 
     def animate_picture(self, picture: np.ndarray, driving, name: str = "the picture", smooth=None,
-                        driving_initial: Optional[np.ndarray] = None,
-                        visualize: bool = False) -> Iterator[AnimatedFrame]:
+                        driving_initial: Optional[np.ndarray] = None, visualize: bool = False,
+                        still_driver: bool = False) -> Iterator[AnimatedFrame]:
         """Frames of ``picture`` (H, W, 3) uint8, already :func:`fit_picture`-ed, driven by ``driving`` (a
-        VideoSource). Faces and driving crops are planned before the first frame is returned."""
+        VideoSource, a one-frame one for a driving image with ``still_driver``, or a :class:`dagan.motion.Motion`).
+        Faces and driving crops are planned before the first frame is returned."""
         faces = self.picture_faces(picture, name)
+        if isinstance(driving, Motion):
+            animator = self.animator(smooth)
+            return animator.animate_picture(picture, faces, None, None, batches=animator.motion_batches(driving))
         crops = self.driving_crops(driving)
-        return self.animator(smooth).animate_picture(picture, faces, driving, crops, driving_initial, visualize)
+        return self.animator(smooth, visualize).animate_picture(picture, faces, driving, crops, driving_initial,
+                                                                visualize, anchor_at_source=still_driver)
 
-    def animate_video(self, source, driving, smooth=None) -> Iterator[AnimatedFrame]:
-        """Frames of the source VideoSource (each shrunk to ``max_size``) driven by the driving one."""
+    def animate_video(self, source, driving, smooth=None, still_driver: bool = False) -> Iterator[AnimatedFrame]:
+        """Frames of the source VideoSource (each shrunk to ``max_size``) driven by the driving one (a VideoSource,
+        a one-frame one with ``still_driver``, or a :class:`dagan.motion.Motion`)."""
         frame_size = (source.size[1], source.size[0])
         if self.options.crop == "none":
             crops = VideoCrops(None, frame_size)
@@ -304,9 +387,12 @@ class FaceSession:
                                      mode="track", detect_every=self.options.detect_every, fps=source.fps,
                                      name=f"the source video {source.path}")
         frames = (fit_picture(frame, self.options.max_size) for frame in source)
-        driving_crops = self.driving_crops(driving)
-        return self.animator(smooth).animate_video(frames, scaled_crops(crops, frame_size, self.options.max_size),
-                                                   driving, driving_crops)
+        source_crops = scaled_crops(crops, frame_size, self.options.max_size)
+        animator = self.animator(smooth)
+        if isinstance(driving, Motion):
+            return animator.animate_video(frames, source_crops, None, None, batches=animator.motion_batches(driving))
+        return animator.animate_video(frames, source_crops, driving, self.driving_crops(driving),
+                                      still_driver=still_driver)
 
 
 def scaled_crops(crops: VideoCrops, frame_size: tuple[int, int], max_size: int) -> VideoCrops:

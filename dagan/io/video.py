@@ -253,6 +253,14 @@ def open_video(path: PathLike, directory_fps: float = DEFAULT_DIRECTORY_FPS) -> 
     return VideoSource(path=path, fps=info.fps, num_frames=info.num_frames, size=info.size, has_audio=info.has_audio)
 
 
+def open_image_as_video(path: PathLike, fps: float = DEFAULT_DIRECTORY_FPS) -> VideoSource:
+    """A single image (a driving image) as a one-frame `VideoSource`, read like `read_image_uint8` reads it."""
+    path = Path(path)
+    frame = read_image_uint8(path)  # MediaError for a missing or unreadable image
+    height, width = frame.shape[:2]
+    return VideoSource(path=path, fps=fps, num_frames=1, size=(width, height), has_audio=False, frame_paths=(path,))
+
+
 def natural_sort_key(path: Path) -> Tuple[Union[int, str], ...]:
     """Sort key that orders embedded numbers by value: 'frame2.png' < 'frame10.png'."""
     parts = re.split(r"(\d+)", path.name)  # Strings at even positions, digit runs at odd positions.

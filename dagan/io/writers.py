@@ -27,6 +27,7 @@ from dagan.io.images import MediaError, PathLike, check_frame
 from dagan.io.video import Size, _ffmpeg_url, _read_log, _reason, _stop_process, ffmpeg_executable, has_audio_stream
 
 CONTAINER_BY_SUFFIX = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}
+STILL_FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}  # one-frame results (a driving image)
 FRAME_FILE_NAME = re.compile(r"^\d{6,}\.png$")
 
 
@@ -318,6 +319,55 @@ class FrameDirectoryWriter(_AtomicFrameWriter):
                 path.unlink()
 
 
+class ImageWriter(_AtomicFrameWriter):
+    """Write a one-frame result (a portrait driven by a driving image) as a PNG or JPEG (quality 95), atomically
+    when the writer closes. A second frame is refused: a video needs a .mp4 or a folder."""
+
+    def __init__(self, path: PathLike, protected_paths: Iterable[Optional[PathLike]] = ()) -> None:
+        self.path = Path(path)
+        self.format = check_image_path(self.path, protected_paths)
+        self.size: Optional[Size] = None
+        self.frame: Optional[np.ndarray] = None
+        self.frames_written = 0
+        self._closed = False
+
+    def write(self, frame: np.ndarray) -> None:
+        self._accept(frame, "ImageWriter")
+        if self.frame is not None:
+            raise MediaError(f"the result '{self.path}' is an image and holds one frame; give a .mp4 file or a "
+                             "folder ending in / for a video")
+        self.frame = frame.copy()
+        self.frames_written = 1
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.frame is None:
+            raise MediaError(f"no frame was written to '{self.path}'")
+        from dagan.io.files import atomic_write_bytes
+        from dagan.io.images import encode_image
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, encode_image(self.frame, self.format))
+
+    def abort(self) -> None:
+        self._closed = True
+
+
+def is_image_path(result_path: PathLike) -> bool:
+    """Whether ``open_writer`` writes one image for this path (.png, .jpg, .jpeg)."""
+    return Path(os.fspath(result_path)).suffix.lower() in STILL_FORMAT_BY_SUFFIX
+
+
+def check_image_path(path: Path, protected_paths: Iterable[Optional[PathLike]]) -> str:
+    """The image format of a one-frame result, after checking it replaces no input and is not a folder."""
+    refuse_to_overwrite_inputs(path, protected_paths)
+    if path.is_dir():
+        raise MediaError(f"image output '{path}' is an existing directory; give a .png or .jpg file path")
+    return STILL_FORMAT_BY_SUFFIX[path.suffix.lower()]
+
+
 def check_video_path(path: Path, protected_paths: Iterable[Optional[PathLike]]) -> str:
     """The container for an .mp4/.mov output, after checking it replaces no input and is not a folder."""
     container = _container_format(path)
@@ -360,11 +410,14 @@ def open_writer(
     """Open the writer that `result_path` asks for.
 
     An existing directory, or a path ending with '/' (os.sep), gives a `FrameDirectoryWriter`
-    (PNG frames; `fps` and audio do not apply); anything else gives an MP4 `VideoWriter`.
+    (PNG frames; `fps` and audio do not apply); a .png / .jpg / .jpeg file an `ImageWriter` (one frame: a
+    portrait driven by an image); anything else gives an MP4 `VideoWriter`.
     `audio_from` and `protected_paths` are never overwritten.
     """
     if is_frame_directory_path(result_path):
         return FrameDirectoryWriter(result_path, protected_paths=[*protected_paths, audio_from])
+    if is_image_path(result_path):
+        return ImageWriter(result_path, protected_paths=[*protected_paths, audio_from])
     return VideoWriter(result_path, fps, audio_from=audio_from, protected_paths=protected_paths)
 
 
@@ -383,6 +436,8 @@ def check_result_path(result_path: PathLike, protected_paths: Iterable[Optional[
     protected = list(protected_paths)
     if is_frame_directory_path(result_path):
         check_frame_directory(Path(result_path), protected)
+    elif is_image_path(result_path):
+        check_image_path(Path(result_path), protected)
     else:
         check_video_path(Path(result_path), protected)
     try:
