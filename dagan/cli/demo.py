@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from dagan.checkpoint import CheckpointError
-from dagan.cli.demo_audio import add_audio_arguments, run_audio
+from dagan.cli.demo_audio import add_audio_arguments, check_speech_flags, run_audio
 from dagan.cli.demo_faces import add_face_arguments, run_faces, uses_face_mode
 from dagan.cli.pipeline import check_outputs, load_pipeline, visualization_path
 from dagan.config import ConfigError
@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parser_defaults() -> dict:
+    """The default of every destination of :func:`build_parser` (to tell which flags a command line gave)."""
+    return vars(build_parser().parse_args(["--checkpoint", ""]))
+
+
 def anchor_frame(args, source: np.ndarray, video) -> Optional[np.ndarray]:
     """The driving frame that anchors relative motion: --best_frame N, the best-aligned face, or the first."""
     index = args.best_frame
@@ -126,6 +131,7 @@ def check_inputs(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     set_pixel_limit(args.max_pixels)
     if args.driving_audio is not None:  # speech-driven (dagan.audio)
+        check_speech_flags(args, parser_defaults())
         check_outputs(args, args.result_video, [args.source_image, args.driving_audio, args.audio_checkpoint,
                                                 args.reference_video])
         return run_audio(args)

@@ -18,12 +18,12 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from dagan.cli.pipeline import visualization_path
+from dagan.cli.pipeline import face_options, read_picture, visualization_path
 from dagan.faces.alignment import Framing
-from dagan.faces.animation import FaceOptions, FaceSession, MotionOptions, fit_picture
+from dagan.faces.animation import FaceOptions, FaceSession
 from dagan.faces.plans import parse_face_selection
 from dagan.inference import AnimatedFrame
-from dagan.io import MediaError, is_image_file, open_video, open_writer, read_image_uint8
+from dagan.io import MediaError, is_image_file, open_video, open_writer
 
 DEFAULT_MAX_SIZE = FaceOptions().max_size
 
@@ -149,15 +149,6 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
 
 # Running.
 
-def face_options(args: argparse.Namespace) -> FaceOptions:
-    """The :class:`~dagan.faces.animation.FaceOptions` of a command line."""
-    paste_back = args.crop == "auto" if args.paste_back is None else args.paste_back
-    return FaceOptions(crop=args.crop, paste_back=paste_back, faces=args.faces,
-                       framing=Framing(args.crop_scale, args.crop_offset_y, rotate=not args.no_crop_rotation),
-                       driving_crop=args.driving_crop, detect_every=args.detect_every, max_size=args.max_size,
-                       motion=MotionOptions(args.relative, args.adapt_scale, args.motion_scale))
-
-
 class FaceDemo:
     """The face-mode demo of one command line: one model, one :class:`~dagan.faces.animation.FaceSession` (face
     analyzer, driving crops) for every job."""
@@ -179,7 +170,7 @@ class FaceDemo:
             frames = self.session.animate_video(source, driving, self.smoother(source.fps))
             known = [count for count in (source.num_frames, driving.num_frames) if count]
             return frames, source.fps, min(known) if known else None
-        picture = fit_picture(read_image_uint8(job.source), self.args.max_size)
+        picture = read_picture(job.source, self.args.max_size)
         anchor = self.anchor_frame(picture, driving)
         frames = self.session.animate_picture(picture, driving, job.source, self.smoother(driving.fps), anchor,
                                               visualize=self.args.visualize)

@@ -1,5 +1,6 @@
 """What the demo's three modes share (video, photos and faces, speech): loading the pipeline the flags ask for
-(checkpoint or export, backend, auto-tune) and checking the output paths before any work."""
+(checkpoint or export, backend, auto-tune), the face options and photos fitted to ``--max_size``, and checking the
+output paths before any work."""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +10,14 @@ from typing import Optional
 
 import torch
 
+import numpy as np
+
 from dagan.checkpoint import CheckpointError, is_our_checkpoint
 from dagan.config import load_config
+from dagan.faces.alignment import Framing
+from dagan.faces.animation import FaceOptions, MotionOptions, fit_picture
 from dagan.inference import DaGANPipeline, autotune, exported_pipeline, exported_pipeline_or_none, resolve_device
-from dagan.io import check_result_path
+from dagan.io import check_result_path, read_image_uint8
 from dagan.model import load_checkpoint_or_official
 from dagan.runtime.backends import BackendError, choose_backend, is_installed
 from dagan.runtime.export import is_export_folder
@@ -99,3 +104,22 @@ def check_outputs(args: argparse.Namespace, result: str, inputs: list[Optional[s
     check_result_path(result, inputs)
     if args.visualize:
         check_result_path(visualization_path(result), inputs)
+
+
+def face_options(args: argparse.Namespace) -> FaceOptions:
+    """The :class:`~dagan.faces.animation.FaceOptions` of a command line."""
+    paste_back = args.crop == "auto" if args.paste_back is None else args.paste_back
+    return FaceOptions(crop=args.crop, paste_back=paste_back, faces=args.faces,
+                       framing=Framing(args.crop_scale, args.crop_offset_y, rotate=not args.no_crop_rotation),
+                       driving_crop=args.driving_crop, detect_every=args.detect_every, max_size=args.max_size,
+                       motion=MotionOptions(args.relative, args.adapt_scale, args.motion_scale))
+
+
+def read_picture(path: str, max_size: int) -> np.ndarray:
+    """The photo at ``path`` as (H, W, 3) uint8, shrunk to ``max_size`` (:func:`fit_picture`); says so when it is."""
+    picture = read_image_uint8(path)
+    fitted = fit_picture(picture, max_size)
+    if max(picture.shape[:2]) > max_size:
+        print(f"note: {os.path.basename(path)} is {picture.shape[1]}x{picture.shape[0]}; the result is "
+              f"{fitted.shape[1]}x{fitted.shape[0]} (--max_size {max_size} caps the longer side)", file=sys.stderr)
+    return fitted
