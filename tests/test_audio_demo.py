@@ -137,7 +137,7 @@ def photo(files):
     try:
         get_face_analyzer("auto")
     except (MissingFaceBackend, ImportError):
-        pytest.skip("no face backend: pip install dlib-bin (bash scripts/install.sh brings it)")
+        pytest.skip("no face backend: pip install -e . brings dlib on Linux x86_64 and Windows")
     write_png(files / "photo.png", data.astronaut())
     return data.astronaut()
 

@@ -37,7 +37,7 @@ def build_app(settings: AppSettings, animator: Optional[Animator] = None) -> gr.
                 with gr.Accordion("Settings", open=True):
                     checkpoint = gr.Dropdown(checkpoints, value=checkpoints[0] if checkpoints else None,
                                              label="Checkpoint", elem_id="checkpoint",
-                                             info="found in checkpoints/ and runs/*/checkpoints/")
+                                             info="found in checkpoints/, runs/*/checkpoints/ and runs/*/models/")
                     device = gr.Dropdown(devices, value=settings.device if settings.device in devices else "auto",
                                          label="Device", elem_id="device")
                     with gr.Row():

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--relative", action="store_true", help="transfer relative motion (recommended)")
     parser.add_argument("--adapt_scale", action="store_true", help="adapt motion scale to the source face size")
     parser.add_argument("--find_best_frame", action="store_true", help="anchor the relative motion at the driving "
-                        "frame whose face is most aligned with the source (needs the [faces] extra)")
+                        "frame whose face is most aligned with the source (dlib's 68 landmarks)")
     parser.add_argument("--best_frame", type=int, default=None, help="anchor frame index (skips the search)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (same as --device cpu)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -77,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and keep the fastest as this machine's default (cached)")
     parser.add_argument("--backend", default=default_backend(), choices=BACKENDS, help="runtime of the networks: "
                         "auto (default, or $" + BACKEND_VARIABLE + "): OpenVINO on a CPU when installed (about 20%% "
-                        "faster), else torch; or torch, onnxruntime, openvino (extras [onnx] / [openvino]; the "
-                        "graphs are exported once into ~/.cache/dagan/onnx, or give --checkpoint an export folder "
-                        "from scripts/export_onnx.py)")
+                        "faster; the install brings it on Linux x86_64 and Windows), else torch; or torch, "
+                        "onnxruntime, openvino (the graphs are exported once into ~/.cache/dagan/onnx, or give "
+                        "--checkpoint an export folder from scripts/export_onnx.py)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the per-frame networks: about a "
                         "minute of compilation, then faster frames (worth it for long videos)")
     parser.add_argument("--kp_num", type=int, default=None, help="number of keypoints (default: the config's)")
