@@ -167,6 +167,9 @@ class FaceDemo:
         driving = open_video(job.driving)
         if job.source_is_video:
             source = open_video(job.source)
+            if max(source.size) > self.args.max_size:
+                print(f"note: {os.path.basename(job.source)} is {source.size[0]}x{source.size[1]}; its frames are "
+                      f"shrunk so that the longer side is {self.args.max_size} (--max_size)", file=sys.stderr)
             frames = self.session.animate_video(source, driving, self.smoother(source.fps))
             known = [count for count in (source.num_frames, driving.num_frames) if count]
             return frames, source.fps, min(known) if known else None
@@ -234,7 +237,8 @@ def run_faces(args: argparse.Namespace, load_pipeline: Callable[[argparse.Namesp
     demo = FaceDemo(args, load_pipeline(args))
     if not batch:
         count = demo.run(jobs[0])
-        print(f"wrote {jobs[0].result} ({count} frames)", file=sys.stderr)
+        panels = f" and {visualization_path(jobs[0].result)}" if args.visualize else ""
+        print(f"wrote {jobs[0].result}{panels} ({count} frames)", file=sys.stderr)
         return 0
     return run_batch(demo, jobs)
 
