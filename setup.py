@@ -4,8 +4,10 @@ from setuptools import find_packages, setup
 EXTRAS = {
     # pytest-xdist: pytest.ini runs two test processes. python_speech_features: only tests/test_syncnet.py, to check
     # dagan's MFCC against it (the runtime never needs it). import-linter: the import contract (.importlinter,
-    # tests/test_layout.py).
-    "dev": ["pytest>=8", "pytest-xdist>=3.5", "python_speech_features==0.6", "import-linter>=2.1,<3"],
+    # tests/test_layout.py). espeakng-loader: espeak-ng's library and data as a wheel, for the speech-learning tests'
+    # synthetic speech where Debian's espeak-ng cannot be installed (no root); its wheels are Linux x86_64 only.
+    "dev": ["pytest>=8", "pytest-xdist>=3.5", "python_speech_features==0.6", "import-linter>=2.1,<3",
+            'espeakng-loader>=0.2.4; platform_system == "Linux" and platform_machine == "x86_64"'],
     # TensorBoard event files during training (stats.jsonl is always written).
     "train": ["tensorboard>=2.14"],
     # Face crops, ONNX export and OpenVINO where they are not core (platforms without the WHEELS marker's wheels;

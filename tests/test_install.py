@@ -112,3 +112,39 @@ def test_the_lead_install_line_runs_demo_with_face_crop_and_openvino(inputs, tmp
 
     video = open_video(result)
     assert video.size == (512, 512) and video.num_frames == 8  # the whole photo, the face pasted back
+
+
+SPEAK = """
+import ctypes.util, json, sys
+find_library = ctypes.util.find_library
+if sys.argv[1] == "wheel":  # as on a machine without Debian's espeak-ng: only the espeakng-loader wheel
+    ctypes.util.find_library = lambda name: None if name == "espeak-ng" else find_library(name)
+from dagan.data.synthetic import talking
+speech = talking.synthesize("open the window")
+print(json.dumps({"library": talking._espeak()[0]._name, "seconds": speech.audio.duration,
+                  "phonemes": [phoneme.name for phoneme in speech.phonemes]}))
+"""
+
+
+def test_speech_tests_run_on_the_espeakng_loader_wheel_without_debians_espeak_ng(tmp_path):
+    """The speech-learning tests' text-to-speech falls back to the espeakng-loader wheel (what scripts/test.sh
+    installs where it cannot apt-get espeak-ng); it speaks the same phonemes as Debian's library, when that is here."""
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("espeakng_loader") is None:
+        pytest.skip("the espeakng-loader wheel is not installed: pip install -e \".[dev]\"")
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    results = {}
+    for source in ("wheel", "system"):
+        completed = subprocess.run([sys.executable, "-c", SPEAK, source], env=environment, capture_output=True,
+                                   text=True, timeout=120)
+        if source == "system" and completed.returncode != 0:
+            break  # no espeak-ng library from the system: only the wheel's is checked
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        results[source] = json.loads(completed.stdout.strip().splitlines()[-1])
+    wheel = results["wheel"]
+    assert "espeakng_loader" in wheel["library"] and 0.5 < wheel["seconds"] < 3 and len(wheel["phonemes"]) >= 8
+    if "system" in results and "espeakng_loader" not in results["system"]["library"]:
+        unstressed = [[name.strip("',") for name in result["phonemes"]] for result in (wheel, results["system"])]
+        assert unstressed[0] == unstressed[1]  # the versions may mark stress differently

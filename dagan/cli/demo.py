@@ -23,6 +23,7 @@ from dagan.io import MediaError, open_video, open_writer, read_image, set_pixel_
 from dagan.io.images import pixel_limit
 from dagan.runtime.backends import BACKEND_VARIABLE, BACKENDS, BackendError, default_backend
 from dagan.runtime.export import ExportError
+from dagan.training.distributed import launch_share
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "vox-adv-256.yaml")
@@ -130,6 +131,10 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     set_pixel_limit(args.max_pixels)
+    rank, world = launch_share()
+    if rank != 0 and (args.driving_audio is not None or not uses_face_mode(args)):
+        print(f"rank {rank} of {world}: one job, animated by rank 0 (torchrun shares batches only)", file=sys.stderr)
+        return 0
     if args.driving_audio is not None:  # speech-driven (dagan.audio)
         check_speech_flags(args, parser_defaults())
         check_outputs(args, args.result_video, [args.source_image, args.driving_audio, args.audio_checkpoint,

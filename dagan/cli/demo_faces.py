@@ -24,6 +24,7 @@ from dagan.faces.animation import FaceOptions, FaceSession
 from dagan.faces.plans import parse_face_selection
 from dagan.inference import AnimatedFrame
 from dagan.io import MediaError, is_image_file, open_video, open_writer
+from dagan.training.distributed import launch_share, use_local_gpu
 
 DEFAULT_MAX_SIZE = FaceOptions().max_size
 
@@ -227,29 +228,37 @@ class FaceDemo:
 
 def run_faces(args: argparse.Namespace, load_pipeline: Callable[[argparse.Namespace], object],
               check_outputs: Callable[[argparse.Namespace, str, list], None]) -> int:
-    """Run the face-mode demo (see the module docstring). Returns the exit status."""
+    """Run the face-mode demo (see the module docstring). Returns the exit status. Under ``torchrun`` a batch is
+    shared: rank r of w animates the jobs i with i % w == r (each rank loads the model once, on its own GPU)."""
     jobs, batch = plan_jobs(args)
+    rank, world = launch_share()
+    if not batch and rank != 0:
+        print(f"rank {rank} of {world}: one job, animated by rank 0 (torchrun shares batches only)", file=sys.stderr)
+        return 0
+    numbered = [(number, job) for number, job in enumerate(jobs, start=1) if (number - 1) % world == rank]
     if args.visualize and any(job.source_is_video for job in jobs):
         raise ValueError("--visualize works with source images only (not with --source_video)")
-    for job in jobs:  # before the model loads; a batch skips the results already there
+    for _, job in numbered:  # before the model loads; a batch skips the results already there
         if not (batch and os.path.exists(job.result)):
             check_outputs(args, job.result, [job.source, job.driving])
+    use_local_gpu()
     demo = FaceDemo(args, load_pipeline(args))
     if not batch:
         count = demo.run(jobs[0])
         panels = f" and {visualization_path(jobs[0].result)}" if args.visualize else ""
         print(f"wrote {jobs[0].result}{panels} ({count} frames)", file=sys.stderr)
         return 0
-    return run_batch(demo, jobs)
+    return run_batch(demo, numbered, len(jobs), f"rank {rank} of {world}: " if world > 1 else "")
 
 
-def run_batch(demo: FaceDemo, jobs: list[Job]) -> int:
-    """Every job in turn; results that exist are skipped (a rerun finishes the rest), a failing job is reported
-    and skipped. Prints a summary; returns 1 when any job failed."""
-    os.makedirs(os.path.dirname(jobs[0].result) or ".", exist_ok=True)
+def run_batch(demo: FaceDemo, numbered: list[tuple[int, Job]], total: int, prefix: str = "") -> int:
+    """Each (number, job) in turn; results that exist are skipped (a rerun finishes the rest), a failing job is
+    reported and skipped. Prints a summary (after ``prefix``); returns 1 when any job failed."""
+    if numbered:
+        os.makedirs(os.path.dirname(numbered[0][1].result) or ".", exist_ok=True)
     done, skipped, failed = 0, 0, []
-    for number, job in enumerate(jobs, start=1):
-        label = f"[{number}/{len(jobs)}] {os.path.basename(job.source)} + {os.path.basename(job.driving)}"
+    for number, job in numbered:
+        label = f"{prefix}[{number}/{total}] {os.path.basename(job.source)} + {os.path.basename(job.driving)}"
         if os.path.exists(job.result):
             print(f"{label}: {job.result} exists, skipped", file=sys.stderr)
             skipped += 1
@@ -262,6 +271,6 @@ def run_batch(demo: FaceDemo, jobs: list[Job]) -> int:
             continue
         print(f"{label}: wrote {job.result} ({count} frames)", file=sys.stderr)
         done += 1
-    print(f"batch: {done} written, {skipped} skipped (already there), {len(failed)} failed"
+    print(f"{prefix}batch: {done} written, {skipped} skipped (already there), {len(failed)} failed"
           + (f" ({', '.join(os.path.basename(path) for path in failed)})" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
