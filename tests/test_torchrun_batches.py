@@ -64,3 +64,25 @@ def test_two_torchrun_ranks_write_the_files_of_one_process_each_item_once(batch,
     stderr = run(torchrun(*batch, "--result_video", f"{two}/"), tmp_path)
     assert written(stderr) == ["4"] and stderr.count("exists, skipped") == 4
     assert np.array_equal(open_video(two / names[3]).read_all(), open_video(one / names[3]).read_all())
+
+
+def test_two_torchrun_ranks_score_the_pairs_protocol_as_one_process(tiny_checkpoint, tmp_path):
+    """scripts/evaluate.py --protocol pairs: the two ranks' report (JSON summary, per-item CSV) is the one process's,
+    written by the rank that finds every item done; a rerun finds every item done and evaluates nothing."""
+    make_test_clip(tmp_path / "clip.mp4", seconds=1.0, fps=10)
+    rows = ["source,driving,mode"] + [f"clip.mp4:{index},clip.mp4:{index + 3}," for index in range(5)]
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    arguments = ["scripts/evaluate.py", "--checkpoint", tiny_checkpoint, "--protocol", "pairs", "--pairs",
+                 str(tmp_path / "pairs.csv"), "--metrics", "l1,psnr,ssim", "--device", "cpu", "--no_progress"]
+    run([sys.executable, *arguments, "--output", str(tmp_path / "one")], tmp_path)
+    stderr = run(torchrun(*arguments, "--output", str(tmp_path / "two")), tmp_path)
+    assert stderr.count("wrote ") >= 1  # by the rank that found every item done (both, if they finish together)
+    for name in ("results.json", "per_item.csv"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text().replace(
+            str(tmp_path / "two"), str(tmp_path / "one"))
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["items"] == 5
+    assert len(list((tmp_path / "two" / "items").glob("0*.json"))) == 5
+    (tmp_path / "two" / "results.json").unlink()
+    stamps = {path: path.stat().st_mtime_ns for path in (tmp_path / "two" / "items").glob("0*.json")}
+    run(torchrun(*arguments, "--output", str(tmp_path / "two")), tmp_path)  # resumed: nothing left to evaluate
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps and (tmp_path / "two" / "results.json").exists()
