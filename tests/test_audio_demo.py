@@ -233,12 +233,29 @@ def test_app_audio_mode_animates_speech_and_reports_errors_in_one_line(files, tm
                            search_root=str(root))
     animator = Animator(settings)
     request = SpeechRequest(str(files / "portrait.png"), str(files / "speech.wav"), str(files / "dagan.pt"),
-                            "checkpoints/audio5.pt", "cpu", fps=25.0)
+                            "checkpoints/audio5.pt", "cpu", fps=25.0, crop="none")
     video, status = speak(animator, request)
     assert probe(video).num_frames == num_video_frames(0.4, 25.0) and probe(video).has_audio and "Done" in status
     request.audio_checkpoint = "checkpoints/audio10.pt"
     with pytest.raises(gr.Error, match="built for 10 keypoints"):
         speak(animator, request)
+
+
+def test_app_audio_mode_takes_a_photo_as_the_video_mode_does(files, photo, tmp_path):
+    """The page's face crop applies to speech too: an uncropped photo comes back whole, at its own size."""
+    import shutil
+
+    from dagan.app import Animator, AppSettings
+    from dagan.app.speech_tab import SpeechRequest, speak
+
+    root = tmp_path / "server"
+    (root / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(files / "audio5.pt", root / "checkpoints" / "audio5.pt")
+    animator = Animator(AppSettings(checkpoint=str(files / "dagan.pt"), device="cpu", work_dir=str(tmp_path / "work"),
+                                    search_root=str(root)))
+    video, _ = speak(animator, SpeechRequest(str(files / "photo.png"), str(files / "speech.wav"),
+                                             str(files / "dagan.pt"), "checkpoints/audio5.pt", "cpu"))
+    assert probe(video).size == (512, 512) and probe(video).num_frames == 10
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,7 @@ def build_app(settings: AppSettings, animator: Optional[Animator] = None) -> gr.
         button.click(animate, [source, driving, checkpoint, device, relative, adapt_scale, smooth, smooth_cutoff,
                                find_best, visualize, crop, paste_back, faces, motion_scale], [result, panels, status],
                      api_name="animate")
-        add_speech_tab(animator, settings, source, checkpoint, device, result, status)
+        add_speech_tab(animator, settings, source, checkpoint, device, result, status, [crop, paste_back, faces])
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
 
