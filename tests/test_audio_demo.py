@@ -73,7 +73,8 @@ def test_speech_demo_on_openvino_gives_the_torch_frames(files, tmp_path):
     for backend in ("openvino", "torch"):
         completed = subprocess.run(
             [sys.executable, str(REPO_ROOT / "demo.py"), "--checkpoint", str(files / "dagan.pt"), "--source_image",
-             str(files / "portrait.png"), "--cpu", "--crop", "none", "--driving_audio", str(files / "speech.wav"), "--audio_checkpoint",
+             str(files / "portrait.png"), "--cpu", "--crop", "none", "--driving_audio", str(files / "speech.wav"),
+             "--audio_checkpoint",
              str(files / "audio5.pt"), "--seed", "0", "--backend", backend, "--result_video", f"{tmp_path / backend}/"],
             env=environment, capture_output=True, text=True, timeout=300)
         assert completed.returncode == 0, completed.stderr[-2000:]

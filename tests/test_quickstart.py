@@ -108,7 +108,8 @@ def test_the_next_commands_run_as_printed_and_the_app_lists_the_model(first_run,
                                    capture_output=True, text=True, timeout=300)
         assert completed.returncode == 0, completed.stderr[-2000:]
         assert open_video(result).num_frames == open_video(sample).num_frames
-    assert open_video(paths.run_dir / "my_photo.mp4").size == open_video(REPO_ROOT / "data" / "samples" / "source.png").size
+    photo = REPO_ROOT / "data" / "samples" / "source.png"
+    assert open_video(paths.run_dir / "my_photo.mp4").size == open_video(photo).size  # the whole photo
 
     (app,) = [command for command in commands if command[:2] == ["python", "scripts/app.py"]]
     import runpy

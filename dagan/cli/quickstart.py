@@ -296,7 +296,7 @@ def next_commands(paths: QuickstartPaths, video: str | os.PathLike) -> list[str]
     run_dir = paths.run_dir
     return [
         "source .venv/bin/activate     # every command below runs in this environment",
-        "# 1. the held-out frame again, into a file of your own (the clip's frames already are face crops: --crop none)",
+        "# 1. the held-out frame again, into a file of your own (the clip's frames are face crops: --crop none)",
         f"python demo.py --checkpoint {model} --source_image {shlex.quote(str(paths.source))} --driving_video "
         f"{video} --relative --adapt_scale --crop none --result_video {shlex.quote(str(run_dir / 'my_result.mp4'))}",
         "# 2. a photo as it comes (put yours in place of data/samples/source.png): the face is found, animated and",
