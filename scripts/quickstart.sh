@@ -18,22 +18,15 @@ bash scripts/install_torch.sh
 if python -c "import dagan, os, sys; sys.exit(not dagan.__file__.startswith(os.getcwd() + os.sep))" 2>/dev/null; then
     echo "dagan: already installed (editable, from $PWD); kept"
 else
-    echo "dagan: installing the package (editable) and numpy, scipy, scikit-image, pillow, imageio, imageio-ffmpeg"
-    echo "  (ffmpeg comes with it), pyyaml, tqdm: about 100 MB of wheels, exact versions from .ci/constraints.txt"
+    echo "dagan: installing the package (editable) and numpy, scipy, scikit-image, pillow, imageio-ffmpeg (ffmpeg"
+    echo "  comes with it), dlib (face crops), ONNX Runtime and OpenVINO (the fast CPU path): about 1.2 GB installed"
+    echo "  besides torch, exact versions from .ci/constraints.txt"
     pip install --quiet -c .ci/constraints.txt -e .
 fi
 echo ".venv: $(du -sm .venv | cut -f1) MB; set-up took $((SECONDS - started)) s"
 
 python scripts/quickstart.py --first_stage_number 2 --total_stages 5 "$@"
 
-cat <<NEXT
-
-quickstart finished in $((SECONDS - started)) s.
-next:
-  source .venv/bin/activate     # every command below runs in this environment
-  # animate with the official DaGAN checkpoints (checkpoints/README.md says where to download them):
-  python demo.py --config configs/vox-adv-256.yaml --checkpoint checkpoints/DaGAN_vox_adv_256.pth.tar \\
-      --depth_checkpoint checkpoints/depth_face_model --source_image data/samples/source.png \\
-      --driving_video data/samples/driving.mp4 --result_video result.mp4 --relative --adapt_scale
-  bash scripts/test.sh          # installs the test extras and runs the test suite
-NEXT
+echo
+echo "quickstart finished in $((SECONDS - started)) s."
+python scripts/quickstart.py --next "$@"

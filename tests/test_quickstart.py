@@ -12,8 +12,8 @@ import pytest
 
 from conftest import REPO_ROOT, config_path, make_test_clip
 from dagan.io import open_video
-from dagan.cli.quickstart import (CAPTION_HEIGHT, PANEL_SIZE, QuickstartError, QuickstartPaths, run_quickstart,
-                              split_clip)
+from dagan.cli.quickstart import (CAPTION_HEIGHT, PANEL_SIZE, QuickstartError, QuickstartPaths, print_next,
+                                  run_quickstart, split_clip)
 
 TINY_STEPS = ["train_params.num_steps=2", "depth_train_params.num_steps=2", "depth_train_params.batch_size=2",
               "train_params.vgg19_weights=random", "train_params.num_workers=0", "train_params.checkpoint_every=2",
@@ -35,7 +35,7 @@ def modification_times(paths: QuickstartPaths) -> dict[str, int]:
 def first_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("quickstart")
     clip = make_test_clip(folder / "clip.mp4", seconds=1.2, fps=10)  # 12 frames: 9 to train on, 3 held out
-    paths, output = run(folder / "run", clip)
+    paths, output = run(folder / "runs" / "quickstart", clip)  # as in a clone: the app looks in runs/*/models/
     return paths, output, clip
 
 
@@ -84,6 +84,41 @@ def test_rerun_redoes_a_missing_stage(first_run):
     after = modification_times(paths)
     assert output.count("already done, skipped") == 3  # data, depth, gan
     assert [name for name in before if after[name] != before[name]] == ["result.mp4", "result_side_by_side.mp4"]
+
+
+def test_the_next_commands_run_as_printed_and_the_app_lists_the_model(first_run, tmp_path):
+    """Every printed demo command runs verbatim (from the repository root, this interpreter as ``python``) on the
+    model the quickstart trained; the printed app command starts on it and the app lists it without being told."""
+    import shlex
+    import sys
+
+    paths, _, _ = first_run
+    sample = REPO_ROOT / "data" / "samples" / "driving.mp4"
+    out = io.StringIO()
+    print_next(paths, sample, out)
+    lines = [line.strip() for line in out.getvalue().strip().splitlines()[1:]]
+    commands = [shlex.split(line, comments=True) for line in lines if not line.startswith("#")]
+    assert [command[0] for command in commands] == ["source", "python", "python", "pip", "python", "bash"]
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DAGAN_CACHE": str(tmp_path / "cache")}
+    demos = [command for command in commands if command[:2] == ["python", "demo.py"]]
+    assert "--crop" not in demos[1]  # the photo goes through the default face crop and paste-back
+    for command in demos:
+        result = Path(command[command.index("--result_video") + 1])
+        completed = subprocess.run([sys.executable, *command[1:]], cwd=REPO_ROOT, env=environment,
+                                   capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        assert open_video(result).num_frames == open_video(sample).num_frames
+    photo = REPO_ROOT / "data" / "samples" / "source.png"
+    assert open_video(paths.run_dir / "my_photo.mp4").size == open_video(photo).size  # the whole photo
+
+    (app,) = [command for command in commands if command[:2] == ["python", "scripts/app.py"]]
+    import runpy
+
+    arguments = runpy.run_path(str(REPO_ROOT / "scripts" / "app.py"))["build_parser"]().parse_args(app[2:])
+    assert Path(arguments.checkpoint) == paths.model and paths.model.is_file()
+    from dagan.app.common import find_checkpoints
+
+    assert "runs/quickstart/models/dagan.pt" in find_checkpoints(paths.run_dir.parent.parent)
 
 
 @pytest.mark.parametrize("gpu, build", [(False, "cpu"), (True, "cuda")])

@@ -24,7 +24,7 @@ from dagan.runtime.backends import choose_backend, default_backend
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 SAMPLES_DIR = REPO_ROOT / "data" / "samples"
-CHECKPOINT_PATTERNS = ("checkpoints/*", "runs/*/checkpoints/*")
+CHECKPOINT_PATTERNS = ("checkpoints/*", "runs/*/checkpoints/*", "runs/*/models/*")  # models/: the quickstart's
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
 KNOWN_ERRORS = (MediaError, CheckpointError, ConfigError, InferenceError, ImportError, ValueError)
 Progress = Callable[..., object]  # gradio.Progress: progress(fraction or (done, total), desc=..., unit=...)
@@ -49,8 +49,9 @@ class AppSettings:
 
 
 def find_checkpoints(search_root: str | os.PathLike, extra: Optional[str] = None) -> list[str]:
-    """The checkpoint files in ``checkpoints/`` and ``runs/*/checkpoints/`` under ``search_root`` (paths relative to
-    it), newest first, after ``extra`` (the --checkpoint given; relative when it lies under the root)."""
+    """The checkpoint files in ``checkpoints/``, ``runs/*/checkpoints/`` and ``runs/*/models/`` (the quickstart's
+    model) under ``search_root`` (paths relative to it), newest first, after ``extra`` (the --checkpoint given;
+    relative when it lies under the root)."""
     root = Path(os.path.abspath(search_root))
     paths = [Path(path) for pattern in CHECKPOINT_PATTERNS for path in glob.glob(str(root / pattern))]
     paths = sorted((path for path in paths if path.is_file() and path.name.endswith(CHECKPOINT_SUFFIXES)),

@@ -37,7 +37,7 @@ def build_app(settings: AppSettings, animator: Optional[Animator] = None) -> gr.
                 with gr.Accordion("Settings", open=True):
                     checkpoint = gr.Dropdown(checkpoints, value=checkpoints[0] if checkpoints else None,
                                              label="Checkpoint", elem_id="checkpoint",
-                                             info="found in checkpoints/ and runs/*/checkpoints/")
+                                             info="found in checkpoints/, runs/*/checkpoints/ and runs/*/models/")
                     device = gr.Dropdown(devices, value=settings.device if settings.device in devices else "auto",
                                          label="Device", elem_id="device")
                     with gr.Row():
@@ -127,7 +127,7 @@ def build_app(settings: AppSettings, animator: Optional[Animator] = None) -> gr.
             control.release(show_preview, settings_inputs + motion_inputs, [preview, status], api_name=False)
         for control in (animate_what, hold_eyes, hold_mouth):
             control.input(show_preview, settings_inputs + motion_inputs, [preview, status], api_name=False)
-        add_speech_tab(animator, settings, source, checkpoint, device, result, status)
+        add_speech_tab(animator, settings, source, checkpoint, device, result, status, [crop, paste_back, faces])
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
 

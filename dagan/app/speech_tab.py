@@ -10,7 +10,7 @@ from typing import Optional
 import gradio as gr
 
 from dagan.app.common import KNOWN_ERRORS, find_checkpoints, no_progress, read_portrait, scrub, track
-from dagan.audio.animate import POSE_MODES, animate_from_audio, check_compatible, check_face
+from dagan.audio.animate import POSE_MODES, animate_from_audio, animate_picture_from_audio, check_compatible, check_face
 from dagan.audio.decode import load_audio
 from dagan.audio.features import num_video_frames
 from dagan.audio.model import AudioDrivenModel
@@ -28,6 +28,9 @@ class SpeechRequest:
     pose: str = "learned"
     fps: float = 25.0
     seed: int = 0
+    crop: str = "auto"  # the page's face options, as for a driving video
+    paste_back: bool = True
+    faces: str = "largest"
 
 
 def speak(animator, request: SpeechRequest, progress=None) -> tuple[str, str]:
@@ -62,8 +65,7 @@ def _speak(animator, request: SpeechRequest, progress) -> tuple[str, str]:
     if request.reference_video:
         reference = open_video(request.reference_video)
         check_face(reference)
-    frames = animate_from_audio(pipeline, audio_model, source, audio, float(request.fps), reference, request.pose,
-                                int(request.seed))
+    frames = speech_frames(animator, request, pipeline, audio_model, source, audio, reference)
     total = num_video_frames(audio.duration, float(request.fps))
     result = animator.request_directory() / "speech_result.mp4"
     with open_writer(result, float(request.fps), audio_from=request.speech) as writer:
@@ -72,8 +74,29 @@ def _speak(animator, request: SpeechRequest, progress) -> tuple[str, str]:
     return str(result), f"Done: {total} frames at {request.fps:g} fps in {time.perf_counter() - started:.1f} s."
 
 
-def add_speech_tab(animator, settings, source, checkpoint, device, result, status) -> None:
-    """The speech controls, inside the app's ``gr.Blocks``; results go to the page's result video and status."""
+def speech_frames(animator, request: SpeechRequest, pipeline, audio_model, source, audio, reference):
+    """The frames of a speech request: with face crop ``auto`` the photo's faces are found, cropped, animated and
+    pasted back (as for a driving video, ``demo.py --driving_audio``); with ``none`` the whole picture is the input."""
+    if request.crop != "auto":
+        return animate_from_audio(pipeline, audio_model, source, audio, float(request.fps), reference, request.pose,
+                                  int(request.seed))
+    from dagan.faces import get_face_analyzer
+    from dagan.faces.animation import PHOTO_DETECT_MAX_SIDE, FaceOptions, FaceSession, fit_picture
+    from dagan.faces.plans import parse_face_selection
+    from dagan.io import to_uint8
+
+    options = FaceOptions(crop="auto", paste_back=bool(request.paste_back), faces=parse_face_selection(request.faces))
+    if animator.face_analyzer is None:
+        animator.face_analyzer = get_face_analyzer("auto", detect_max_side=PHOTO_DETECT_MAX_SIDE)
+    session = FaceSession(pipeline, options, analyzer=animator.face_analyzer)
+    return animate_picture_from_audio(session, audio_model, fit_picture(to_uint8(source), options.max_size), audio,
+                                      float(request.fps), reference, request.pose, int(request.seed),
+                                      name=os.path.basename(request.source_image))
+
+
+def add_speech_tab(animator, settings, source, checkpoint, device, result, status, face_controls) -> None:
+    """The speech controls, inside the app's ``gr.Blocks``; results go to the page's result video and status.
+    face_controls: the page's face crop, paste-back and faces inputs (a photo is taken as the video mode takes it)."""
     with gr.Accordion("Speech instead of a driving video (audio model)", open=False):
         speech = gr.Audio(label="Speech", type="filepath", sources=["upload"], elem_id="speech-audio")
         models = find_checkpoints(settings.search_root)
@@ -88,10 +111,10 @@ def add_speech_tab(animator, settings, source, checkpoint, device, result, statu
         button = gr.Button("Animate from speech", variant="primary", elem_id="speech-button")
 
     def animate_speech(source_image, speech_path, checkpoint_path, device_name, model_path, reference_path, pose_mode,
-                       frame_rate, seed_value, progress=gr.Progress()):
+                       frame_rate, seed_value, crop_mode, use_paste_back, face_choice, progress=gr.Progress()):
         request = SpeechRequest(source_image, speech_path, checkpoint_path, model_path, device_name, reference_path,
-                                pose_mode, frame_rate, seed_value)
+                                pose_mode, frame_rate, seed_value, crop_mode, use_paste_back, face_choice)
         return speak(animator, request, progress)
 
-    button.click(animate_speech, [source, speech, checkpoint, device, audio_model, reference, pose, fps, seed],
-                 [result, status], api_name="animate_speech")
+    button.click(animate_speech, [source, speech, checkpoint, device, audio_model, reference, pose, fps, seed,
+                                  *face_controls], [result, status], api_name="animate_speech")

@@ -19,6 +19,9 @@ from dagan.audio.features import frame_times, log_mel, num_video_frames
 from dagan.audio.model import AudioDrivenModel
 from dagan.audio.motion import compose_motion, reference_index, split_motion, style_vector
 from dagan.checkpoint import CheckpointError
+from dagan.faces.alignment import warp_to_crop
+from dagan.faces.animation import FaceSession
+from dagan.faces.paste import PasteBack
 from dagan.geometry import Keypoints, adapt_movement_scale
 from dagan.inference import DaGANPipeline, chunks, to_uint8_batch
 from dagan.motion import MotionControl, make_motion, motion_editor, save_motion
@@ -91,17 +94,69 @@ def animate_from_audio(pipeline: DaGANPipeline, audio_model: AudioDrivenModel, s
                        seed: int = 0, motion_path: Optional[str] = None, control: Optional[MotionControl] = None,
                        analyzer=None, messages: Optional[list] = None) -> Iterator[np.ndarray]:
     """Yield the (H, W, 3) uint8 frames of the source saying ``audio``; num_video_frames(duration, fps) of them.
+    The whole ``source_image`` is the model's input (a face crop); :func:`animate_picture_from_audio` crops the
+    faces of a photo and pastes them back.
 
     motion_path: also save the motion as a motion file (:mod:`dagan.motion.files`, driver "speech").
     control: pose / expression / region edits (:class:`dagan.motion.MotionControl`; regions and openness targets
     need ``analyzer``); what the user should be told is appended to ``messages``.
     """
     check_compatible(audio_model, pipeline)
-    source = pipeline.prepare_source(source_image)
+    reference = None
     if reference_frames is not None:
         reference = reference_from_frames(pipeline, reference_frames, audio_model.params.pose_model)
-    else:
+    return speaking_crops(pipeline, audio_model, source_image, audio, fps, reference, pose_mode, seed, motion_path,
+                          control, analyzer, messages)
+
+
+def animate_picture_from_audio(session: FaceSession, audio_model: AudioDrivenModel, picture: np.ndarray,
+                               audio: Audio, fps: float = 25.0, reference_frames=None, pose_mode: str = "learned",
+                               seed: int = 0, motion_path: Optional[str] = None,
+                               name: str = "the picture", control: Optional[MotionControl] = None, analyzer=None,
+                               messages: Optional[list] = None) -> Iterator[np.ndarray]:
+    """A photo as it comes saying ``audio``: the faces ``session`` chooses (:meth:`FaceSession.picture_faces`, as
+    the video mode finds them) are cropped, each follows the same speech motion, and they are pasted back into
+    ``picture`` (H, W, 3) uint8 (already :func:`~dagan.faces.animation.fit_picture`-ed); without paste-back the
+    first face's crop (h, w, 3). Faces are found before this returns."""
+    pipeline = session.pipeline
+    check_compatible(audio_model, pipeline)
+    faces = session.picture_faces(picture, name)
+    if not session.options.paste_back:
+        faces = faces[:1]
+    reference = None
+    if reference_frames is not None:
+        reference = reference_from_frames(pipeline, reference_frames, audio_model.params.pose_model)
+    streams = [speaking_crops(pipeline, audio_model, warp_to_crop(picture, face.transform), audio, fps, reference,
+                              pose_mode, seed, motion_path if number == 0 else None, control, analyzer, messages)
+               for number, face in enumerate(faces)]
+    if not session.options.paste_back:
+        return streams[0]
+    pastes = [PasteBack(face.transform, picture.shape[:2], whole_picture=face.whole_picture) for face in faces]
+    return pasted_frames(picture, pastes, streams)
+
+
+def pasted_frames(picture: np.ndarray, pastes: list[PasteBack], streams: list[Iterator[np.ndarray]]
+                  ) -> Iterator[np.ndarray]:
+    """Copies of ``picture`` with each stream's next crop pasted back by its :class:`PasteBack`."""
+    for crops in zip(*streams):
+        output = picture.copy()
+        for paste, crop in zip(pastes, crops):
+            paste(output, crop)
+        yield output
+
+
+def speaking_crops(pipeline: DaGANPipeline, audio_model: AudioDrivenModel, source_image: np.ndarray, audio: Audio,
+                   fps: float, reference: Optional[Reference], pose_mode: str, seed: int,
+                   motion_path: Optional[str], control: Optional[MotionControl] = None, analyzer=None,
+                   messages: Optional[list] = None) -> Iterator[np.ndarray]:
+    """The model-size frames of one face crop saying ``audio``, the motion anchored at ``reference`` (a clip's) or,
+    when None, at the crop's own keypoints; ``control`` edits the motion (see :func:`animate_from_audio`)."""
+    source = pipeline.prepare_source(source_image)
+    scale = 1.0
+    if reference is None:
         reference = Reference(Keypoints(source.keypoints.value.cpu(), source.keypoints.jacobian.cpu()), None)
+    else:
+        scale = adapt_movement_scale(source.keypoints, reference.keypoints)
     driving, pose, local = audio_driving_keypoints(audio_model, audio, fps, reference, pose_mode, seed)
     if motion_path is not None:
         save_motion(motion_path, make_motion(driving, reference.keypoints, fps, "speech",
@@ -111,7 +166,6 @@ def animate_from_audio(pipeline: DaGANPipeline, audio_model: AudioDrivenModel, s
         edit = motion_editor(pipeline, None, control, analyzer, source=source)
         if messages is not None:
             messages.extend(edit.report)
-    scale = adapt_movement_scale(source.keypoints, reference.keypoints) if reference_frames is not None else 1.0
     anchor = Keypoints(reference.keypoints.value.to(pipeline.device), reference.keypoints.jacobian.to(pipeline.device))
     for batch in chunks(range(len(pose)), pipeline.batch_size):
         selection = slice(batch[0], batch[-1] + 1)

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from dagan.checkpoint import CheckpointError
-from dagan.cli.demo_audio import add_audio_arguments, run_audio
+from dagan.cli.demo_audio import add_audio_arguments, check_speech_flags, run_audio
 from dagan.cli.demo_faces import add_face_arguments, run_faces, uses_face_mode
 from dagan.cli.pipeline import (add_motion_arguments, check_outputs, driving_path, load_pipeline, motion_analyzer,
                                 motion_control, visualization_path)
@@ -24,6 +24,7 @@ from dagan.io import MediaError, open_image_as_video, open_video, open_writer, r
 from dagan.io.images import pixel_limit
 from dagan.runtime.backends import BACKEND_VARIABLE, BACKENDS, BackendError, default_backend
 from dagan.runtime.export import ExportError
+from dagan.training.distributed import launch_share
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "vox-adv-256.yaml")
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--relative", action="store_true", help="transfer relative motion (recommended)")
     parser.add_argument("--adapt_scale", action="store_true", help="adapt motion scale to the source face size")
     parser.add_argument("--find_best_frame", action="store_true", help="anchor the relative motion at the driving "
-                        "frame whose face is most aligned with the source (needs the [faces] extra)")
+                        "frame whose face is most aligned with the source (dlib's 68 landmarks)")
     parser.add_argument("--best_frame", type=int, default=None, help="anchor frame index (skips the search)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (same as --device cpu)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -78,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and keep the fastest as this machine's default (cached)")
     parser.add_argument("--backend", default=default_backend(), choices=BACKENDS, help="runtime of the networks: "
                         "auto (default, or $" + BACKEND_VARIABLE + "): OpenVINO on a CPU when installed (about 20%% "
-                        "faster), else torch; or torch, onnxruntime, openvino (extras [onnx] / [openvino]; the "
-                        "graphs are exported once into ~/.cache/dagan/onnx, or give --checkpoint an export folder "
-                        "from scripts/export_onnx.py)")
+                        "faster; the install brings it on Linux x86_64 and Windows), else torch; or torch, "
+                        "onnxruntime, openvino (the graphs are exported once into ~/.cache/dagan/onnx, or give "
+                        "--checkpoint an export folder from scripts/export_onnx.py)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the per-frame networks: about a "
                         "minute of compilation, then faster frames (worth it for long videos)")
     parser.add_argument("--kp_num", type=int, default=None, help="number of keypoints (default: the config's)")
@@ -101,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_face_arguments(parser)
     add_audio_arguments(parser)
     return parser
+
+
+def parser_defaults() -> dict:
+    """The default of every destination of :func:`build_parser` (to tell which flags a command line gave)."""
+    return vars(build_parser().parse_args(["--checkpoint", ""]))
 
 
 def anchor_frame(args, source: np.ndarray, video) -> Optional[np.ndarray]:
@@ -132,7 +138,12 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     set_pixel_limit(args.max_pixels)
+    rank, world = launch_share()
+    if rank != 0 and (args.driving_audio is not None or not uses_face_mode(args)):
+        print(f"rank {rank} of {world}: one job, animated by rank 0 (torchrun shares batches only)", file=sys.stderr)
+        return 0
     if args.driving_audio is not None:  # speech-driven (dagan.audio)
+        check_speech_flags(args, parser_defaults())
         check_outputs(args, args.result_video, [args.source_image, args.driving_audio, args.audio_checkpoint,
                                                 args.reference_video])
         return run_audio(args)

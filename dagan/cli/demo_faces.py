@@ -18,12 +18,13 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from dagan.cli.pipeline import driver_kind, driving_path, motion_control, visualization_path
+from dagan.cli.pipeline import driver_kind, driving_path, face_options, motion_control, read_picture, visualization_path
 from dagan.faces.alignment import Framing
-from dagan.faces.animation import FaceOptions, FaceSession, MotionOptions, fit_picture
+from dagan.faces.animation import FaceOptions, FaceSession
 from dagan.faces.plans import parse_face_selection
 from dagan.inference import AnimatedFrame
-from dagan.io import MediaError, is_image_file, open_image_as_video, open_video, open_writer, read_image_uint8
+from dagan.io import MediaError, is_image_file, open_image_as_video, open_video, open_writer
+from dagan.training.distributed import launch_share, use_local_gpu
 
 DEFAULT_MAX_SIZE = FaceOptions().max_size
 
@@ -151,15 +152,6 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
 
 # Running.
 
-def face_options(args: argparse.Namespace) -> FaceOptions:
-    """The :class:`~dagan.faces.animation.FaceOptions` of a command line."""
-    paste_back = args.crop == "auto" if args.paste_back is None else args.paste_back
-    return FaceOptions(crop=args.crop, paste_back=paste_back, faces=args.faces,
-                       framing=Framing(args.crop_scale, args.crop_offset_y, rotate=not args.no_crop_rotation),
-                       driving_crop=args.driving_crop, detect_every=args.detect_every, max_size=args.max_size,
-                       motion=MotionOptions(args.relative, args.adapt_scale, args.motion_scale))
-
-
 class FaceDemo:
     """The face-mode demo of one command line: one model, one :class:`~dagan.faces.animation.FaceSession` (face
     analyzer, driving crops) for every job."""
@@ -192,11 +184,14 @@ class FaceDemo:
         smoother = self.smoother(fps) if kind != "motion" else None
         if job.source_is_video:
             source = open_video(job.source)
+            if max(source.size) > self.args.max_size:
+                print(f"note: {os.path.basename(job.source)} is {source.size[0]}x{source.size[1]}; its frames are "
+                      f"shrunk so that the longer side is {self.args.max_size} (--max_size)", file=sys.stderr)
             frames = self.session.animate_video(source, driving, self.smoother(source.fps) if kind == "video" else None,
                                                 still_driver=still)
             known = [n for n in (source.num_frames, None if still else count) if n]
             return frames, source.fps, min(known) if known else None
-        picture = fit_picture(read_image_uint8(job.source), self.args.max_size)
+        picture = read_picture(job.source, self.args.max_size)
         anchor = self.anchor_frame(picture, driving) if kind == "video" else None
         frames = self.session.animate_picture(picture, driving, job.source, smoother, anchor,
                                               visualize=self.args.visualize and kind != "motion", still_driver=still)
@@ -255,8 +250,14 @@ class FaceDemo:
 
 def run_faces(args: argparse.Namespace, load_pipeline: Callable[[argparse.Namespace], object],
               check_outputs: Callable[[argparse.Namespace, str, list], None]) -> int:
-    """Run the face-mode demo (see the module docstring). Returns the exit status."""
+    """Run the face-mode demo (see the module docstring). Returns the exit status. Under ``torchrun`` a batch is
+    shared: rank r of w animates the jobs i with i % w == r (each rank loads the model once, on its own GPU)."""
     jobs, batch = plan_jobs(args)
+    rank, world = launch_share()
+    if not batch and rank != 0:
+        print(f"rank {rank} of {world}: one job, animated by rank 0 (torchrun shares batches only)", file=sys.stderr)
+        return 0
+    numbered = [(number, job) for number, job in enumerate(jobs, start=1) if (number - 1) % world == rank]
     if args.visualize and any(job.source_is_video for job in jobs):
         raise ValueError("--visualize works with source images only (not with --source_video)")
     if args.save_motion is not None and batch:
@@ -265,24 +266,27 @@ def run_faces(args: argparse.Namespace, load_pipeline: Callable[[argparse.Namesp
                                             or args.best_frame is not None):
         raise ValueError("a motion file holds its keypoints already smoothed and anchored: drop --smooth, "
                          "--find_best_frame and --best_frame with --driving_motion")
-    for job in jobs:  # before the model loads; a batch skips the results already there
+    for _, job in numbered:  # before the model loads; a batch skips the results already there
         if not (batch and os.path.exists(job.result)):
             check_outputs(args, job.result, [job.source, job.driving])
+    use_local_gpu()
     demo = FaceDemo(args, load_pipeline(args))
     if not batch:
         count = demo.run(jobs[0])
-        print(f"wrote {jobs[0].result} ({count} frames)", file=sys.stderr)
+        panels = f" and {visualization_path(jobs[0].result)}" if args.visualize else ""
+        print(f"wrote {jobs[0].result}{panels} ({count} frames)", file=sys.stderr)
         return 0
-    return run_batch(demo, jobs)
+    return run_batch(demo, numbered, len(jobs), f"rank {rank} of {world}: " if world > 1 else "")
 
 
-def run_batch(demo: FaceDemo, jobs: list[Job]) -> int:
-    """Every job in turn; results that exist are skipped (a rerun finishes the rest), a failing job is reported
-    and skipped. Prints a summary; returns 1 when any job failed."""
-    os.makedirs(os.path.dirname(jobs[0].result) or ".", exist_ok=True)
+def run_batch(demo: FaceDemo, numbered: list[tuple[int, Job]], total: int, prefix: str = "") -> int:
+    """Each (number, job) in turn; results that exist are skipped (a rerun finishes the rest), a failing job is
+    reported and skipped. Prints a summary (after ``prefix``); returns 1 when any job failed."""
+    if numbered:
+        os.makedirs(os.path.dirname(numbered[0][1].result) or ".", exist_ok=True)
     done, skipped, failed = 0, 0, []
-    for number, job in enumerate(jobs, start=1):
-        label = f"[{number}/{len(jobs)}] {os.path.basename(job.source)} + {os.path.basename(job.driving)}"
+    for number, job in numbered:
+        label = f"{prefix}[{number}/{total}] {os.path.basename(job.source)} + {os.path.basename(job.driving)}"
         if os.path.exists(job.result):
             print(f"{label}: {job.result} exists, skipped", file=sys.stderr)
             skipped += 1
@@ -295,6 +299,6 @@ def run_batch(demo: FaceDemo, jobs: list[Job]) -> int:
             continue
         print(f"{label}: wrote {job.result} ({count} frames)", file=sys.stderr)
         done += 1
-    print(f"batch: {done} written, {skipped} skipped (already there), {len(failed)} failed"
+    print(f"{prefix}batch: {done} written, {skipped} skipped (already there), {len(failed)} failed"
           + (f" ({', '.join(os.path.basename(path) for path in failed)})" if failed else ""), file=sys.stderr)
     return 1 if failed else 0

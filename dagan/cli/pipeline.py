@@ -1,6 +1,6 @@
 """What the demo's three modes share (video, photos and faces, speech): loading the pipeline the flags ask for
-(checkpoint or export, backend, auto-tune), the motion-control flags (:mod:`dagan.motion`) and checking the
-output paths before any work."""
+(checkpoint or export, backend, auto-tune), the face options and photos fitted to ``--max_size``, the motion-control
+flags (:mod:`dagan.motion`), and checking the output paths before any work."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +8,15 @@ import os
 import sys
 from typing import Optional
 
+import numpy as np
 import torch
 
 from dagan.checkpoint import CheckpointError, is_our_checkpoint
 from dagan.config import load_config
+from dagan.faces.alignment import Framing
+from dagan.faces.animation import FaceOptions, MotionOptions, fit_picture
 from dagan.inference import DaGANPipeline, autotune, exported_pipeline, exported_pipeline_or_none, resolve_device
-from dagan.io import check_result_path
+from dagan.io import check_result_path, read_image_uint8
 from dagan.model import load_checkpoint_or_official
 from dagan.motion import ANIMATE, MotionControl, parse_region_scales, parse_still
 from dagan.runtime.backends import BackendError, choose_backend, is_installed
@@ -188,3 +191,22 @@ def check_motion_output(args: argparse.Namespace, inputs: list[Optional[str]]) -
     refuse_to_overwrite(args.save_motion, [*inputs, args.checkpoint, args.result_video], what="motion file",
                         flag="--save_motion")
     check_writable(args.save_motion, "motion file")
+
+
+def face_options(args: argparse.Namespace) -> FaceOptions:
+    """The :class:`~dagan.faces.animation.FaceOptions` of a command line."""
+    paste_back = args.crop == "auto" if args.paste_back is None else args.paste_back
+    return FaceOptions(crop=args.crop, paste_back=paste_back, faces=args.faces,
+                       framing=Framing(args.crop_scale, args.crop_offset_y, rotate=not args.no_crop_rotation),
+                       driving_crop=args.driving_crop, detect_every=args.detect_every, max_size=args.max_size,
+                       motion=MotionOptions(args.relative, args.adapt_scale, args.motion_scale))
+
+
+def read_picture(path: str, max_size: int) -> np.ndarray:
+    """The photo at ``path`` as (H, W, 3) uint8, shrunk to ``max_size`` (:func:`fit_picture`); says so when it is."""
+    picture = read_image_uint8(path)
+    fitted = fit_picture(picture, max_size)
+    if max(picture.shape[:2]) > max_size:
+        print(f"note: {os.path.basename(path)} is {picture.shape[1]}x{picture.shape[0]}; the result is "
+              f"{fitted.shape[1]}x{fitted.shape[0]} (--max_size {max_size} caps the longer side)", file=sys.stderr)
+    return fitted

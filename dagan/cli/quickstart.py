@@ -17,6 +17,7 @@ Training checkpoints (with optimiser states) are deleted once a stage's inferenc
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -179,7 +180,7 @@ def animate(paths: QuickstartPaths, video: Path) -> None:
 
     argv = ["--checkpoint", str(paths.model), "--source_image", str(paths.source), "--driving_video", str(video),
             "--result_video", str(paths.result), "--relative", "--adapt_scale",
-            "--crop", "none"]  # the clip's frames already are face crops (and the [faces] extra is not installed)
+            "--crop", "none"]  # the clip's frames already are face crops
     if demo_main(argv) != 0:
         raise QuickstartError("animating failed (message above)")
     write_side_by_side(paths.source, video, paths.result, paths.side_by_side)
@@ -286,6 +287,37 @@ def summary(paths: QuickstartPaths, video: str | os.PathLike, out=sys.stdout) ->
     print(f"disk used by {paths.run_dir}: {disk_usage(paths.run_dir) / 2 ** 20:.0f} MB "
           "(inference weights, logs, images, videos; no training checkpoints)", file=out)
     print(f"watch: {paths.side_by_side}", file=out, flush=True)
+
+
+def next_commands(paths: QuickstartPaths, video: str | os.PathLike) -> list[str]:
+    """What to run after the quickstart, on the model it trained: each line runs as printed from the repository
+    root in the quickstart's environment (a line starting with ``#`` says what the next one does)."""
+    model, video = shlex.quote(str(paths.model)), shlex.quote(str(video))
+    run_dir = paths.run_dir
+    return [
+        "source .venv/bin/activate     # every command below runs in this environment",
+        "# 1. the held-out frame again, into a file of your own (the clip's frames are face crops: --crop none)",
+        f"python demo.py --checkpoint {model} --source_image {shlex.quote(str(paths.source))} --driving_video "
+        f"{video} --relative --adapt_scale --crop none --result_video {shlex.quote(str(run_dir / 'my_result.mp4'))}",
+        "# 2. a photo as it comes (put yours in place of data/samples/source.png): the face is found, animated and",
+        "#    pasted back into the whole photo. This model learned one woman from one clip: other faces come out blurry",
+        f"python demo.py --checkpoint {model} --source_image data/samples/source.png --driving_video {video} "
+        f"--relative --adapt_scale --result_video {shlex.quote(str(run_dir / 'my_photo.mp4'))}",
+        "# 3. the web app with this model selected (the first line installs gradio, about 150 MB)",
+        'pip install -c .ci/constraints.txt -e ".[app]"',
+        f"python scripts/app.py --checkpoint {model}     # then open http://127.0.0.1:7860",
+        "# the official DaGAN weights (checkpoints/README.md) animate anyone: the README's demo and app commands use",
+        "# them (--checkpoint checkpoints/DaGAN_vox_adv_256.pth.tar --depth_checkpoint checkpoints/depth_face_model)",
+        "bash scripts/test.sh          # installs the test extras and runs the test suite",
+    ]
+
+
+def print_next(paths: QuickstartPaths, video: str | os.PathLike, out=sys.stdout) -> None:
+    """The :func:`next_commands`, under a ``next:`` heading."""
+    print("\nnext (each command runs as printed, from this folder):", file=out)
+    for line in next_commands(paths, video):
+        print(f"  {line}", file=out)
+    out.flush()
 
 
 def disk_usage(path: Path) -> int:

@@ -28,6 +28,7 @@ from dagan.eval.protocols import (
     FramePair,
     FrameRef,
     ItemPaths,
+    Share,
     evaluate_files,
     evaluate_pairs,
     evaluate_reconstruction,
@@ -37,6 +38,7 @@ from dagan.eval.protocols import (
 from dagan.eval.scoring import EvaluationReport, FrameScorer, ItemResult, build_scorer, select_metrics
 
 __all__ = [
+    "Share",
     "FACE_METRICS",
     "IDENTITY_NOTE",
     "LPIPS",

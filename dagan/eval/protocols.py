@@ -25,7 +25,7 @@ import re
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -159,6 +159,71 @@ def evaluate_files(scorer: FrameScorer, generated: str | os.PathLike, reference:
     return report
 
 
+# Sharing the items of a protocol between processes (torchrun), resumably.
+
+@dataclass(frozen=True)
+class Share:
+    """Which items this process evaluates, and where finished items are kept.
+
+    rank / world: this process takes the items i with i % world == rank (``torchrun``'s RANK and WORLD_SIZE; no
+    process group needed). items_dir: one JSON file per finished item (``000012.json``); an item with a file is
+    not evaluated again (a rerun resumes), and a process that finds every item done writes the report (ranks
+    that finish together write the same report, atomically).
+    """
+
+    rank: int = 0
+    world: int = 1
+    items_dir: Optional[Path] = None
+    model: str = ""  # what identifies the model (e.g. its checkpoint's path, size and time): items of another
+    #                  model in items_dir are refused
+
+
+def run_items(count: int, evaluate: Callable[[int], "ItemResult | str"], settings: dict[str, Any],
+              share: Share = Share(), desc: str = "items", progress: bool = True) -> Optional[list["ItemResult | str"]]:
+    """``evaluate(i)`` for this process's items (an :class:`ItemResult`, or a string: why item i was skipped);
+    all ``count`` results in order once every item is done, else None (another process finishes them)."""
+    import json
+
+    from dagan.io.files import atomic_write_text
+
+    mine = range(share.rank, count, share.world)
+    bar = tqdm(mine, desc=desc, unit=desc.rstrip("s"), disable=not progress, dynamic_ncols=True)
+    if share.items_dir is None:
+        if share.world != 1:
+            raise ValueError("items shared between processes need a folder for them (Share.items_dir)")
+        return [evaluate(index) for index in bar]
+    folder = Path(share.items_dir)
+    check_item_settings(folder, {**settings, "model": share.model})
+    for index in bar:
+        path = folder / f"{index:06d}.json"
+        if not path.exists():
+            outcome = evaluate(index)
+            data = {"skipped": outcome} if isinstance(outcome, str) else {"item": outcome.to_json()}
+            atomic_write_text(path, json.dumps(data) + "\n")
+    paths = [folder / f"{index:06d}.json" for index in range(count)]
+    if not all(path.exists() for path in paths):
+        return None
+    loaded = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    return [data["skipped"] if "skipped" in data else ItemResult.from_json(data["item"]) for data in loaded]
+
+
+def check_item_settings(folder: Path, settings: dict[str, Any]) -> None:
+    """The items of ``folder`` belong to an evaluation with these ``settings`` (written on first use): a folder of
+    another evaluation is refused, not mixed in."""
+    import json
+
+    from dagan.io.files import atomic_write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "settings.json"
+    text = json.dumps(settings, sort_keys=True, default=str)
+    if not path.exists():
+        atomic_write_text(path, text + "\n")
+    elif path.read_text(encoding="utf-8").strip() != text:
+        raise ValueError(f"{folder} holds the items of an evaluation with other settings; give --output a new folder "
+                         "(or delete it to start again)")
+
+
 # Protocol 2: reconstruction from a checkpoint.
 
 def _tapped_stream(frames: Iterable[tuple[np.ndarray, np.ndarray]], pending: deque) -> Iterator[np.ndarray]:
@@ -191,8 +256,10 @@ def animate_and_score(pipeline: "DaGANPipeline", scorer: FrameScorer, result: It
 
 def evaluate_reconstruction(pipeline: "DaGANPipeline", scorer: FrameScorer, dataset_root: str | os.PathLike,
                             num_videos: Optional[int] = None, output_dir: Optional[str | os.PathLike] = None,
-                            save_videos: bool = False, progress: bool = True) -> EvaluationReport:
+                            save_videos: bool = False, progress: bool = True,
+                            share: Share = Share()) -> Optional[EvaluationReport]:
     """FOMM's reconstruction protocol on ``dataset_root/test/<video>`` (a flat folder of videos works too).
+    ``share``: this process's part of the videos (:class:`Share`); None when another process writes the report.
 
     Each video is animated from its own first frame with absolute keypoints (``relative=False``); frames are
     resized to the model's resolution (anti-aliased, as in training) and each output is compared with the real
@@ -207,11 +274,13 @@ def evaluate_reconstruction(pipeline: "DaGANPipeline", scorer: FrameScorer, data
         "image_size": list(pipeline.image_size), "relative": False, "adapt_scale": False,
         "source": "first frame of each video", **scorer.settings()})
     items = store.items[:num_videos] if num_videos else store.items
-    for index, item in enumerate(tqdm(items, desc="videos", unit="video", disable=not progress, dynamic_ncols=True)):
+
+    def evaluate(index: int) -> "ItemResult | str":
+        item = items[index]
         try:
             clip = store.open_clip(index)
-        except MediaError:  # recorded in store.skipped, reported below
-            continue
+        except MediaError as error:
+            return str(error)
         result = ItemResult.empty(Path(item.name).stem if item.kind == "video" else item.name, scorer.metrics)
         frames = _clip_frames(clip, resize_frame)
         with contextlib.ExitStack() as stack:
@@ -221,10 +290,16 @@ def evaluate_reconstruction(pipeline: "DaGANPipeline", scorer: FrameScorer, data
                 path = Path(output_dir) / "generated" / f"{result.name}.mp4"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 writer = stack.enter_context(VideoWriter(path, fps, protected_paths=[item.path]))
-            animate_and_score(pipeline, scorer, result, frames, clip.num_frames, writer, progress,
-                              relative=False, adapt_scale=False)
-        report.items.append(result)
-    report.notes += [f"'{name}' skipped: {reason}" for name, reason in store.skipped]
+            return animate_and_score(pipeline, scorer, result, frames, clip.num_frames, writer, progress,
+                                     relative=False, adapt_scale=False)
+
+    outcomes = run_items(len(items), evaluate, report.settings, share, "videos", progress)
+    if outcomes is None:
+        return None
+    report.items = [outcome for outcome in outcomes if isinstance(outcome, ItemResult)]
+    skipped = [f"'{items[index].name}' skipped: {outcome}" for index, outcome in enumerate(outcomes)
+               if isinstance(outcome, str)]
+    report.notes += list(dict.fromkeys(skipped + [f"'{name}' skipped: {reason}" for name, reason in store.skipped]))
     return report
 
 
@@ -343,8 +418,10 @@ class FrameReader:
 
 def evaluate_pairs(pipeline: "DaGANPipeline", scorer: FrameScorer, pairs_csv: str | os.PathLike,
                    root: Optional[str | os.PathLike] = None, output_dir: Optional[str | os.PathLike] = None,
-                   save_frames: bool = False, progress: bool = True) -> EvaluationReport:
+                   save_frames: bool = False, progress: bool = True,
+                   share: Share = Share()) -> Optional[EvaluationReport]:
     """DaGAN's same-/cross-identity evaluation on the frame pairs of a CSV (format: :func:`read_pairs`).
+    ``share``: this process's part of the pairs (:class:`Share`); None when another process writes the report.
 
     Same-identity: absolute keypoints, every chosen metric against the driving frame. Cross-identity: relative
     motion with scale adaptation anchored at ``driving_initial``; only metrics without ground truth (AKD, AED,
@@ -359,7 +436,9 @@ def evaluate_pairs(pipeline: "DaGANPipeline", scorer: FrameScorer, pairs_csv: st
         "image_size": list(pipeline.image_size), SAME: {"relative": False, "adapt_scale": False},
         CROSS: {"relative": True, "adapt_scale": True}, **scorer.settings()})
     cross_metrics = [name for name in scorer.metrics if not METRICS[name].ground_truth]
-    for pair in tqdm(pairs, desc="pairs", unit="pair", disable=not progress, dynamic_ncols=True):
+
+    def evaluate(index: int) -> ItemResult:
+        pair = pairs[index]
         size = pipeline.image_size
         source, driving = (resize_to_model(reader.read(ref), size) for ref in (pair.source, pair.driving))
         cross = pair.mode == CROSS
@@ -375,5 +454,10 @@ def evaluate_pairs(pipeline: "DaGANPipeline", scorer: FrameScorer, pairs_csv: st
         if save_frames and output_dir is not None:
             (Path(output_dir) / "generated").mkdir(parents=True, exist_ok=True)
             write_png(Path(output_dir) / "generated" / f"{result.name}.png", frame)
-        report.items.append(result)
+        return result
+
+    outcomes = run_items(len(pairs), evaluate, report.settings, share, "pairs", progress)
+    if outcomes is None:
+        return None
+    report.items = list(outcomes)
     return report

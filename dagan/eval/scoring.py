@@ -168,6 +168,20 @@ class ItemResult:
         for name, value in values.items():
             self.totals[name].add(value)
 
+    def to_json(self) -> dict[str, Any]:
+        """Everything needed to rebuild this result exactly (:meth:`from_json`); sums kept as they are."""
+        totals = {name: [total.root_mean_square, total.total, total.count, total.skipped]
+                  for name, total in self.totals.items()}
+        return {"name": self.name, "totals": totals, "frames": self.frames, "group": self.group,
+                "notes": self.notes, "columns": self.columns}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ItemResult":
+        totals = {name: MetricTotal(bool(rms), float(total), int(count), int(skipped))
+                  for name, (rms, total, count, skipped) in data["totals"].items()}
+        return cls(data["name"], totals, int(data["frames"]), data["group"], list(data["notes"]),
+                   dict(data["columns"]))
+
 
 @dataclass
 class EvaluationReport:

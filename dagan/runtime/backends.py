@@ -78,7 +78,8 @@ def choose_backend(device: torch.device, model: DaGAN, torch_only: Optional[str]
     if torch_only is not None:
         return BackendChoice("torch", f"torch ({torch_only} needs it)")
     if not is_installed("openvino"):
-        return BackendChoice("torch", "torch (pip install -e \".[onnx,openvino]\" runs CPU frames about 20% faster)")
+        return BackendChoice("torch", "torch (OpenVINO is not installed: pip install -e \".[onnx,openvino]\" "
+                                      "runs CPU frames about 20% faster)")
     attention_levels = unexported_attention_levels(model.config)
     if attention_levels:
         return BackendChoice("torch", f"torch (the exported graphs do not cover attention at decoder levels "

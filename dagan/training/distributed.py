@@ -69,6 +69,23 @@ def get_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def launch_share() -> tuple[int, int]:
+    """(rank, world size) of this process among those launched together: the process group's when initialised,
+    else torchrun's RANK / WORLD_SIZE (no process group needed: batch commands split their items by these), else
+    (0, 1). Rank r of w takes the items i with i % w == r."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if launched_by_torchrun():
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return 0, 1
+
+
+def use_local_gpu() -> None:
+    """Under torchrun on a machine with GPUs, make ``cuda`` mean this rank's own GPU (LOCAL_RANK), one per rank."""
+    if launched_by_torchrun() and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+
+
 def barrier() -> None:
     if get_world_size() > 1:
         dist.barrier()
