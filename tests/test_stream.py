@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 import skimage.data
 import torch
 
-from conftest import config_path, load_script
+from conftest import REPO_ROOT, config_path, load_script
 from dagan.config import AugmentationParams, ConfigError, JitterParams, load_config
 from dagan.data import DepthTripletDataset, FramesDataset, StreamSettings, make_sampler, make_stream
 from dagan.data.stream import StreamError, StreamStore, convert_tar_shards, verify_stream
@@ -230,7 +231,7 @@ def test_s3_samples_match_the_local_dataset_and_verify(s3_store, stream_root, tm
     remote = triplets(s3_store, "stream", stream_cache_dir=cache, stream_cache_size="1GB")
     assert_same_samples(triplets(stream_root, "stream"), remote, range(6))
     assert not any(Path(cache).rglob("chunk-*.bin"))  # frames were fetched alone, no chunk downloaded
-    report = verify_stream(s3_store, cache_dir=cache)
+    report = verify_stream(s3_store, decode="none", cache_dir=cache)
     assert report.errors == [] and report.chunks == len(json.loads(
         (stream_root / "train" / "clips.json").read_text())["sha256"]) + len(json.loads(
             (stream_root / "test" / "clips.json").read_text())["sha256"])
@@ -267,18 +268,17 @@ def test_training_from_s3_resumes_bit_identically(s3_store, tmp_path, stage):
         export_official_depth(DaGAN(load_config(config_path("tiny.yaml"))), tmp_path / "depth")
         overrides = [*training.gan_overrides(str(tmp_path / "depth"), 2, "train_params.checkpoint_every=1", NO_VGG),
                      *stream]
-        networks = ("generator", "kp_detector", "discriminator")
     else:
         overrides = [*training.COMMON, "train_params.stage=depth", "depth_train_params.num_steps=2",
                      "depth_train_params.batch_size=2", "train_params.checkpoint_every=1", *stream]
-        networks = None
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert training.run_train(straight, overrides) == 0
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copyfile(straight / "checkpoints" / "00000001.pt", resumed / "checkpoints" / "00000001.pt")
     assert training.run_train(resumed, overrides, resume="auto") == 0
     a, b = (read_file(path / "checkpoints" / "00000002.pt") for path in (straight, resumed))
-    a, b = (state["networks"] if networks else state for state in (a, b))
+    a, b = ({"networks": state["networks"], "pose": state["training"].get("pose_network", {})} for state in (a, b))
+    assert flatten_tensors(a)
     for name, value in flatten_tensors(a).items():
         assert torch.equal(value, flatten_tensors(b)[name]), name
 
@@ -321,6 +321,46 @@ def test_https_roots_read_through_the_registered_backend(stream_root, tmp_path):
         assert verify_stream(url, decode="none", cache_dir=str(tmp_path)).errors == []
     finally:
         server.shutdown()
+
+
+class StallingHandler(RangeHandler):
+    """Serves the metadata, then stalls every chunk request until the server's ``release`` event (at most 60 s)."""
+
+    def send_head(self):
+        if "/chunk-" in self.path:
+            self.server.stalled.set()
+            self.server.release.wait(60)
+        return super().send_head()
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_store_stalls_saves_and_exits_at_once(stream_root, tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(StallingHandler, directory=str(stream_root)))
+    server.stalled, server.release = threading.Event(), threading.Event()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    overrides = ["train_params.vgg19_weights=random", "train_params.num_workers=1", "train_params.stage=depth",
+                 "depth_train_params.num_steps=5", "depth_train_params.batch_size=2", "dataset_params.format=stream",
+                 f"dataset_params.root_dir=http://127.0.0.1:{server.server_address[1]}",
+                 f"dataset_params.stream_cache_dir={tmp_path / 'cache'}"]
+    command = [sys.executable, str(REPO_ROOT / "train.py"), "--config", config_path("tiny.yaml"),
+               "--log_dir", str(tmp_path / "run")] + [item for override in overrides for item in ("--set", override)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+    try:
+        assert server.stalled.wait(120), "the run never asked for a chunk"
+        time.sleep(1.0)  # the read is now waiting on the store (which answers after 60 s)
+        began = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        output, error = process.communicate(timeout=50)
+        elapsed = time.monotonic() - began
+    finally:
+        server.release.set()
+        process.kill() if process.poll() is None else None
+        server.shutdown()
+    assert process.returncode == 128 + signal.SIGTERM, error[-3000:]
+    assert elapsed < 20, f"took {elapsed:.1f} s to stop"
+    assert "while waiting for data" in output + error
+    assert (tmp_path / "run" / "checkpoints" / "00000000.pt").exists()
 
 
 def write_old_tar_shards(root: Path, output: Path) -> Path:

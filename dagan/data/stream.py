@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import urllib.parse
 import urllib.request
@@ -592,9 +593,10 @@ def verify_stream(root: str, decode: str = "ends", cache_dir: Optional[str] = No
     for split in description.get("splits", []):
         folder = join(str(root), split)
         table = read_metadata(folder, CLIPS_NAME, cache_dir)
+        fetch = _chunk_fetcher(folder, cache_dir)
         for name, expected in table["sha256"].items():
             report.chunks += 1
-            problem = _check_chunk(folder, name, expected, cache_dir)
+            problem = _check_chunk(folder, name, expected, fetch)
             if problem:
                 report.errors.append(problem)
             if progress:
@@ -604,21 +606,29 @@ def verify_stream(root: str, decode: str = "ends", cache_dir: Optional[str] = No
     return report
 
 
-def _check_chunk(folder: str, name: str, expected: str, cache_dir: Optional[str]) -> Optional[str]:
+def _chunk_fetcher(folder: str, cache_dir: Optional[str]) -> Callable[[str, Path], None]:
+    """``fetch(location, local_path)``: one litdata backend per split (one client, reused for every chunk)."""
+    if not is_remote(folder):
+        return lambda location, local: shutil.copyfile(location, local)
+    _register_http()
+    from litdata.streaming.downloader import get_downloader
+
+    downloader = get_downloader(folder, cache_dir or tempfile.gettempdir(), [])
+    return lambda location, local: downloader.download_file(location, str(local))
+
+
+def _check_chunk(folder: str, name: str, expected: str, fetch: Callable[[str, Path], None]) -> Optional[str]:
+    """None when the chunk's SHA-256 is the recorded one, else the problem (read whole, local or remote)."""
     location = join(folder, name)
     try:
-        if not is_remote(folder):
-            actual = file_sha256(Path(location))
-        else:
-            from litdata.streaming.downloader import get_downloader
-
-            if cache_dir:
-                Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
-                get_downloader(folder, scratch, []).download_file(location, str(Path(scratch) / name))
+        if is_remote(folder):
+            with tempfile.TemporaryDirectory() as scratch:
+                fetch(location, Path(scratch) / name)
                 actual = file_sha256(Path(scratch) / name)
-    except Exception as error:
-        return f"{location}: {type(error).__name__}: {error}"
+        else:
+            actual = file_sha256(Path(location))
+    except Exception as error:  # the backends raise their own types
+        return f"{location}: {type(error).__name__}: {error}".splitlines()[0]
     return None if actual == expected else f"{location}: SHA-256 differs from clips.json (corrupted or rewritten)"
 
 
