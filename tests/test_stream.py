@@ -111,6 +111,19 @@ def test_png_samples_are_bit_identical_and_read_their_frames_alone(dataset_root,
             assert 3 * (min(frame_bytes) + 8) <= read <= 3 * (max(frame_bytes) + 8)  # three frames, not the clip
 
 
+def test_dataloader_workers_open_their_own_engine(stream_root):
+    dataset = pairs(stream_root, "stream")
+    dataset.sample(0)  # the parent's engine is open: the workers must not share it
+    sampler = make_sampler(dataset, 3, block_size=2)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=2)
+    batches = iter(loader)
+    keys = iter(make_sampler(dataset, 3, block_size=2))
+    for _ in range(3):
+        batch = next(batches)
+        expected = [dataset.sample(next(keys)) for _ in range(2)]
+        assert torch.equal(batch["source"], torch.stack([sample["source"] for sample in expected]))
+
+
 def test_mp4_clips_are_stored_as_files(dataset_root, tmp_path):
     videos = tmp_path / "videos" / "train"
     videos.mkdir(parents=True)
