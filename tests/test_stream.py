@@ -166,6 +166,56 @@ def test_ranks_share_each_pass_and_a_restart_with_fewer_ranks_neither_repeats_no
     assert sorted(stream[:len(dataset)]) == list(range(len(dataset)))  # a pass covers every item once
 
 
+RANK_SCRIPT = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+from dagan.data import FramesDataset, make_sampler
+
+root, start, steps, output = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+if world > 1:
+    dist.init_process_group("gloo")
+dataset = FramesDataset(root, (64, 64, 3), id_sampling=False, seed=3, format="stream")
+per_rank = 4 // world  # the global batch stays 4
+sampler = make_sampler(dataset, 7, rank, world, block_size=per_rank)
+sampler.set_start(start * 4)
+loader = torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=1)
+names = []
+for step, batch in zip(range(steps), loader):
+    names.append(batch["name"])
+gathered = [None] * world
+if world > 1:
+    dist.all_gather_object(gathered, names)
+    dist.destroy_process_group()
+else:
+    gathered = [names]
+if rank == 0:
+    steps_names = [[name for rank_names in gathered for name in rank_names[step]] for step in range(steps)]
+    json.dump(steps_names, open(output, "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_then_one_continue_the_global_sequence(stream_root, tmp_path):
+    """Two ranks (torchrun, gloo) read 3 steps of a global batch of 4, one rank resumes at step 3 for 2 more: the
+    names are those of one unbroken process, step by step (a pass of 8 clips: no repeats or gaps within it)."""
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    two = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_backend=c10d", str(script)]
+    for command, arguments in ((two, [str(stream_root), "0", "3", str(tmp_path / "two.json")]),
+                               ([sys.executable, str(script)], [str(stream_root), "3", "2", str(tmp_path / "one.json")]),
+                               ([sys.executable, str(script)], [str(stream_root), "0", "5", str(tmp_path / "all.json")])):
+        result = subprocess.run(command + arguments, capture_output=True, text=True, timeout=300, env=environment)
+        assert result.returncode == 0, result.stderr[-3000:]
+    two, one, unbroken = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("two", "one", "all"))
+    assert [sorted(step) for step in two + one] == [sorted(step) for step in unbroken]
+    first_pass = [name for step in unbroken[:2] for name in step]
+    assert len(set(first_pass)) == len(first_pass) == 8  # steps 0-1 are the first pass over the 8 clips
+
+
 def flip_byte_of_frame(root: Path, clip_name: str) -> None:
     """Corrupt one byte inside the stored bytes of frame 2 of ``clip_name`` (a damaged chunk)."""
     table = json.loads((root / "train" / "clips.json").read_text())
