@@ -89,7 +89,8 @@ class DatasetParams:
         _check(self.format in DATA_FORMATS, "dataset_params.format",
                f"must be one of {DATA_FORMATS}, got {self.format!r}")
         _check(bool(re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]?B", self.stream_cache_size.strip(), re.IGNORECASE)),
-               "dataset_params.stream_cache_size", f"must be a size such as 50GB or 500MB, got {self.stream_cache_size!r}")
+               "dataset_params.stream_cache_size",
+               f"must be a size such as 50GB or 500MB, got {self.stream_cache_size!r}")
 
 
 # Model section.

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Data-loading speed of one DataLoader worker for each storage format: frame folders, video files, and the litdata
-streaming dataset of scripts/make_shards.py (png, jpeg, mp4). A sample is what training reads: a (source, driving) pair or a depth triplet, decoded and resized
-to the config's frame shape, with the reference augmentation (flips + colour jitter) or without it.
+streaming dataset of scripts/make_shards.py (png, jpeg, mp4). A sample is what training reads: a (source, driving)
+pair or a depth triplet, decoded and resized to the config's frame shape, with the reference augmentation (flips +
+colour jitter) or without it.
 
 By default the clips are copies of a 256x256 video (VoxCeleb's crop size) under different names:
 

@@ -205,9 +205,9 @@ def test_two_gloo_ranks_then_one_continue_the_global_sequence(stream_root, tmp_p
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     two = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_backend=c10d", str(script)]
-    for command, arguments in ((two, [str(stream_root), "0", "3", str(tmp_path / "two.json")]),
-                               ([sys.executable, str(script)], [str(stream_root), "3", "2", str(tmp_path / "one.json")]),
-                               ([sys.executable, str(script)], [str(stream_root), "0", "5", str(tmp_path / "all.json")])):
+    one = [sys.executable, str(script)]
+    for command, start, steps, name in ((two, 0, 3, "two"), (one, 3, 2, "one"), (one, 0, 5, "all")):
+        arguments = [str(stream_root), str(start), str(steps), str(tmp_path / f"{name}.json")]
         result = subprocess.run(command + arguments, capture_output=True, text=True, timeout=300, env=environment)
         assert result.returncode == 0, result.stderr[-3000:]
     two, one, unbroken = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("two", "one", "all"))

@@ -410,7 +410,8 @@ def _register_http() -> None:
             os.replace(temporary, local_filepath)
 
         def download_bytes(self, remote_filepath: str, offset: int, length: int, local_chunkpath: str) -> bytes:
-            request = urllib.request.Request(remote_filepath, headers={"Range": f"bytes={offset}-{offset + length - 1}"})
+            byte_range = f"bytes={offset}-{offset + length - 1}"
+            request = urllib.request.Request(remote_filepath, headers={"Range": byte_range})
             with urllib.request.urlopen(request, timeout=READ_TIMEOUT_S) as response:
                 data = response.read() if response.status == 206 else response.read(offset + length)[offset:]
             if len(data) != length:

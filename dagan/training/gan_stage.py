@@ -303,7 +303,8 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
                     micro_transform = transform.select(sample_indices(micro, context.rank, context.world_size,
                                                                       per_rank)).to(device)
                     synchronise = micro == params.grad_accumulation - 1 or not context.is_distributed
-                    with (contextlib.nullcontext() if synchronise else generator_train.no_sync()), autocast(params, device):
+                    with (contextlib.nullcontext() if synchronise else generator_train.no_sync()), \
+                            autocast(params, device):
                         output = generator_train(source, driving, micro_transform)
                         check_finite(output.losses, step)
                         (sum(output.losses.values()) / params.grad_accumulation).backward()
