@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,21 +87,27 @@ def bytes_read(dataset, keys: range) -> float:
     return float(total)
 
 
-def measure(location: str, kind: str, frame_size: int, samples: int, augment: bool) -> dict:
+def measure(location: str, kind: str, frame_size: int, samples: int) -> dict:
     """Samples per CPU second and per wall-clock second of one single-threaded process (a DataLoader worker: torch
     gives each worker one thread) reading distinct keys (ffmpeg's decoding time, in a child process, is counted),
-    bytes read per sample, and the process's peak resident memory. Run in a fresh process (see ``main``)."""
+    without and with augmentation; bytes read per sample, and the process's peak resident memory. Run in a fresh
+    process (see ``measure_in_fresh_process``)."""
     torch.set_num_threads(1)
-    dataset = open_dataset(location, kind, frame_size, augment)
-    dataset.sample(0)  # warm-up (imports, first file)
-    before = bytes_read(dataset, range(1)) if hasattr(dataset.store, "bytes_read") else 0.0
-    started, cpu_started = time.perf_counter(), cpu_seconds()
-    for key in range(1, samples + 1):
-        dataset.sample(key)
-    cpu, wall = cpu_seconds() - cpu_started, time.perf_counter() - started
-    return {"per_cpu_s": samples / cpu, "per_wall_s": samples / wall,
-            "bytes_per_sample": (bytes_read(dataset, range(1, samples + 1)) - before) / samples,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    result = {}
+    for augment in (False, True):
+        dataset = open_dataset(location, kind, frame_size, augment)
+        dataset.sample(0)  # warm-up (imports, first file)
+        before = bytes_read(dataset, range(1)) if hasattr(dataset.store, "bytes_read") else 0.0
+        started, cpu_started = time.perf_counter(), cpu_seconds()
+        for key in range(1, samples + 1):
+            dataset.sample(key)
+        cpu, wall = cpu_seconds() - cpu_started, time.perf_counter() - started
+        prefix = "augmented" if augment else "decoded"
+        result.update({f"{prefix}_per_cpu_s": samples / cpu, f"{prefix}_per_wall_s": samples / wall})
+        if not augment:
+            result["bytes_per_sample"] = (bytes_read(dataset, range(1, samples + 1)) - before) / samples
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
 
 
 def cpu_seconds() -> float:
@@ -122,11 +128,27 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=32, help="samples timed per format")
     parser.add_argument("--kinds", default="pairs,triplets", help="pairs (GAN stage), triplets (depth stage)")
     parser.add_argument("--output", type=Path, help="also write the results as JSON")
+    parser.add_argument("--measure_one", nargs=4, metavar=("LOCATION", "KIND", "SIZE", "SAMPLES"),
+                        help=argparse.SUPPRESS)  # internal: one measurement, in a fresh process, printed as JSON
     return parser.parse_args(argv)
+
+
+def measure_in_fresh_process(location: str, kind: str, frame_size: int, samples: int) -> dict:
+    """``measure`` in a new Python process, so that its peak memory is its own."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--measure_one", location, kind, str(frame_size),
+               str(samples)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"measuring {location} ({kind}) failed: {result.stderr.strip()[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.measure_one:
+        location, kind, size, samples = args.measure_one
+        print(json.dumps(measure(location, kind, int(size), int(samples))))
+        return 0
     with tempfile.TemporaryDirectory(prefix="dagan-data-bench-") as work:
         if args.root:
             roots = {"root": str(args.root), **{f"stream{number}": f"stream:{location}"
@@ -136,22 +158,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results = []
         print("samples/s of one worker: per CPU second (wall clock in brackets); peak memory of the process")
         print(f"{'format':<13} {'kind':<9} {'kB/sample':>9} {'decoded':>15} {'augmented':>15} {'peak MB':>8}")
-        context = multiprocessing.get_context("spawn")  # a fresh process per measurement: its own peak memory
-        with context.Pool(1, maxtasksperchild=1) as pool:
-            for name, location in roots.items():
-                for kind in args.kinds.split(","):
-                    decoded = pool.apply(measure, (location, kind, args.frame_size, args.samples, False))
-                    augmented = pool.apply(measure, (location, kind, args.frame_size, args.samples, True))
-                    row = {"format": name, "kind": kind, "bytes_per_sample": decoded["bytes_per_sample"],
-                           "decoded_per_cpu_s": decoded["per_cpu_s"], "decoded_per_wall_s": decoded["per_wall_s"],
-                           "augmented_per_cpu_s": augmented["per_cpu_s"],
-                           "augmented_per_wall_s": augmented["per_wall_s"],
-                           "peak_rss_mb": max(decoded["peak_rss_mb"], augmented["peak_rss_mb"])}
-                    results.append(row)
-                    print(f"{name:<13} {kind:<9} {row['bytes_per_sample'] / 1e3:>9.1f} "
-                          f"{row['decoded_per_cpu_s']:>7.1f} ({row['decoded_per_wall_s']:>5.1f}) "
-                          f"{row['augmented_per_cpu_s']:>7.1f} ({row['augmented_per_wall_s']:>5.1f}) "
-                          f"{row['peak_rss_mb']:>8.0f}", flush=True)
+        for name, location in roots.items():  # one fresh process per measurement: its own peak memory
+            for kind in args.kinds.split(","):
+                row = {"format": name, "kind": kind,
+                       **measure_in_fresh_process(location, kind, args.frame_size, args.samples)}
+                results.append(row)
+                print(f"{name:<13} {kind:<9} {row['bytes_per_sample'] / 1e3:>9.1f} "
+                      f"{row['decoded_per_cpu_s']:>7.1f} ({row['decoded_per_wall_s']:>5.1f}) "
+                      f"{row['augmented_per_cpu_s']:>7.1f} ({row['augmented_per_wall_s']:>5.1f}) "
+                      f"{row['peak_rss_mb']:>8.0f}", flush=True)
     if args.output:
         atomic_write_text(args.output, json.dumps({"cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
                                                    "frame_size": args.frame_size,

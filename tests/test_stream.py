@@ -485,3 +485,18 @@ def test_format_fields_are_validated():
         load_config(config_path("tiny.yaml"), ["dataset_params.stream_cache_size=lots"])
     with pytest.raises(StreamError, match="not valid JSON|not a dagan streaming dataset|cannot read"):
         StreamStore(Path(config_path("tiny.yaml")).parent)  # a folder that is no streaming dataset
+
+
+@pytest.mark.slow
+def test_benchmark_data_script(dataset_root, tmp_path, capsys):
+    script = load_script("benchmark_data")
+    video = dataset_root / "train" / "id003#v3#0001#0005.mp4"
+    assert script.main(["--video", str(video), "--clips", "2", "--samples", "2", "--frame_size", str(SIZE),
+                        "--kinds", "pairs", "--output", str(tmp_path / "bench.json")]) == 0
+    results = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert [row["format"] for row in results] == ["folders", "videos", "stream-png", "stream-jpeg", "stream-mp4"]
+    assert all(row["decoded_per_cpu_s"] > 0 and row["peak_rss_mb"] > 0 for row in results)
+    by_format = {row["format"]: row["bytes_per_sample"] for row in results}
+    assert by_format["stream-png"] == pytest.approx(by_format["folders"], rel=0.2)  # two frames, not the clip
+    assert by_format["stream-mp4"] == pytest.approx(video.stat().st_size + 8)  # the file, fetched whole
+    assert "stream-jpeg" in capsys.readouterr().out
