@@ -488,15 +488,18 @@ def test_format_fields_are_validated():
 
 
 @pytest.mark.slow
-def test_benchmark_data_script(dataset_root, tmp_path, capsys):
+def test_benchmark_data_script(dataset_root, stream_root, tmp_path, capsys):
     script = load_script("benchmark_data")
     video = dataset_root / "train" / "id003#v3#0001#0005.mp4"
-    assert script.main(["--video", str(video), "--clips", "2", "--samples", "2", "--frame_size", str(SIZE),
-                        "--kinds", "pairs", "--output", str(tmp_path / "bench.json")]) == 0
+    roots = script.build_roots(video, 2, tmp_path)
+    assert list(roots) == ["folders", "videos", "stream-png", "stream-jpeg", "stream-mp4"]
+    assert StreamStore(roots["stream-mp4"].removeprefix("stream:")).encoding == "mp4"
+    assert script.main(["--root", str(dataset_root), "--stream", str(stream_root), "--samples", "4",
+                        "--frame_size", str(SIZE), "--kinds", "pairs", "--output", str(tmp_path / "bench.json")]) == 0
     results = json.loads((tmp_path / "bench.json").read_text())["results"]
-    assert [row["format"] for row in results] == ["folders", "videos", "stream-png", "stream-jpeg", "stream-mp4"]
-    assert all(row["decoded_per_cpu_s"] > 0 and row["peak_rss_mb"] > 0 for row in results)
-    by_format = {row["format"]: row["bytes_per_sample"] for row in results}
-    assert by_format["stream-png"] == pytest.approx(by_format["folders"], rel=0.2)  # two frames, not the clip
-    assert by_format["stream-mp4"] == pytest.approx(video.stat().st_size + 8)  # the file, fetched whole
-    assert "stream-jpeg" in capsys.readouterr().out
+    assert [row["format"] for row in results] == ["root", "stream0"]
+    assert all(row["decoded_per_cpu_s"] > 0 and row["augmented_per_cpu_s"] > 0 and row["peak_rss_mb"] > 0
+               for row in results)
+    folders, stream = (row["bytes_per_sample"] for row in results)
+    assert 0 < stream <= 2 * (max(path.stat().st_size for path in dataset_root.rglob("*.png")) + 8)  # two frames
+    assert folders > 0 and "stream0" in capsys.readouterr().out
