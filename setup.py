@@ -6,8 +6,10 @@ EXTRAS = {
     # dagan's MFCC against it (the runtime never needs it). import-linter: the import contract (.importlinter,
     # tests/test_layout.py). espeakng-loader: espeak-ng's library and data as a wheel, for the speech-learning tests'
     # synthetic speech where Debian's espeak-ng cannot be installed (no root); its wheels are Linux x86_64 only.
+    # moto[server]: an S3-compatible store on 127.0.0.1 for the streaming tests (tests/test_stream.py).
     "dev": ["pytest>=8", "pytest-xdist>=3.5", "python_speech_features==0.6", "import-linter>=2.1,<3",
-            'espeakng-loader>=0.2.4; platform_system == "Linux" and platform_machine == "x86_64"'],
+            'espeakng-loader>=0.2.4; platform_system == "Linux" and platform_machine == "x86_64"',
+            "moto[server]>=5.1,<6"],
     # TensorBoard event files during training (stats.jsonl is always written).
     "train": ["tensorboard>=2.14"],
     # Face crops, ONNX export and OpenVINO where they are not core (platforms without the WHEELS marker's wheels;
@@ -18,6 +20,11 @@ EXTRAS = {
     # would pull opencv-python, which clashes with the headless build) and put its weight files in
     # $TORCH_HOME/hub/checkpoints (see docs/faces-and-datasets.md).
     "face-alignment": ["numba>=0.58"],
+    # Streaming datasets (dataset_params.format: stream) on litdata: also run `pip install --no-deps litdata==0.2.76`
+    # (litdata lists torchvision, which dagan never imports and which would not match the CPU torch build); these are
+    # the dependencies litdata uses: boto3 and obstore for s3://, requests for its clients.
+    "stream": ["lightning-utilities>=0.15", "filelock>=3.12", "boto3>=1.35,<2", "obstore>=0.12,<0.13",
+               "requests>=2.31", "tifffile>=2024.1"],
     # The local web app (scripts/app.py); its browser test also needs playwright and Debian's chromium.
     "app": ["gradio>=6.31,<7"],
     "onnx": ["onnx>=1.17,<1.23", "onnxruntime>=1.20"],

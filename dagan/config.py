@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from dagan.io.files import atomic_write_text
 GENERATOR_TYPES = ("DepthAwareGenerator", "SPADEDepthAwareGenerator")
 KP_DETECTOR_INPUTS = {"rgbd": 4, "rgb": 3, "depth": 1}  # input name -> number of channels
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
-DATA_FORMATS = ("folders", "shards")
+DATA_FORMATS = ("folders", "stream")
 
 
 class ConfigError(ValueError):
@@ -73,17 +74,23 @@ class DatasetParams:
     id_sampling: bool = True
     pairs_list: Optional[str] = None
     augmentation_params: AugmentationParams = field(default_factory=AugmentationParams)
-    # dagan additions: "folders" (frame folders / videos under root_dir) or "shards" (root_dir = the index.json,
-    # path or http(s) URL, of scripts/make_shards.py); keys in each rank's shuffle buffer when reading shards.
+    # dagan additions: "folders" (frame folders / videos under root_dir) or "stream" (root_dir = a dataset written
+    # by scripts/make_shards.py: a folder, s3://, gs://, azure:// or https:// URL, read through litdata); remote
+    # chunks are cached in stream_cache_dir (empty: litdata's default) up to stream_cache_size (e.g. "50GB").
     format: str = "folders"
-    shard_shuffle_buffer: int = 1000
+    stream_cache_dir: str = ""
+    stream_cache_size: str = "50GB"
 
     def __post_init__(self) -> None:
         _check(len(self.frame_shape) == 3 and self.frame_shape[2] == 3 and min(self.frame_shape) > 0,
                "dataset_params.frame_shape", f"must be [height, width, 3], got {self.frame_shape}")
+        _check(self.format != "shards", "dataset_params.format", "'shards' (tar shards) was replaced by 'stream': "
+               "convert the shards with scripts/make_shards.py --convert OLD/index.json --out NEW")
         _check(self.format in DATA_FORMATS, "dataset_params.format",
                f"must be one of {DATA_FORMATS}, got {self.format!r}")
-        _check(self.shard_shuffle_buffer >= 1, "dataset_params.shard_shuffle_buffer", "must be >= 1")
+        _check(bool(re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]?B", self.stream_cache_size.strip(), re.IGNORECASE)),
+               "dataset_params.stream_cache_size",
+               f"must be a size such as 50GB or 500MB, got {self.stream_cache_size!r}")
 
 
 # Model section.

@@ -1,13 +1,18 @@
 #!/usr/bin/env python
-"""Data-loading speed of one DataLoader worker for each storage format: frame folders, video files, and shards
-(png, jpeg, mp4). A sample is what training reads: a (source, driving) pair or a depth triplet, decoded and resized
-to the config's frame shape, with the reference augmentation (flips + colour jitter) or without it.
+"""Data-loading speed of one DataLoader worker for each storage format: frame folders, video files, and the litdata
+streaming dataset of scripts/make_shards.py (png, jpeg, mp4). A sample is what training reads: a (source, driving)
+pair or a depth triplet, decoded and resized to the config's frame shape, with the reference augmentation (flips +
+colour jitter) or without it.
 
 By default the clips are copies of a 256x256 video (VoxCeleb's crop size) under different names:
 
     python scripts/benchmark_data.py                                  # data/samples/driving.mp4, 8 clips
     python scripts/benchmark_data.py --video my_clip.mp4 --clips 16 --samples 64 --output data_bench.json
-    python scripts/benchmark_data.py --root data/vox --index data/vox-shards/index.json   # your own data
+    python scripts/benchmark_data.py --root data/vox --stream data/vox-stream   # your own data
+    python scripts/benchmark_data.py --root data/vox --stream s3://bucket/vox-stream   # straight from a bucket
+
+Bytes per sample are counted while reading (frame files, video files, or the litdata items a sample fetched); peak
+memory is the peak resident size of a fresh process that builds the dataset and reads the samples.
 
 The video decoder cache is off (cache_bytes=0): with thousands of clips a worker rarely sees a clip twice.
 """
@@ -18,6 +23,7 @@ import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,16 +36,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dagan.config import AugmentationParams  # noqa: E402
-from dagan.data import DepthTripletDataset, FramesDataset, ShardSettings, make_shards  # noqa: E402
-from dagan.data.shards import load_index  # noqa: E402
+from dagan.data import DepthTripletDataset, FramesDataset, StreamSettings, make_stream  # noqa: E402
 from dagan.io import open_video, write_png  # noqa: E402
 from dagan.io.files import atomic_write_text  # noqa: E402
 
 VIDEO = Path(__file__).resolve().parents[1] / "data" / "samples" / "driving.mp4"
 
 
-def build_roots(video: Path, clips: int, work: Path) -> dict[str, Path]:
-    """``clips`` copies of ``video``: as PNG frame folders, as mp4 files, and as png / jpeg / mp4 shards."""
+def build_roots(video: Path, clips: int, work: Path) -> dict[str, str]:
+    """``clips`` copies of ``video``: as PNG frame folders, as mp4 files, and as png / jpeg / mp4 streaming datasets."""
     frames = open_video(video).read_all()  # (T, H, W, 3) uint8
     folders, videos = work / "folders" / "train", work / "videos" / "train"
     videos.mkdir(parents=True)
@@ -49,46 +54,60 @@ def build_roots(video: Path, clips: int, work: Path) -> dict[str, Path]:
         (folders / name).mkdir(parents=True)
         for index, frame in enumerate(frames):
             write_png(folders / name / f"{index:07d}.png", frame)
-    roots = {"folders": folders.parent, "videos": videos.parent}
+    roots = {"folders": str(folders.parent), "videos": str(videos.parent)}
     for encoding, source in (("png", "folders"), ("jpeg", "folders"), ("mp4", "videos")):
-        output = work / f"shards-{encoding}"
-        make_shards(roots[source], output, ShardSettings(encoding, jpeg_quality=95, shard_bytes=2 ** 30))
-        roots[f"shards-{encoding}"] = output / "index.json"
+        output = work / f"stream-{encoding}"
+        make_stream(roots[source], output, StreamSettings(encoding, jpeg_quality=95))
+        roots[f"stream-{encoding}"] = "stream:" + str(output)
     return roots
 
 
-def bytes_per_sample(location: Path, frames_per_sample: int) -> float:
-    """Mean bytes a sample reads: its frame files (folders), the whole file (videos, mp4 shards) or, for png/jpeg
-    shards, the manifest and the frames."""
-    if location.suffix == ".json":
-        index = load_index(location)
-        clips = [clip for shard in index.shards for clip in shard.clips]
-        if index.encoding == "mp4":
-            return float(np.mean([clip[3] for clip in clips]))
-        total = sum(shard.num_bytes for shard in index.shards)
-        frames = sum(clip[1] for clip in clips)
-        return float(np.mean([clip[3] for clip in clips]) + frames_per_sample * total / frames)
-    files = [path for path in location.rglob("*") if path.is_file()]
-    if files and files[0].suffix == ".mp4":
-        return float(np.mean([path.stat().st_size for path in files]))
-    return float(frames_per_sample * np.mean([path.stat().st_size for path in files]))
-
-
-def measure(location: Path, kind: str, frame_size: int, samples: int, augment: bool) -> tuple[float, float]:
-    """``(samples per CPU second, samples per wall-clock second)`` of one single-threaded process (a DataLoader
-    worker: torch gives each worker one thread) reading distinct keys. The first is the rate on a core of its own
-    (ffmpeg's decoding time, in a child process, is added to it); the second also counts waiting for the CPU on a
-    shared machine."""
+def open_dataset(location: str, kind: str, frame_size: int, augment: bool):
     dataset_class = FramesDataset if kind == "pairs" else DepthTripletDataset
-    augmentation = AugmentationParams() if augment else None
-    dataset = dataset_class(location, (frame_size, frame_size, 3), id_sampling=False,
-                            augmentation_params=augmentation, seed=0, cache_bytes=0,
-                            format="shards" if location.suffix == ".json" else "folders")
-    dataset.sample(0)  # warm-up (imports, first file)
-    started, cpu_started = time.perf_counter(), cpu_seconds()
-    for key in range(1, samples + 1):
-        dataset.sample(key)
-    return samples / (cpu_seconds() - cpu_started), samples / (time.perf_counter() - started)
+    stream = location.startswith("stream:")
+    return dataset_class(location.removeprefix("stream:"), (frame_size, frame_size, 3), id_sampling=False,
+                         augmentation_params=AugmentationParams() if augment else None, seed=0, cache_bytes=0,
+                         format="stream" if stream else "folders")
+
+
+def bytes_read(dataset, keys: range) -> float:
+    """Bytes the samples ``keys`` read: the litdata items fetched (streaming), else the frame or video files."""
+    store = dataset.store
+    if hasattr(store, "bytes_read"):
+        return float(store.bytes_read)
+    total = 0
+    for key in keys:
+        pass_index, item = divmod(key, len(dataset))
+        video = store.items[dataset.planned_videos(pass_index)[item]]
+        if video.kind == "video":
+            total += video.path.stat().st_size
+        else:
+            files = sorted(video.path.iterdir())
+            total += (2 if isinstance(dataset, FramesDataset) else 3) * np.mean([path.stat().st_size for path in files])
+    return float(total)
+
+
+def measure(location: str, kind: str, frame_size: int, samples: int) -> dict:
+    """Samples per CPU second and per wall-clock second of one single-threaded process (a DataLoader worker: torch
+    gives each worker one thread) reading distinct keys (ffmpeg's decoding time, in a child process, is counted),
+    without and with augmentation; bytes read per sample, and the process's peak resident memory. Run in a fresh
+    process (see ``measure_in_fresh_process``)."""
+    torch.set_num_threads(1)
+    result = {}
+    for augment in (False, True):
+        dataset = open_dataset(location, kind, frame_size, augment)
+        dataset.sample(0)  # warm-up (imports, first file)
+        before = bytes_read(dataset, range(1)) if hasattr(dataset.store, "bytes_read") else 0.0
+        started, cpu_started = time.perf_counter(), cpu_seconds()
+        for key in range(1, samples + 1):
+            dataset.sample(key)
+        cpu, wall = cpu_seconds() - cpu_started, time.perf_counter() - started
+        prefix = "augmented" if augment else "decoded"
+        result.update({f"{prefix}_per_cpu_s": samples / cpu, f"{prefix}_per_wall_s": samples / wall})
+        if not augment:
+            result["bytes_per_sample"] = (bytes_read(dataset, range(1, samples + 1)) - before) / samples
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
 
 
 def cpu_seconds() -> float:
@@ -103,37 +122,51 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--video", type=Path, default=VIDEO, help="clip copied --clips times (default: the sample)")
     parser.add_argument("--clips", type=int, default=8, help="number of clips built from --video")
     parser.add_argument("--root", type=Path, help="measure this dataset root instead (frame folders or videos)")
-    parser.add_argument("--index", type=Path, action="append", default=[], help="and these shard indexes")
+    parser.add_argument("--stream", action="append", default=[],
+                        help="and these streaming datasets (folder or s3://, gs://, https:// URL; repeatable)")
     parser.add_argument("--frame_size", type=int, default=256, help="frame_shape height and width")
     parser.add_argument("--samples", type=int, default=32, help="samples timed per format")
     parser.add_argument("--kinds", default="pairs,triplets", help="pairs (GAN stage), triplets (depth stage)")
     parser.add_argument("--output", type=Path, help="also write the results as JSON")
+    parser.add_argument("--measure_one", nargs=4, metavar=("LOCATION", "KIND", "SIZE", "SAMPLES"),
+                        help=argparse.SUPPRESS)  # internal: one measurement, in a fresh process, printed as JSON
     return parser.parse_args(argv)
+
+
+def measure_in_fresh_process(location: str, kind: str, frame_size: int, samples: int) -> dict:
+    """``measure`` in a new Python process, so that its peak memory is its own."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--measure_one", location, kind, str(frame_size),
+               str(samples)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"measuring {location} ({kind}) failed: {result.stderr.strip()[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.measure_one:
+        location, kind, size, samples = args.measure_one
+        print(json.dumps(measure(location, kind, int(size), int(samples))))
+        return 0
     with tempfile.TemporaryDirectory(prefix="dagan-data-bench-") as work:
         if args.root:
-            roots = {"root": args.root, **{f"index{number}": path for number, path in enumerate(args.index)}}
+            roots = {"root": str(args.root), **{f"stream{number}": f"stream:{location}"
+                                                 for number, location in enumerate(args.stream)}}
         else:
             roots = build_roots(args.video, args.clips, Path(work))
-        torch.set_num_threads(1)
         results = []
-        print("samples/s of one worker: per CPU second (wall clock in brackets)")
-        print(f"{'format':<13} {'kind':<9} {'MB/sample':>9} {'decoded':>15} {'augmented':>15}")
-        for name, location in roots.items():
+        print("samples/s of one worker: per CPU second (wall clock in brackets); peak memory of the process")
+        print(f"{'format':<13} {'kind':<9} {'kB/sample':>9} {'decoded':>15} {'augmented':>15} {'peak MB':>8}")
+        for name, location in roots.items():  # one fresh process per measurement: its own peak memory
             for kind in args.kinds.split(","):
-                frames = 2 if kind == "pairs" else 3
-                decoded = measure(location, kind, args.frame_size, args.samples, augment=False)
-                augmented = measure(location, kind, args.frame_size, args.samples, augment=True)
-                row = {"format": name, "kind": kind, "bytes_per_sample": bytes_per_sample(location, frames),
-                       "decoded_per_cpu_s": decoded[0], "decoded_per_wall_s": decoded[1],
-                       "augmented_per_cpu_s": augmented[0], "augmented_per_wall_s": augmented[1]}
+                row = {"format": name, "kind": kind,
+                       **measure_in_fresh_process(location, kind, args.frame_size, args.samples)}
                 results.append(row)
-                print(f"{name:<13} {kind:<9} {row['bytes_per_sample'] / 1e6:>9.3f} "
-                      f"{decoded[0]:>7.1f} ({decoded[1]:>5.1f}) {augmented[0]:>7.1f} ({augmented[1]:>5.1f})",
-                      flush=True)
+                print(f"{name:<13} {kind:<9} {row['bytes_per_sample'] / 1e3:>9.1f} "
+                      f"{row['decoded_per_cpu_s']:>7.1f} ({row['decoded_per_wall_s']:>5.1f}) "
+                      f"{row['augmented_per_cpu_s']:>7.1f} ({row['augmented_per_wall_s']:>5.1f}) "
+                      f"{row['peak_rss_mb']:>8.0f}", flush=True)
     if args.output:
         atomic_write_text(args.output, json.dumps({"cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
                                                    "frame_size": args.frame_size,

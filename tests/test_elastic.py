@@ -20,7 +20,7 @@ from test_training import free_port, gan_overrides
 STEPS = 2  # killed after the checkpoint of step 1, resumed for step 2
 
 
-def torchrun_command(log_dir: Path, depth_dir: Path, port: int) -> list[str]:
+def torchrun_command(log_dir: Path, depth_dir: Path, port: int, data: tuple[str, ...] = ()) -> list[str]:
     """The multi-node launch of the README (c10d rendezvous, restarts, --resume auto) on one machine."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
                "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=test", "--max-restarts=1",
@@ -28,7 +28,8 @@ def torchrun_command(log_dir: Path, depth_dir: Path, port: int) -> list[str]:
                "--log_dir", str(log_dir), "--resume", "auto"]
     for override in gan_overrides(str(depth_dir), STEPS, "train_params.checkpoint_every=1",
                                   "train_params.image_every=100",
-                                  "train_params.loss_weights.perceptual=[0, 0, 0, 0, 0]"):  # no VGG19: faster
+                                  "train_params.loss_weights.perceptual=[0, 0, 0, 0, 0]",  # no VGG19: faster
+                                  *data):
         command += ["--set", override]
     return command
 
@@ -46,9 +47,22 @@ def worker_with_rank(agent: int, rank: int) -> int | None:
     return None
 
 
+def data_overrides(data_format: str, tmp_path: Path) -> tuple[str, ...]:
+    """Nothing for the folder dataset (data/samples); for ``stream``, data/samples written as a streaming dataset."""
+    if data_format == "folders":
+        return ()
+    pytest.importorskip("litdata")
+    from dagan.data import StreamSettings, make_stream
+
+    make_stream(REPO_ROOT / "data" / "samples", tmp_path / "stream", StreamSettings())
+    return ("dataset_params.format=stream", f"dataset_params.root_dir={tmp_path / 'stream'}")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker processes through Linux /proc")
-def test_killed_rank_restarts_and_ends_with_the_weights_of_an_unbroken_run(tmp_path):
+@pytest.mark.parametrize("data_format", ["folders", "stream"])
+def test_killed_rank_restarts_and_ends_with_the_weights_of_an_unbroken_run(tmp_path, data_format):
+    data = data_overrides(data_format, tmp_path)
     torch.manual_seed(0)
     depth_dir = tmp_path / "depth"
     export_official_depth(DaGAN(load_config(config_path("tiny.yaml"))), depth_dir)
@@ -56,12 +70,12 @@ def test_killed_rank_restarts_and_ends_with_the_weights_of_an_unbroken_run(tmp_p
     # rendezvous store that torchrun shares with them, and fail to connect (pytorch/pytorch#135712).
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT),
                    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    unbroken = subprocess.run(torchrun_command(tmp_path / "unbroken", depth_dir, free_port()), capture_output=True,
-                              text=True, timeout=900, env=environment)
+    unbroken = subprocess.run(torchrun_command(tmp_path / "unbroken", depth_dir, free_port(), data),
+                              capture_output=True, text=True, timeout=900, env=environment)
     assert unbroken.returncode == 0, unbroken.stderr[-3000:]
 
     broken_dir = tmp_path / "broken"
-    agent = subprocess.Popen(torchrun_command(broken_dir, depth_dir, free_port()), stdout=subprocess.PIPE,
+    agent = subprocess.Popen(torchrun_command(broken_dir, depth_dir, free_port(), data), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=environment)
     deadline = time.time() + 600
     while not (broken_dir / "checkpoints" / "00000001.pt").exists() and time.time() < deadline:

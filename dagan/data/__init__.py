@@ -5,8 +5,8 @@
     sampler = make_sampler(dataset, seed, rank, world_size)
     sampler.set_start(step * global_batch_size)   # resume exactly where a run stopped
 
-With ``dataset_params.format: shards`` the same datasets read tar shards (`dagan.data.shards`) and
-``make_sampler`` returns a `ShardSampler` that keeps each rank on its own shards.
+With ``dataset_params.format: stream`` the same datasets read a streaming dataset (`dagan.data.stream`, on litdata:
+a local folder or an s3://, gs://, azure://, https:// root) with the same sampler.
 
 See `dagan.data.datasets` for the determinism scheme and `dagan.data.frames` for the accepted layouts.
 """
@@ -28,11 +28,10 @@ from dagan.data.datasets import (
     FramesDataset,
     ResumableSampler,
     SeededDataset,
-    ShardSampler,
     make_sampler,
 )
 from dagan.data.frames import Clip, DatasetError, VideoItem, VideoStore
-from dagan.data.shards import ShardSettings, ShardStore, load_index, make_shards, verify_shards
+from dagan.data.stream import StreamSettings, StreamStore, convert_tar_shards, make_stream, verify_stream
 
 __all__ = [
     "AugmentationDraw",
@@ -43,9 +42,8 @@ __all__ = [
     "FramesDataset",
     "ResumableSampler",
     "SeededDataset",
-    "ShardSampler",
-    "ShardSettings",
-    "ShardStore",
+    "StreamSettings",
+    "StreamStore",
     "VideoItem",
     "VideoStore",
     "adjust_brightness",
@@ -56,9 +54,9 @@ __all__ = [
     "color_jitter",
     "draw_augmentation",
     "hsv_to_rgb",
-    "load_index",
-    "make_shards",
+    "convert_tar_shards",
     "make_sampler",
+    "make_stream",
     "rgb_to_hsv",
-    "verify_shards",
+    "verify_stream",
 ]

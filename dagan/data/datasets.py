@@ -17,8 +17,10 @@ Two ways to use it:
   of keys, shuffled per pass by ``(seed, pass)``; ``sampler.set_start(step * global_batch_size)`` resumes
   mid-stream; each rank takes its own run of keys in every block, so no ``DistributedSampler`` is needed. Leave
   ``set_epoch`` at 0.
-* Reading shards (``dataset_params.format: shards``): ``make_sampler`` returns a :class:`ShardSampler`, the same
-  keys in an order that keeps each rank on its own shards; resumed the same way.
+  The position counts samples over all ranks, so a run resumed with another number of ranks (the same global
+  batch) continues the stream without repeating or skipping a sample. Streaming datasets
+  (``dataset_params.format: stream``, :mod:`dagan.data.stream`) use the same sampler: a sample reads its two or
+  three frames by index.
 * Counting epochs: a finite sampler (``shuffle=True`` with a seeded generator) and ``set_epoch(epoch)``
   before each epoch, in every process (with ``persistent_workers`` the workers keep their own copy).
 
@@ -30,7 +32,7 @@ drawn from the same generator, so the replacement is deterministic too.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,12 +41,11 @@ from torch.utils.data import Dataset, Sampler
 from dagan.config import DATA_FORMATS, AugmentationParams, DatasetParams
 from dagan.data.augmentation import apply_augmentation, draw_augmentation
 from dagan.data.frames import DEFAULT_CACHE_BYTES, Clip, DatasetError, PathLike, VideoItem, VideoStore
-from dagan.data.shards import ShardStore
+from dagan.data.stream import DEFAULT_CACHE_SIZE, StreamStore
 from dagan.io import MediaError
 
 MAX_ATTEMPTS = 32  # items tried for one sample before giving up (all of them unreadable)
 DEFAULT_DEPTH_STRIDE = 1
-DEFAULT_SHUFFLE_BUFFER = 1000
 
 
 def _check_seed(seed: int) -> int:
@@ -94,8 +95,8 @@ class _VideoDataset(SeededDataset):
 
     def __init__(self, root_dir: PathLike, frame_shape: Sequence[int], id_sampling: bool, is_train: bool,
                  augmentation_params: Optional[AugmentationParams], seed: int, min_frames: int,
-                 probe_videos: bool, cache_bytes: int, format: str = "folders",
-                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> None:
+                 probe_videos: bool, cache_bytes: int, format: str = "folders", stream_cache_dir: str = "",
+                 stream_cache_size: str = DEFAULT_CACHE_SIZE) -> None:
         if format not in DATA_FORMATS:
             raise ValueError(f"format must be one of {DATA_FORMATS}, got {format!r}")
         self.seed = _check_seed(seed)
@@ -104,12 +105,12 @@ class _VideoDataset(SeededDataset):
         self.id_sampling = bool(id_sampling and is_train)
         self.augmentation_params = augmentation_params if is_train else None
         split = "train" if is_train else "test"
-        if format == "shards":  # root_dir is the shard index; the shard sampler orders keys by shard
-            self.store = ShardStore(root_dir, split, frame_shape[:2], cache_bytes=cache_bytes, min_frames=min_frames)
+        if format == "stream":  # root_dir is a dataset written by scripts/make_shards.py (a folder or a URL)
+            self.store = StreamStore(root_dir, split, frame_shape[:2], cache_bytes=cache_bytes, min_frames=min_frames,
+                                     cache_dir=stream_cache_dir, max_cache_size=stream_cache_size)
         else:
             self.store = VideoStore(root_dir, split, frame_shape[:2], probe_videos=probe_videos,
                                     cache_bytes=cache_bytes, min_frames=min_frames)
-        self.shuffle_buffer = int(shuffle_buffer)
         self.groups, self.item_names = _group_videos(self.store.items, self.id_sampling)
 
     def __len__(self) -> int:
@@ -158,9 +159,10 @@ class _VideoDataset(SeededDataset):
 
 
 def _format_arguments(params: DatasetParams) -> dict[str, Any]:
-    """``format`` and ``shuffle_buffer`` from ``dataset_params`` (folders when the fields are absent)."""
+    """``format`` and the stream cache settings from ``dataset_params`` (folders when the fields are absent)."""
     return {"format": getattr(params, "format", "folders"),
-            "shuffle_buffer": getattr(params, "shard_shuffle_buffer", DEFAULT_SHUFFLE_BUFFER)}
+            "stream_cache_dir": getattr(params, "stream_cache_dir", ""),
+            "stream_cache_size": getattr(params, "stream_cache_size", DEFAULT_CACHE_SIZE)}
 
 
 def _group_videos(videos: list[VideoItem], id_sampling: bool) -> tuple[list[list[int]], list[str]]:
@@ -200,10 +202,10 @@ class FramesDataset(_VideoDataset):
     def __init__(self, root_dir: PathLike, frame_shape: Sequence[int] = (256, 256, 3), id_sampling: bool = True,
                  is_train: bool = True, augmentation_params: Optional[AugmentationParams] = None, seed: int = 0,
                  probe_videos: bool = True, cache_bytes: int = DEFAULT_CACHE_BYTES, format: str = "folders",
-                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> None:
+                 **stream_settings: str) -> None:
         super().__init__(root_dir, frame_shape, id_sampling, is_train, augmentation_params, seed,
                          min_frames=1, probe_videos=probe_videos, cache_bytes=cache_bytes, format=format,
-                         shuffle_buffer=shuffle_buffer)
+                         **stream_settings)
 
     @classmethod
     def from_config(cls, params: DatasetParams, is_train: bool = True, seed: int = 0) -> "FramesDataset":
@@ -237,14 +239,13 @@ class DepthTripletDataset(_VideoDataset):
     def __init__(self, root_dir: PathLike, frame_shape: Sequence[int] = (256, 256, 3), id_sampling: bool = False,
                  is_train: bool = True, augmentation_params: Optional[AugmentationParams] = None, seed: int = 0,
                  stride: int = DEFAULT_DEPTH_STRIDE, probe_videos: bool = True,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, format: str = "folders",
-                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, format: str = "folders", **stream_settings: str) -> None:
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         self.stride = int(stride)
         super().__init__(root_dir, frame_shape, id_sampling, is_train, augmentation_params, seed,
                          min_frames=2 * self.stride + 1, probe_videos=probe_videos, cache_bytes=cache_bytes,
-                         format=format, shuffle_buffer=shuffle_buffer)
+                         format=format, **stream_settings)
 
     @classmethod
     def from_config(cls, params: DatasetParams, is_train: bool = True, seed: int = 0,
@@ -351,112 +352,10 @@ class ResumableSampler(Sampler[int]):
             block += self.world_size * self.block_size
 
 
-class ShardSampler(Sampler[int]):
-    """The key stream of one rank over a shard-backed dataset: endless, resumable, reading its own shards in order.
-
-    Pass ``e`` (one sample of every item, the keys ``e * n + item`` of :class:`ResumableSampler`'s pass ``e``):
-
-    1. each item's clip is the one its sample reads (``dataset.planned_videos(e)``), so each item lies in a shard;
-    2. the split's shards are put in an order drawn from ``(seed, e)`` and dealt out to the ranks in turn;
-       rank ``r`` takes the items of its shards in shard order and byte order;
-    3. every rank gets exactly ``n // world_size`` items (one more for the first ``n % world_size`` ranks): a rank
-       with more hands its last items to the ranks with fewer (with shards of similar size, a few clips);
-    4. a shuffle buffer of ``buffer_size`` keys, drawn from ``(seed, e, rank)``, mixes the rank's list.
-
-    The ranks' lists are disjoint and together hold every item once, and each rank's length per pass is known
-    without reading anything, so stream position ``p`` of rank ``r`` is pass ``p // length_r``: a run resumed at
-    ``set_start(step * global_batch_size)`` continues with exactly the keys an uninterrupted run would have read,
-    whatever the number of DataLoader workers (the workers share the rank's stream; batch ``b`` goes to worker
-    ``b % num_workers``). The order depends on ``world_size``: resume with the same number of ranks.
-    """
-
-    def __init__(self, dataset: "_VideoDataset", seed: int = 0, rank: int = 0, world_size: int = 1,
-                 block_size: int = 1, buffer_size: int = DEFAULT_SHUFFLE_BUFFER) -> None:
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
-        if block_size < 1 or buffer_size < 1:
-            raise ValueError(f"block_size and buffer_size must be >= 1, got {block_size}, {buffer_size}")
-        store = dataset.store
-        if len(store.shard_numbers) < world_size:
-            raise DatasetError(f"'{store.split_dir}' has {len(store.shard_numbers)} {store.split} shard(s) for "
-                               f"{world_size} ranks; write smaller shards (make_shards.py --shard_size) so that "
-                               "every rank has at least one")
-        self.dataset, self.seed = dataset, _check_seed(seed)
-        self.rank, self.world_size, self.block_size = int(rank), int(world_size), int(block_size)
-        self.buffer_size = int(buffer_size)
-        self.num_items = len(dataset)
-        self.length = self.num_items // world_size + (rank < self.num_items % world_size)  # keys per pass
-        if self.length < 1:
-            raise DatasetError(f"{self.num_items} training item(s) cannot be split over {world_size} ranks")
-        slot_of_shard = {number: slot for slot, number in enumerate(store.shard_numbers)}
-        self._video_shard = np.array([slot_of_shard[item.shard] for item in store.items], dtype=np.int64)
-        self._video_offset = np.array([item.offset for item in store.items], dtype=np.int64)
-        self.start = 0
-        self._cached: tuple[int, Optional[np.ndarray]] = (-1, None)
-
-    def set_start(self, offset: int) -> None:
-        """Begin the next iteration at global stream position ``offset`` (samples consumed by all ranks)."""
-        check_start_offset(offset, self.world_size * self.block_size)
-        self.start = int(offset) // self.world_size
-
-    def rank_items(self, pass_index: int) -> np.ndarray:
-        """This rank's items of a pass in reading order (steps 1-3), ``(length,)``."""
-        videos = self.dataset.planned_videos(pass_index)
-        shards, offsets = self._video_shard[videos], self._video_offset[videos]
-        num_shards = len(self.dataset.store.shard_numbers)
-        order = np.random.default_rng([self.seed, pass_index, num_shards]).permutation(num_shards)
-        position = np.empty(num_shards, dtype=np.int64)
-        position[order] = np.arange(num_shards)  # place of each shard in the pass's shard order
-        reading = np.lexsort((offsets, position[shards]))  # items in reading order
-        owners = position[shards[reading]] % self.world_size
-        quotas = [self.num_items // self.world_size + (r < self.num_items % self.world_size)
-                  for r in range(self.world_size)]
-        kept = [reading[owners == r][:quotas[r]] for r in range(self.world_size)]
-        overflow = np.concatenate([reading[owners == r][quotas[r]:] for r in range(self.world_size)])
-        deficit_end = np.cumsum([quotas[r] - len(kept[r]) for r in range(self.world_size)])
-        begin = deficit_end[self.rank - 1] if self.rank else 0
-        return np.concatenate([kept[self.rank], overflow[begin:deficit_end[self.rank]]])
-
-    def pass_keys(self, pass_index: int) -> np.ndarray:
-        """This rank's keys of a pass in the order they are read (step 4), ``(length,)``."""
-        if self._cached[0] != pass_index:
-            items = self.rank_items(pass_index)
-            rng = np.random.default_rng([self.seed, pass_index, self.rank, self.world_size])
-            keys = pass_index * self.num_items + shuffle_buffered(items, self.buffer_size, rng)
-            self._cached = (pass_index, keys)
-        return self._cached[1]
-
-    def key_at(self, position: int) -> int:
-        """The key at this rank's stream position ``position``."""
-        pass_index, within = divmod(position, self.length)
-        return int(self.pass_keys(pass_index)[within])
-
-    def __iter__(self) -> Iterator[int]:
-        position = self.start
-        while True:
-            yield self.key_at(position)
-            position += 1
-
-
-def shuffle_buffered(values: np.ndarray, buffer_size: int, rng: np.random.Generator) -> np.ndarray:
-    """A streaming shuffle: fill a buffer of ``buffer_size`` values, then emit a random one and put the next value in
-    its place; drain the rest at random. Each value moves at most about ``buffer_size`` places from where it was
-    read, so reads stay local; ``(n,)`` -> ``(n,)``, a permutation of ``values``."""
-    buffer = list(values[:buffer_size])
-    output = []
-    for value in values[buffer_size:]:
-        slot = int(rng.integers(len(buffer)))
-        output.append(buffer[slot])
-        buffer[slot] = value
-    output.extend(buffer[index] for index in rng.permutation(len(buffer)))
-    return np.array(output, dtype=np.int64)
-
-
 def make_sampler(dataset: Dataset, seed: int, rank: int = 0, world_size: int = 1,
-                 block_size: int = 1) -> Union[ResumableSampler, ShardSampler]:
-    """An endless, resumable, rank-split key stream over ``dataset`` (see :class:`ResumableSampler`); for a
-    dataset read from shards (``dataset_params.format: shards``, also inside a :class:`DatasetRepeater`), the
-    :class:`ShardSampler` that keeps each rank on its own shards.
+                 block_size: int = 1) -> ResumableSampler:
+    """An endless, resumable, rank-split key stream over ``dataset`` (see :class:`ResumableSampler`), for folder and
+    streaming datasets alike.
 
     Usage (``batch_size`` per rank; the global batch is ``batch_size * world_size``):
 
@@ -464,7 +363,4 @@ def make_sampler(dataset: Dataset, seed: int, rank: int = 0, world_size: int = 1
         sampler.set_start(start_step * batch_size * world_size)
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=4, drop_last=True)
     """
-    base = dataset.dataset if isinstance(dataset, DatasetRepeater) else dataset
-    if isinstance(getattr(base, "store", None), ShardStore):
-        return ShardSampler(base, seed, rank, world_size, block_size, base.shuffle_buffer)
     return ResumableSampler(len(dataset), seed=seed, rank=rank, world_size=world_size, block_size=block_size)

@@ -37,7 +37,7 @@ from dagan.model import DaGAN
 from dagan.networks.depth import MIN_UNCERTAINTY, NUM_SCALES, PoseNetwork, disparity_to_depth
 from dagan.training import distributed
 from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable
-from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, adam,
+from dagan.training.run import (CheckpointManager, DataWaitInterrupted, RunLogger, StopRequest, TrainingError, adam,
                                 apply_learning_rates, check_finite, reconcile_resumed_config,
                                 per_rank_batch, rng_state, seed_everything, set_rng_state)
 from dagan.visualization import disparity_image, to_image
@@ -205,11 +205,11 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
     if run.compile:
         train_module = torch.compile(train_module)
 
-    def save(step: int) -> None:
+    def save(step: int, rng: Optional[dict] = None) -> None:
         distributed.check_in_sync(step_module, device)
         state = {"format": "dagan", "version": 1, "config": config_to_dict(config), "step": step,
                  "networks": {name: getattr(model, name).state_dict() for name in ("depth_encoder", "depth_decoder")},
-                 "training": {"stage": "depth", "rng": rng_state(), "pose_network": pose_network.state_dict(),
+                 "training": {"stage": "depth", "rng": rng or rng_state(), "pose_network": pose_network.state_dict(),
                               "uncertainty": uncertainty.state_dict() if uncertainty is not None else {},
                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}}
         if context.is_main:
@@ -227,40 +227,46 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.mixed_precision == "bf16" and device.type == "cuda"
                 else contextlib.nullcontext())
     with stop:
-        while step < params.num_steps:
-            for micro in range(run.grad_accumulation):
-                batch = next(batches)
-                frames = [batch[name].to(device) for name in ("previous", "target", "next")]
-                noise = step_noise(run.seed * 7919 + context.rank, step, micro,
-                                   (frames[1].shape[0], 2, *frames[1].shape[2:]), device)
-                synchronise = micro == run.grad_accumulation - 1 or not context.is_distributed
-                with (contextlib.nullcontext() if synchronise else train_module.no_sync()), autocast:
-                    output = train_module(*frames, noise)
-                    check_finite(output.losses, step)
-                    (sum(output.losses.values()) / run.grad_accumulation).backward()
-                for name, value in output.losses.items():
-                    total, count = running.get(name, (0.0, 0))
-                    running[name] = (total + float(value.detach()), count + 1)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
+        try:
+            while step < params.num_steps:
+                step_rng = rng_state()  # saved if the step is abandoned for a stalled store
+                for micro in range(run.grad_accumulation):
+                    batch = stop.next_batch(batches)
+                    frames = [batch[name].to(device) for name in ("previous", "target", "next")]
+                    noise = step_noise(run.seed * 7919 + context.rank, step, micro,
+                                       (frames[1].shape[0], 2, *frames[1].shape[2:]), device)
+                    synchronise = micro == run.grad_accumulation - 1 or not context.is_distributed
+                    with (contextlib.nullcontext() if synchronise else train_module.no_sync()), autocast:
+                        output = train_module(*frames, noise)
+                        check_finite(output.losses, step)
+                        (sum(output.losses.values()) / run.grad_accumulation).backward()
+                    for name, value in output.losses.items():
+                        total, count = running.get(name, (0.0, 0))
+                        running[name] = (total + float(value.detach()), count + 1)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
 
-            # Maintenance.
-            if step % run.log_every == 0 or step == params.num_steps:
-                stats = distributed.all_reduce_mean({f"Loss/{name}": total / count for name, (total, count)
-                                                     in running.items()}, device)
-                running = {}
-                logger.step(step, stats)
-            else:
-                logger.step(step)
-            if step % run.image_every == 0 or step == params.num_steps:
-                logger.image(step, depth_grid(batch, output))
-            stop_now = distributed.any_rank_true(stop.requested, device)
-            if step % checkpoint_every == 0 or step == params.num_steps or stop_now:
-                save(step)
-            if stop_now:
-                logger.message(f"stopped at step {step}; resume with --resume auto")
-                break
+                # Maintenance.
+                if step % run.log_every == 0 or step == params.num_steps:
+                    stats = distributed.all_reduce_mean({f"Loss/{name}": total / count for name, (total, count)
+                                                         in running.items()}, device)
+                    running = {}
+                    logger.step(step, stats)
+                else:
+                    logger.step(step)
+                if step % run.image_every == 0 or step == params.num_steps:
+                    logger.image(step, depth_grid(batch, output))
+                stop_now = distributed.any_rank_true(stop.requested, device)
+                if step % checkpoint_every == 0 or step == params.num_steps or stop_now:
+                    save(step)
+                if stop_now:
+                    logger.message(f"stopped at step {step}; resume with --resume auto")
+                    break
+        except DataWaitInterrupted:  # a stop request while the data stalled: save the last finished step now
+            if not context.is_distributed:  # (ranks may be inside collectives: they resume from the last save)
+                save(step, step_rng)
+            logger.message(f"stopped at step {step} while waiting for data; resume with --resume auto")
     logger.close()
     return {"step": step, "stopped_by": stop.signal_number, **stats}

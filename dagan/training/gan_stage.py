@@ -28,7 +28,7 @@ from dagan.model import DaGAN, load_official_depth_into
 from dagan.networks.backbones import VGG19, load_vgg19_weights
 from dagan.training import distributed
 from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable
-from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, adam,
+from dagan.training.run import (CheckpointManager, DataWaitInterrupted, RunLogger, StopRequest, TrainingError, adam,
                                 apply_learning_rates, check_finite, per_rank_batch, reconcile_resumed_config,
                                 rng_state, seed_everything, set_rng_state, steps_per_epoch)
 from dagan.visualization import training_grid
@@ -271,12 +271,12 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
     model.kp_detector.train(), model.generator.train(), model.discriminator.train()
     keep_fixed(frozen)
 
-    def save(step: int) -> None:
+    def save(step: int, rng: Optional[dict] = None) -> None:
         for network in (model.generator, model.kp_detector, model.discriminator):
             distributed.check_in_sync(network, device)
         state = {"format": "dagan", "version": 1, "config": config_to_dict(config), "step": step,
                  "networks": model.network_state_dicts(),
-                 "training": {"stage": "gan", "rng": rng_state(),
+                 "training": {"stage": "gan", "rng": rng or rng_state(),
                               "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
                               "schedulers": {name: scheduler.state_dict() for name, scheduler in schedulers.items()}}}
         if context.is_main:
@@ -291,63 +291,70 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
     batches = iter(loader)
     step, running, stats = start_step, {}, {}
     with stop:
-        while step < total_steps:
-            transform = step_transform(params, step)
-            outputs = []
-            set_requires_grad(discriminator_parameters, False)
-            for micro in range(params.grad_accumulation):
-                batch = next(batches)
-                source, driving = batch["source"].to(device), batch["driving"].to(device)
-                micro_transform = transform.select(sample_indices(micro, context.rank, context.world_size,
-                                                                  per_rank)).to(device)
-                synchronise = micro == params.grad_accumulation - 1 or not context.is_distributed
-                with (contextlib.nullcontext() if synchronise else generator_train.no_sync()), autocast(params, device):
-                    output = generator_train(source, driving, micro_transform)
-                    check_finite(output.losses, step)
-                    (sum(output.losses.values()) / params.grad_accumulation).backward()
-                outputs.append((driving, output))
-                accumulate(running, output.losses)
-            for name in ("generator", "kp_detector"):
-                if name in optimizers:
-                    optimizers[name].step()
-                    optimizers[name].zero_grad(set_to_none=True)
-            if params.loss_weights.generator_gan and "discriminator" in optimizers:
-                set_requires_grad(discriminator_parameters, True)
-                for micro, (driving, output) in enumerate(outputs):
-                    synchronise = micro == len(outputs) - 1 or not context.is_distributed
-                    with (contextlib.nullcontext() if synchronise else discriminator_train.no_sync()), \
+        try:
+            while step < total_steps:
+                step_rng = rng_state()  # saved if the step is abandoned for a stalled store
+                transform = step_transform(params, step)
+                outputs = []
+                set_requires_grad(discriminator_parameters, False)
+                for micro in range(params.grad_accumulation):
+                    batch = stop.next_batch(batches)
+                    source, driving = batch["source"].to(device), batch["driving"].to(device)
+                    micro_transform = transform.select(sample_indices(micro, context.rank, context.world_size,
+                                                                      per_rank)).to(device)
+                    synchronise = micro == params.grad_accumulation - 1 or not context.is_distributed
+                    with (contextlib.nullcontext() if synchronise else generator_train.no_sync()), \
                             autocast(params, device):
-                        losses = discriminator_train(driving, output.prediction, output.kp_driving.value.detach())
-                        check_finite(losses, step)
-                        (sum(losses.values()) / params.grad_accumulation).backward()
-                    accumulate(running, losses)
-                optimizers["discriminator"].step()
-                optimizers["discriminator"].zero_grad(set_to_none=True)
-            for scheduler in schedulers.values():
-                scheduler.step()
-            step += 1
+                        output = generator_train(source, driving, micro_transform)
+                        check_finite(output.losses, step)
+                        (sum(output.losses.values()) / params.grad_accumulation).backward()
+                    outputs.append((driving, output))
+                    accumulate(running, output.losses)
+                for name in ("generator", "kp_detector"):
+                    if name in optimizers:
+                        optimizers[name].step()
+                        optimizers[name].zero_grad(set_to_none=True)
+                if params.loss_weights.generator_gan and "discriminator" in optimizers:
+                    set_requires_grad(discriminator_parameters, True)
+                    for micro, (driving, output) in enumerate(outputs):
+                        synchronise = micro == len(outputs) - 1 or not context.is_distributed
+                        with (contextlib.nullcontext() if synchronise else discriminator_train.no_sync()), \
+                                autocast(params, device):
+                            losses = discriminator_train(driving, output.prediction, output.kp_driving.value.detach())
+                            check_finite(losses, step)
+                            (sum(losses.values()) / params.grad_accumulation).backward()
+                        accumulate(running, losses)
+                    optimizers["discriminator"].step()
+                    optimizers["discriminator"].zero_grad(set_to_none=True)
+                for scheduler in schedulers.values():
+                    scheduler.step()
+                step += 1
 
-            # Maintenance.
-            if step % params.log_every == 0 or step == total_steps:
-                stats = distributed.all_reduce_mean({f"Loss/{name}": value / count for name, (value, count)
-                                                     in running.items()}, device)
-                if "generator" in schedulers:
-                    stats["lr/generator"] = schedulers["generator"].get_last_lr()[0]
-                running = {}
-                logger.step(step, stats)
-            else:
-                logger.step(step)
-            if step % params.image_every == 0 or step == total_steps:
-                _, last = outputs[-1]
-                logger.image(step, training_grid(batch["source"], batch["driving"], last.prediction,
-                                                 last.disparity_source, last.disparity_driving, last.kp_source,
-                                                 last.kp_driving))
-            stop_now = distributed.any_rank_true(stop.requested, device)
-            if step % checkpoint_every == 0 or step == total_steps or stop_now:
-                save(step)
-            if stop_now:
-                logger.message(f"stopped at step {step}; resume with --resume auto")
-                break
+                # Maintenance.
+                if step % params.log_every == 0 or step == total_steps:
+                    stats = distributed.all_reduce_mean({f"Loss/{name}": value / count for name, (value, count)
+                                                         in running.items()}, device)
+                    if "generator" in schedulers:
+                        stats["lr/generator"] = schedulers["generator"].get_last_lr()[0]
+                    running = {}
+                    logger.step(step, stats)
+                else:
+                    logger.step(step)
+                if step % params.image_every == 0 or step == total_steps:
+                    _, last = outputs[-1]
+                    logger.image(step, training_grid(batch["source"], batch["driving"], last.prediction,
+                                                     last.disparity_source, last.disparity_driving, last.kp_source,
+                                                     last.kp_driving))
+                stop_now = distributed.any_rank_true(stop.requested, device)
+                if step % checkpoint_every == 0 or step == total_steps or stop_now:
+                    save(step)
+                if stop_now:
+                    logger.message(f"stopped at step {step}; resume with --resume auto")
+                    break
+        except DataWaitInterrupted:  # a stop request while the data stalled: save the last finished step now
+            if not context.is_distributed:  # (ranks may be inside collectives: they resume from the last save)
+                save(step, step_rng)
+            logger.message(f"stopped at step {step} while waiting for data; resume with --resume auto")
     logger.close()
     skipped = getattr(dataset, "skipped", [])
     if skipped and context.is_main:

@@ -52,6 +52,10 @@ def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
                                    "keeps its last good checkpoint (lower the learning rate or check the data)")
 
 
+class DataWaitInterrupted(Exception):
+    """A stop request arrived while the training loop waited for a batch (see ``StopRequest.next_batch``)."""
+
+
 class StopRequest:
     """Turns SIGTERM and Ctrl-C into a flag the loop checks, so that it can save a checkpoint before exiting.
 
@@ -64,6 +68,7 @@ class StopRequest:
         self.requested = False
         self.signal_number: Optional[int] = None
         self.in_save = False
+        self.waiting_for_data = False
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -82,6 +87,17 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested, self.signal_number = True, number
         print(f"\nreceived {signal.Signals(number).name}: saving a checkpoint and stopping", file=sys.stderr)
+        if self.waiting_for_data:
+            raise DataWaitInterrupted
+
+    def next_batch(self, batches):
+        """``next(batches)``, abandoned with DataWaitInterrupted when a stop request arrives meanwhile (a stalled
+        store), so that the run saves its last finished step at once instead of waiting for the store."""
+        self.waiting_for_data = True
+        try:
+            return next(batches)
+        finally:
+            self.waiting_for_data = False
 
     @contextlib.contextmanager
     def saving(self):
