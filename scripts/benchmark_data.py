@@ -33,7 +33,7 @@ from dagan.config import AugmentationParams  # noqa: E402
 from dagan.data import DepthTripletDataset, FramesDataset, ShardSettings, make_shards  # noqa: E402
 from dagan.data.shards import load_index  # noqa: E402
 from dagan.io import open_video, write_png  # noqa: E402
-from dagan.io.files import atomic_write_text  # noqa: E402
+from dagan.io.files import OutputError, atomic_write_text, guard_output  # noqa: E402
 
 VIDEO = Path(__file__).resolve().parents[1] / "data" / "samples" / "driving.mp4"
 
@@ -108,7 +108,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=32, help="samples timed per format")
     parser.add_argument("--kinds", default="pairs,triplets", help="pairs (GAN stage), triplets (depth stage)")
     parser.add_argument("--output", type=Path, help="also write the results as JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # before any work
+        guard_output(args.output, [args.video, args.root, *args.index], "--output", "JSON results")
+    except OutputError as error:
+        parser.error(str(error))
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from dagan.data.frames import DatasetError  # noqa: E402
+from dagan.io.files import guard_output  # noqa: E402
 from dagan.data.shards import INDEX_NAME, ShardSettings, load_index, make_shards, verify_shards  # noqa: E402
 
 EXAMPLE = """\
@@ -88,6 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.verify:
             return verify(args.verify, args.decode, args.no_progress)
+        guard_output(args.out, [args.root], "--out", "shard folder", folder=True)
+        guard_output(Path(args.out) / INDEX_NAME, [args.root], "--out", "shard index")
         settings = ShardSettings(args.encoding, args.quality, args.shard_size, args.seed)
         with progress_bar(None, "clip", args.no_progress) as bar:
             result = make_shards(args.root, args.out, settings, args.workers, progress=bar.update)

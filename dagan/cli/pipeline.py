@@ -13,6 +13,7 @@ from dagan.checkpoint import CheckpointError, is_our_checkpoint
 from dagan.config import load_config
 from dagan.inference import DaGANPipeline, autotune, exported_pipeline, exported_pipeline_or_none, resolve_device
 from dagan.io import check_result_path
+from dagan.io.files import guard_output
 from dagan.model import load_checkpoint_or_official
 from dagan.runtime.backends import BackendError, choose_backend, is_installed
 from dagan.runtime.export import is_export_folder
@@ -93,9 +94,12 @@ def visualization_path(result: str) -> str:
 
 
 def check_outputs(args: argparse.Namespace, result: str, inputs: list[Optional[str]]) -> None:
-    """Refuse, before any work, a result (and its visualisation) that would replace an input or the user's files,
-    or land in an unwritable folder."""
+    """Refuse, before any work, a result (its visualisation, its motion file) that would replace an input, a file
+    this project did not write or another output of the command, or land in an unwritable folder."""
     inputs = [*inputs, args.checkpoint, args.depth_checkpoint]
     check_result_path(result, inputs)
+    outputs = [("--result_video", result)]
     if args.visualize:
         check_result_path(visualization_path(result), inputs)
+        outputs.append(("--visualize", visualization_path(result)))
+    guard_output(getattr(args, "save_motion", None), inputs, "--save_motion", "motion file", others=outputs)
