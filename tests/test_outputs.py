@@ -255,3 +255,17 @@ def test_guard_lets_this_project_replace_only_its_own_files(tmp_path):
         guard_output(hard_link, [ours], "--output")
     record_written(tmp_path / "missing.json")  # nothing to record: no error, nothing claimed
     assert not written_by_this_project(tmp_path / "missing.json")
+
+
+def test_ownership_falls_back_to_the_folder_log_without_extended_attributes(tmp_path, monkeypatch):
+    def no_attributes(*arguments):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", no_attributes)
+    monkeypatch.setattr(os, "getxattr", no_attributes)
+    ours = tmp_path / "motion.npz"
+    atomic_write_bytes(ours, b"motion")
+    assert (tmp_path / ".dagan-written").is_file() and written_by_this_project(ours)
+    user = tmp_path / "other.npz"
+    user.write_bytes(USER_BYTES)
+    assert not written_by_this_project(user)

@@ -6,8 +6,8 @@
 * Temporary names carry the writer's host and process id (``.<stem>.partial-<host>-<pid>-<token><suffix>``), so
   :func:`remove_stale_temporaries` can delete those left by killed processes without touching a live writer's.
 * The one output guard, :func:`guard_output`, run by every command on every output before any work starts: an
-  output may replace only a file this project wrote (recorded in the folder's ``.dagan-written`` log by
-  :func:`record_written`, which every atomic write calls), never an input (compared by real path and inode), nor
+  output may replace only a file this project wrote (recorded by :func:`record_written`, which every atomic write
+  calls: an extended attribute on the file, or the folder's ``.dagan-written`` log where there are none), never an input (compared by real path and inode), nor
   another output of the same command. :func:`refuse_to_overwrite` (inputs only) and :func:`check_writable` (the
   folder can be written to) are its parts.
 * :func:`describe_write_error` turns ``OSError`` (full disk, read-only folder) and torch's serialisation errors
@@ -31,7 +31,8 @@ PathLike = Union[str, os.PathLike]
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 TEMPORARY_NAME = re.compile(r"^\..*\.partial-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}")
 LOW_DISK_BYTES = 64 * 2**20  # below this much free space, a failed write is reported as a full disk
-WRITTEN_LOG = ".dagan-written"  # per folder: one JSON line (name, size, mtime_ns, inode) per file this project wrote
+WRITTEN_ATTRIBUTE = "user.dagan.written"  # on each file this project wrote: its [size, mtime_ns, inode] then
+WRITTEN_LOG = ".dagan-written"  # per folder, where files keep no attributes: one JSON line (name, identity) per file
 WRITTEN_LOG_COMPACT_BYTES = 2**20  # the log is rewritten with the latest line per file beyond this size
 
 
@@ -227,7 +228,7 @@ def _same_file(first: PathLike, second: PathLike) -> bool:
         return False
 
 
-# Which files this project wrote: the folder's ``.dagan-written`` log.
+# Which files this project wrote: an extended attribute on the file, else a line in the folder's log.
 def _identity(path: PathLike) -> Optional[list[int]]:
     """(size, mtime_ns, inode) of a file, or None when it is missing or not a regular file."""
     try:
@@ -238,13 +239,19 @@ def _identity(path: PathLike) -> Optional[list[int]]:
 
 
 def record_written(path: PathLike) -> None:
-    """Note in the folder's ``.dagan-written`` log that this project wrote ``path`` as it is now (call it right after
-    the final rename). Appends one line (atomic for such short lines); a failure to record is ignored: the file
-    then only counts as the user's, which is the safe side."""
+    """Note that this project wrote ``path`` as it is now (call it right after the final rename): an extended
+    attribute ``user.dagan.written`` on the file (Linux), else one line in the folder's ``.dagan-written`` log
+    (macOS, Windows, file systems without user attributes). A failure to record is ignored: the file then only
+    counts as the user's, which is the safe side."""
     path = Path(path)
     identity = _identity(path)
     if identity is None:
         return
+    try:
+        os.setxattr(path, WRITTEN_ATTRIBUTE, json.dumps(identity).encode())
+        return
+    except (AttributeError, OSError):  # no os.setxattr here, or the file system keeps no user attributes
+        pass
     log = path.parent / WRITTEN_LOG
     try:
         with open(log, "a", encoding="utf-8") as stream:
@@ -253,6 +260,16 @@ def record_written(path: PathLike) -> None:
             _compact_written_log(log)
     except OSError:
         pass
+
+
+def _recorded_identity(path: Path) -> Optional[list[int]]:
+    """The identity recorded for ``path`` (its attribute, else its folder's log), or None."""
+    try:
+        return [int(value) for value in json.loads(os.getxattr(path, WRITTEN_ATTRIBUTE))]
+    except (AttributeError, OSError, ValueError, TypeError):
+        pass
+    log = path.parent / WRITTEN_LOG
+    return _read_written_log(log).get(path.name) if log.is_file() else None
 
 
 def _read_written_log(log: Path) -> dict[str, list[int]]:
@@ -285,9 +302,7 @@ def _compact_written_log(log: Path) -> None:
 def written_by_this_project(path: PathLike) -> bool:
     """Whether ``path`` is a file this project wrote and nobody changed since (size, mtime and inode as recorded)."""
     identity = _identity(path)
-    if identity is None:
-        return False
-    return _read_written_log(Path(path).parent / WRITTEN_LOG).get(Path(path).name) == identity
+    return identity is not None and _recorded_identity(Path(path)) == identity
 
 
 # The one output guard.
