@@ -212,6 +212,26 @@ def test_personalize_script_writes_a_model_and_refuses_to_overwrite(files, speak
     assert "built for 10 keypoints" in capsys.readouterr().err
 
 
+def test_personalize_never_hands_back_the_model_of_another_clip(files, speaking_video, tmp_path, capsys):
+    """A finished run for one clip is not resumed for another (its model used to come back byte for byte)."""
+    from conftest import ffmpeg, load_script
+
+    other = tmp_path / "other.mp4"
+    ffmpeg("-f", "lavfi", "-i", "mandelbrot=s=64x64:r=25", "-stream_loop", "2", "-i", str(files / "speech.wav"),
+           "-map", "0:v", "-map", "1:a", "-t", "0.6", "-c:v", "libx264", "-c:a", "aac", "-pix_fmt", "yuv420p", str(other))
+    script, output = load_script("personalize"), tmp_path / "target_audio.pt"
+    common = ["--checkpoint", str(files / "dagan.pt"), "--output", str(output), "--init", str(files / "audio5.pt"),
+              "--steps", "2", "--device", "cpu"]
+    assert script.main(["--video", str(speaking_video), *common]) == 0
+    first = output.read_bytes()
+    output.rename(tmp_path / "first.pt")
+    assert script.main(["--video", str(other), *common]) == 1
+    assert "holds a run for other inputs (clip differ)" in capsys.readouterr().err
+    assert script.main(["--video", str(other), *common, "--overwrite"]) == 0
+    assert output.read_bytes() != first and any(path.name.startswith("target_audio_run.old-")
+                                                for path in tmp_path.iterdir())
+
+
 def test_lip_sync_measures(tmp_path):
     from dagan.eval.lipsync import lip_sync_scan, lse_scores, mouth_opening, pose_ratios
 
