@@ -138,3 +138,38 @@ def test_a_well_formed_item_loads_in_its_training_types(tmp_path):
     np.savez(tmp_path / "clip.npz", **good_item())
     item = load_item(tmp_path / "clip.npz")
     assert item.keypoints.dtype == np.float32 and item.silence.dtype == bool and item.fps == 25.0
+
+
+# Small: a YAML alias bomb, a bad DAGAN_MAX_PIXELS.
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """Nine levels of ten aliases: 10^9 ones behind a 600-byte file; the error message names the first bad value
+    without walking (or printing) the whole structure."""
+    import time
+
+    from dagan.config import ConfigError, load_config
+
+    levels = ["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+        f"&a{level} [{', '.join([f'*a{level - 1}'] * 10)}]" for level in range(1, 9)]
+    for text in (f"attention: [{', '.join(levels)}]\n",  # an unknown key holding the bomb
+                 f"model_params:\n  generator_params:\n    attention_layers: [{', '.join(levels)}]\n"):
+        path = tmp_path / "bomb.yaml"
+        path.write_text(text)
+        started = time.perf_counter()
+        with pytest.raises(ConfigError) as caught:
+            load_config(path)
+        assert time.perf_counter() - started < 5 and len(str(caught.value)) < 400
+
+
+def test_a_bad_dagan_max_pixels_is_one_line_and_help_still_works(monkeypatch, capfd):
+    from dagan.cli.demo import main
+    from dagan.io import images
+
+    monkeypatch.setenv("DAGAN_MAX_PIXELS", "abc")
+    monkeypatch.setattr(images, "_pixel_limit", [None])
+    with pytest.raises(SystemExit) as caught:
+        main(["--help"])
+    assert caught.value.code == 0
+    capfd.readouterr()
+    assert main(["--checkpoint", "dagan.pt", "--source_image", "a.png", "--driving_video", "b.mp4"]) == 1
+    assert capfd.readouterr().err.strip() == ("error: DAGAN_MAX_PIXELS='abc' is not a positive whole number of "
+                                              "pixels; unset it or give e.g. DAGAN_MAX_PIXELS=50000000")
