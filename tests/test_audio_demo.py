@@ -170,6 +170,24 @@ def test_app_audio_mode_animates_speech_and_reports_errors_in_one_line(files, tm
     request.audio_checkpoint = "checkpoints/audio10.pt"
     with pytest.raises(gr.Error, match="built for 10 keypoints"):
         speak(animator, request)
+    request.audio_checkpoint = "checkpoints/audio5.pt"
+    upload = tmp_path / "uploads" / "a1b2c3"  # where the server keeps an upload: never shown to the browser
+    upload.mkdir(parents=True)
+    samples = np.full(16000, 0.1, "<f4")
+    samples[100] = np.nan
+    samples.tofile(upload / "speech.raw")
+    from conftest import ffmpeg
+
+    ffmpeg("-f", "f32le", "-ar", "16000", "-ac", "1", "-i", str(upload / "speech.raw"), "-c:a", "pcm_f32le",
+           str(upload / "speech.wav"))
+    request.speech = str(upload / "speech.wav")
+    with pytest.raises(gr.Error) as caught:
+        speak(animator, request)
+    assert "NaN or infinite" in str(caught.value) and str(tmp_path) not in str(caught.value)
+    animator.settings.max_speech_minutes = 0.1 / 60  # 0.1 s: the 0.4 s speech is too long
+    request.speech = str(files / "speech.wav")
+    with pytest.raises(gr.Error, match="lasts more than .* --max_speech_minutes"):
+        speak(animator, request)
 
 
 @pytest.fixture(scope="module")
