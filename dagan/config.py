@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,6 +37,17 @@ class ConfigError(ValueError):
 def _check(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{key}: {message}")
+
+
+_BRIEF = reprlib.Repr()  # attributes, not keywords: Python 3.11's Repr takes none
+_BRIEF.maxlevel, _BRIEF.maxtuple, _BRIEF.maxlist, _BRIEF.maxdict, _BRIEF.maxset = 2, 4, 4, 4, 4
+_BRIEF.maxstring, _BRIEF.maxother = 60, 60
+
+
+def brief(value: Any) -> str:
+    """A short repr of a config value for messages: bounded work and length whatever the value (a YAML alias bomb
+    is a small file whose full repr would take minutes and gigabytes)."""
+    return _BRIEF.repr(value)
 
 
 # Dataset section.
@@ -446,26 +458,26 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if dataclasses.is_dataclass(annotation):
         return _build(annotation, value, key)
     if origin is list:
-        _check(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        _check(isinstance(value, (list, tuple)), key, f"expected a list, got {brief(value)}")
         (item_type,) = typing.get_args(annotation)
         return [_coerce(item, item_type, f"{key}[{index}]") for index, item in enumerate(value)]
     if annotation is bool:
-        _check(isinstance(value, bool), key, f"expected true/false, got {value!r}")
+        _check(isinstance(value, bool), key, f"expected true/false, got {brief(value)}")
         return value
     if annotation is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {brief(value)}")
         return value
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads "2e-4" (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+                raise ConfigError(f"{key}: expected a number, got {brief(value)}") from None
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
-               f"expected a number, got {value!r}")
+               f"expected a number, got {brief(value)}")
         return float(value)
     if annotation is str:
-        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        _check(isinstance(value, str), key, f"expected a string, got {brief(value)}")
         return value
     raise TypeError(f"{key}: unsupported annotation {annotation!r}")
 
@@ -475,7 +487,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     where = prefix or "the top level"
     if values is None:
         values = {}
-    _check(isinstance(values, dict), where, f"expected a mapping of keys, got {values!r}")
+    _check(isinstance(values, dict), where, f"expected a mapping of keys, got {brief(values)}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     arguments = {}

@@ -27,6 +27,7 @@ from dagan.cli.train import main as train_main  # noqa: E402
 from dagan.config import load_config  # noqa: E402
 from dagan.data.synthetic.dataset import SyntheticClipStore, SyntheticSpec  # noqa: E402
 from dagan.eval.metrics import l1_distance, ssim  # noqa: E402
+from dagan.io.files import OutputError, atomic_write_text, guard_output  # noqa: E402
 from dagan.model import DaGAN  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,6 +88,11 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=32, help="held-out clips (3 pairs each)")
     parser.add_argument("--train_clips", type=int, default=64, help="synthetic training clips of both stages")
     args = parser.parse_args(argv)
+    try:  # before any work
+        guard_output(args.out, [args.depth_dir], "--out", "ablation folder", folder=True)
+        guard_output(os.path.join(args.out, "results.json"), [args.depth_dir], "--out", "results")
+    except OutputError as error:
+        parser.error(str(error))
     torch.set_num_threads(min(2, torch.get_num_threads()))
     depth_dir = args.depth_dir
     if depth_dir is None and args.depth_steps == 0:  # an untrained (seeded) depth network, the same for both
@@ -107,8 +113,8 @@ def main(argv=None) -> int:
             f"dataset_params.root_dir={training_root('synthetic-gan.yaml', args.train_clips)}",
             f"model_params.generator_params.attention_layers={layers}"], "gan")
         results[name] = evaluate(checkpoint, args.clips)
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump({"settings": vars(args), "depth_dir": depth_dir, "results": results}, handle, indent=1)
+    atomic_write_text(os.path.join(args.out, "results.json"),
+                      json.dumps({"settings": vars(args), "depth_dir": depth_dir, "results": results}, indent=1))
     print(f"\n| attention_layers | held-out L1 | held-out SSIM | gates after {args.gan_steps} steps |\n|---|---|---|---|")
     for name, result in results.items():
         gates = ", ".join(f"{level}: {value:+.4f}" for level, value in

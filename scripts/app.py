@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="device selected at start")
     parser.add_argument("--max_upload_mb", type=float, default=200.0, help="largest accepted upload")
+    parser.add_argument("--max_speech_minutes", type=float, default=10.0, help="longest speech the speech tab "
+                        "accepts (a small compressed file can hold hours)")
     parser.add_argument("--max_pixels", type=int, default=None, help="largest accepted picture or video frame, in "
                         "pixels, checked before decoding (default 50 MP, or DAGAN_MAX_PIXELS)")
     parser.add_argument("--batch_size", type=int, default=None, help="driving frames per forward pass (default: the "
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
         set_pixel_limit(args.max_pixels)
     settings = AppSettings(checkpoint=args.checkpoint, depth_checkpoint=args.depth_checkpoint, config=args.config,
-                           device=args.device, max_upload_mb=args.max_upload_mb, batch_size=args.batch_size)
+                           device=args.device, max_upload_mb=args.max_upload_mb, batch_size=args.batch_size,
+                           max_speech_minutes=args.max_speech_minutes)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl+C: close, then delete temp files
     launch_app(settings, host=args.host, port=args.port)
     return 0

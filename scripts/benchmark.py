@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dagan.config import load_config  # noqa: E402
 from dagan.geometry import adapt_movement_scale, normalize_keypoints, warp_by_deformation  # noqa: E402
 from dagan.inference import DaGANPipeline  # noqa: E402
-from dagan.io.files import atomic_write_text  # noqa: E402
+from dagan.io.files import OutputError, atomic_write_text, guard_output  # noqa: E402
 from dagan.model import DaGAN  # noqa: E402
 from dagan.runtime.backends import EXTRAS, choose_backend, default_backend  # noqa: E402
 from dagan.runtime.memory import GIB, largest_batch, peak_memory, resident_bytes  # noqa: E402
@@ -369,6 +369,10 @@ def main(argv=None) -> int:
                         "(demo.py --crop auto) against the model")
     parser.add_argument("--output", default="benchmark.json")
     args = parser.parse_args(argv)
+    try:  # before any work
+        guard_output(args.output, [args.config], "--output", "JSON results")
+    except OutputError as error:
+        parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

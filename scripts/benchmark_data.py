@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dagan.config import AugmentationParams  # noqa: E402
 from dagan.data import DepthTripletDataset, FramesDataset, StreamSettings, make_stream  # noqa: E402
 from dagan.io import open_video, write_png  # noqa: E402
-from dagan.io.files import atomic_write_text  # noqa: E402
+from dagan.io.files import OutputError, atomic_write_text, guard_output  # noqa: E402
 
 VIDEO = Path(__file__).resolve().parents[1] / "data" / "samples" / "driving.mp4"
 
@@ -130,7 +130,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="also write the results as JSON")
     parser.add_argument("--measure_one", nargs=4, metavar=("LOCATION", "KIND", "SIZE", "SAMPLES"),
                         help=argparse.SUPPRESS)  # internal: one measurement, in a fresh process, printed as JSON
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # before any work
+        guard_output(args.output, [args.video, args.root, *(s for s in args.stream if "://" not in s)], "--output",
+                     "JSON results")
+    except OutputError as error:
+        parser.error(str(error))
+    return args
 
 
 def measure_in_fresh_process(location: str, kind: str, frame_size: int, samples: int) -> dict:

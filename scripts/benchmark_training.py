@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dagan.config import load_config  # noqa: E402
 from dagan.model import DaGAN  # noqa: E402
 from dagan.training.gan_stage import DiscriminatorStep, GeneratorStep, build_vgg, step_transform  # noqa: E402
-from dagan.io.files import atomic_write_text  # noqa: E402
+from dagan.io.files import OutputError, atomic_write_text, guard_output  # noqa: E402
 from dagan.training.run import adam  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "vox-adv-256.yaml")
@@ -95,6 +95,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", default="benchmark_training.json")
     args = parser.parse_args(argv)
+    try:  # before any work
+        guard_output(args.output, [args.config], "--output", "JSON results")
+    except OutputError as error:
+        parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config, ["train_params.vgg19_weights=random"])

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from dagan.faces import tubes as crop  # noqa: E402
 from dagan.faces import MissingFaceBackend, NoFaceFound  # noqa: E402
 from dagan.io import read_image_uint8, write_png  # noqa: E402
-from dagan.io.files import refuse_to_overwrite  # noqa: E402
+from dagan.io.files import guard_output  # noqa: E402
 
 EXAMPLE = """\
 examples:
@@ -65,8 +65,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings = crop.crop_settings(args)
         output = Path(args.out) / f"{Path(args.inp).stem}.png"
         is_image = crop.is_image_path(args.inp)
-        if is_image:  # before any work: the crop must never replace the photo it is made from
-            refuse_to_overwrite(output, [args.inp], "crop", "--out")
+        if is_image:  # before any work: the crop must never replace the photo it is made from, nor a user's file
+            guard_output(output, [args.inp], "--out", "crop")
         analyzer = crop.build_analyzer(args.backend, cpu=args.cpu, detect_max_side=settings.detect_max_side)
         if is_image:
             output.parent.mkdir(parents=True, exist_ok=True)

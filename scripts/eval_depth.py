@@ -34,7 +34,7 @@ from dagan.eval.depth import (EVAL_FPS, EVAL_SEED, check_disjoint_seeds, depth_f
                               relative_improvement, render_evaluation_set, results_to_dict, training_motion,
                               training_seeds)
 from dagan.io import write_png  # noqa: E402
-from dagan.io.files import atomic_write_text  # noqa: E402
+from dagan.io.files import atomic_write_text, guard_output  # noqa: E402
 from dagan.visualization import to_image  # noqa: E402
 
 
@@ -70,6 +70,9 @@ def evaluate(args: argparse.Namespace) -> int:
     for name in ("num_clips", "frames_per_clip", "figure_rows"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1 (got {getattr(args, name)})")
+    inputs = [args.checkpoint, args.config]
+    guard_output(args.output, inputs, "--output", "JSON results")
+    guard_output(args.figure, inputs, "--figure", "figure", others=[("--output", args.output)])
     model, config = load_depth_model(args.checkpoint, load_config(args.config) if args.config else None)
     size = args.size or config.dataset_params.frame_shape[0]
     seeds = list(range(args.seed, args.seed + args.num_clips))

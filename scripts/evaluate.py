@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dagan.eval import (LPIPS_NETS, METRIC_NAMES, Share, build_scorer, evaluate_files,  # noqa: E402
                         evaluate_pairs, evaluate_reconstruction, lpips_paths_from_env, select_metrics)
 from dagan.inference import DaGANPipeline, resolve_device  # noqa: E402
-from dagan.io.files import refuse_to_overwrite  # noqa: E402
+from dagan.io.files import guard_output  # noqa: E402
 from dagan.training.distributed import launch_share, use_local_gpu  # noqa: E402
 
 EPILOG = """\
@@ -107,14 +107,14 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Optional[Path]]:
 
 
 def check_outputs(args: argparse.Namespace, json_path: Path, csv_path: Optional[Path]) -> None:
-    """Refuse, before any work, outputs that would replace an input (or each other)."""
+    """Refuse, before any work, outputs that would replace an input, each other or a file this project did not
+    write (:func:`dagan.io.files.guard_output`)."""
     inputs = [args.generated, args.reference, args.source, args.checkpoint, args.depth_checkpoint, args.config,
               args.dataset, args.pairs, args.lpips_trunk, args.lpips_head]
-    refuse_to_overwrite(json_path, inputs, "JSON summary", "--output")
-    if csv_path is not None:
-        refuse_to_overwrite(csv_path, [*inputs, json_path], "per-item CSV", "--csv")
     if args.checkpoint is not None:  # the protocols write into a folder (results, generated/)
-        refuse_to_overwrite(args.output, inputs, "output folder", "--output", output_is_folder=True)
+        guard_output(args.output, inputs, "--output", "output folder", folder=True)
+    guard_output(json_path, inputs, "--output", "JSON summary")
+    guard_output(csv_path, inputs, "--csv", "per-item CSV", others=[("--output", json_path)])
 
 
 def run(args: argparse.Namespace) -> int:

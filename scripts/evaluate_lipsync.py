@@ -38,9 +38,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dagan.faces import MissingFaceBackend, get_face_analyzer
     from dagan.inference import InferenceError, resolve_device
     from dagan.io import open_video
-    from dagan.io.files import atomic_write_text
+    from dagan.io.files import atomic_write_text, guard_output
 
     try:
+        guard_output(args.out, [args.video, args.audio, args.target_video, args.syncnet_weights], "--out",
+                     "JSON results")
         network = load_syncnet(args.syncnet_weights, resolve_device(args.device)) if args.syncnet_weights else None
         analyzer = get_face_analyzer("auto")
         video = open_video(args.video)

@@ -14,7 +14,18 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dagan.checkpoint import CheckpointError, export_official  # noqa: E402
+from dagan.io.files import OutputError, guard_output  # noqa: E402
 from dagan.model import DaGAN  # noqa: E402
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: no output replaces the checkpoint, another output or a file this project did not write."""
+    guard_output(args.inference, [args.checkpoint], "--inference", "inference checkpoint")
+    if args.official is not None:
+        guard_output(args.official, [args.checkpoint], "--official", "release folder", folder=True)
+        for name in (args.name, os.path.join("depth", "encoder.pth"), os.path.join("depth", "depth.pth")):
+            guard_output(os.path.join(args.official, name), [args.checkpoint], "--official", "release file",
+                         others=[("--inference", args.inference)])
 
 
 def main(argv=None) -> int:
@@ -27,6 +38,7 @@ def main(argv=None) -> int:
     if args.inference is None and args.official is None:
         parser.error("give --inference PATH and/or --official DIR")
     try:
+        check_outputs(args)
         model = DaGAN.from_checkpoint(args.checkpoint)
         if args.inference is not None:
             model.save(args.inference, step=0)
@@ -34,7 +46,7 @@ def main(argv=None) -> int:
         if args.official is not None:
             for name, path in export_official(model, args.official, name=args.name).items():
                 print(f"official {name}: {path}")
-    except CheckpointError as error:
+    except (CheckpointError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

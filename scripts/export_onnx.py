@@ -19,6 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dagan.checkpoint import CheckpointError, is_our_checkpoint  # noqa: E402
+from dagan.io.files import guard_output  # noqa: E402
 from dagan.model import load_checkpoint_or_official  # noqa: E402
 from dagan.config import ConfigError, load_config  # noqa: E402
 from dagan.runtime.backends import BackendError  # noqa: E402
@@ -36,6 +37,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no_check", action="store_true", help="skip the comparison with torch")
     args = parser.parse_args(argv)
     try:
+        guard_output(args.output, [args.checkpoint, args.depth_checkpoint, args.config], "--output", "export folder",
+                     folder=True)
         config = None
         if not is_our_checkpoint(args.checkpoint):
             config = load_config(args.config or os.path.join(os.path.dirname(os.path.dirname(

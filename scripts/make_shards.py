@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from dagan.data.frames import DatasetError  # noqa: E402
+from dagan.io.files import guard_output  # noqa: E402
 from dagan.data.stream import (CLIPS_NAME, DATASET_NAME, StreamSettings, convert_tar_shards, join,  # noqa: E402
                                make_stream, read_metadata, verify_stream)
 
@@ -99,6 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.verify:
             return verify(args.verify, args.decode, args.no_progress)
+        guard_output(args.out, [args.root, args.convert], "--out", "dataset folder", folder=True)
+        guard_output(Path(args.out) / DATASET_NAME, [args.root, args.convert], "--out", "dataset index")
         with progress_bar(None, "clip", args.no_progress) as bar:
             if args.convert:
                 result = convert_tar_shards(args.convert, args.out, args.workers, args.chunk_size, bar.update)

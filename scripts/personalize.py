@@ -36,15 +36,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override without --init, e.g. audio_params.hidden_channels=64")
     parser.add_argument("--log_dir", default=None, help="run directory (default: <output>_run)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output (an existing run "
-                        "directory is resumed, not restarted: delete it to start over)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output this project wrote, "
+                        "and move aside (never delete) a run directory made for other inputs; a run directory for "
+                        "the same clip, checkpoint and --init is resumed")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from dagan.training.personalize import personalize
+    from dagan.training.personalize import check_personalize_outputs, personalize
     from dagan.checkpoint import CheckpointError
     from dagan.config import ConfigError
     from dagan.inference import DaGANPipeline
@@ -53,9 +54,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        inputs = (args.checkpoint, args.depth_checkpoint)
+        check_personalize_outputs(args.video, args.output, args.log_dir, (args.init, args.config, *inputs),
+                                  args.overwrite)  # before the model loads
         pipeline = DaGANPipeline.load(args.checkpoint, args.depth_checkpoint, device=args.device)
         result = personalize(pipeline, args.video, args.output, args.init, args.steps, args.config,
-                             tuple(args.overrides), args.log_dir, args.overwrite)
+                             tuple(args.overrides), args.log_dir, args.overwrite, inputs)
     except (ValueError, CheckpointError, ConfigError, TrainingError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -41,10 +41,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from dagan.audio.prepare import prepare_folder
+    from dagan.audio.prepare import item_paths, prepare_folder
     from dagan.checkpoint import CheckpointError
     from dagan.inference import DaGANPipeline
     from dagan.io import is_video_file
+    from dagan.io.files import guard_output
 
     try:
         source = Path(args.inp)
@@ -53,6 +54,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         videos = [source] if source.is_file() else sorted(p for p in source.rglob("*") if is_video_file(p))
         if not videos:
             raise ValueError(f"--inp {args.inp!r} holds no videos")
+        guard_output(args.out, [args.inp, args.checkpoint, args.depth_checkpoint, args.config], "--out",
+                     "item folder", folder=True)
+        item_paths(videos, args.out)  # before the model loads: two clips with one name
         pipeline = DaGANPipeline.load(args.checkpoint, args.depth_checkpoint, args.config, device=args.device)
         summary = prepare_folder(pipeline, videos, args.out, args.num_mels, args.tolerance, not args.no_progress)
     except (ValueError, CheckpointError, ImportError) as error:

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from dagan.data import prepare  # noqa: E402
 from dagan.faces import tubes as crop  # noqa: E402
 from dagan.faces import MissingFaceBackend  # noqa: E402
+from dagan.io.files import guard_output  # noqa: E402
 
 EXAMPLE = """\
 layout:
@@ -53,6 +54,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
+        guard_output(args.out, [args.inp], "--out", "dataset folder", folder=True)
         settings = crop.crop_settings(args)
         crop.build_analyzer(args.backend)  # fail early, with install instructions, if no backend is there
         summary = prepare.prepare_dataset(args.inp, args.out, args.format, args.test_fraction, args.workers, settings,

@@ -244,6 +244,24 @@ def test_app_audio_mode_animates_speech_and_reports_errors_in_one_line(files, tm
     request.audio_checkpoint = "checkpoints/audio10.pt"
     with pytest.raises(gr.Error, match="built for 10 keypoints"):
         speak(animator, request)
+    request.audio_checkpoint = "checkpoints/audio5.pt"
+    upload = tmp_path / "uploads" / "a1b2c3"  # where the server keeps an upload: never shown to the browser
+    upload.mkdir(parents=True)
+    samples = np.full(16000, 0.1, "<f4")
+    samples[100] = np.nan
+    samples.tofile(upload / "speech.raw")
+    from conftest import ffmpeg
+
+    ffmpeg("-f", "f32le", "-ar", "16000", "-ac", "1", "-i", str(upload / "speech.raw"), "-c:a", "pcm_f32le",
+           str(upload / "speech.wav"))
+    request.speech = str(upload / "speech.wav")
+    with pytest.raises(gr.Error) as caught:
+        speak(animator, request)
+    assert "NaN or infinite" in str(caught.value) and str(tmp_path) not in str(caught.value)
+    animator.settings.max_speech_minutes = 0.1 / 60  # 0.1 s: the 0.4 s speech is too long
+    request.speech = str(files / "speech.wav")
+    with pytest.raises(gr.Error, match="lasts more than .* --max_speech_minutes"):
+        speak(animator, request)
 
 
 def test_app_audio_mode_takes_a_photo_as_the_video_mode_does(files, photo, tmp_path):
@@ -301,6 +319,26 @@ def test_personalize_script_writes_a_model_and_refuses_to_overwrite(files, speak
     assert script.main(arguments) == 1 and "pass --overwrite" in capsys.readouterr().err
     assert script.main([*arguments, "--init", str(files / "audio10.pt"), "--overwrite"]) == 1
     assert "built for 10 keypoints" in capsys.readouterr().err
+
+
+def test_personalize_never_hands_back_the_model_of_another_clip(files, speaking_video, tmp_path, capsys):
+    """A finished run for one clip is not resumed for another (its model used to come back byte for byte)."""
+    from conftest import ffmpeg, load_script
+
+    other = tmp_path / "other.mp4"
+    ffmpeg("-f", "lavfi", "-i", "mandelbrot=s=64x64:r=25", "-stream_loop", "2", "-i", str(files / "speech.wav"),
+           "-map", "0:v", "-map", "1:a", "-t", "0.6", "-c:v", "libx264", "-c:a", "aac", "-pix_fmt", "yuv420p", str(other))
+    script, output = load_script("personalize"), tmp_path / "target_audio.pt"
+    common = ["--checkpoint", str(files / "dagan.pt"), "--output", str(output), "--init", str(files / "audio5.pt"),
+              "--steps", "2", "--device", "cpu"]
+    assert script.main(["--video", str(speaking_video), *common]) == 0
+    first = output.read_bytes()
+    output.rename(tmp_path / "first.pt")
+    assert script.main(["--video", str(other), *common]) == 1
+    assert "holds a run for other inputs (clip differ)" in capsys.readouterr().err
+    assert script.main(["--video", str(other), *common, "--overwrite"]) == 0
+    assert output.read_bytes() != first and any(path.name.startswith("target_audio_run.old-")
+                                                for path in tmp_path.iterdir())
 
 
 def test_lip_sync_measures(tmp_path):

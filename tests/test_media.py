@@ -27,6 +27,7 @@ from dagan.io import (
     resize_to_model,
     to_uint8,
 )
+from dagan.io.files import atomic_write_bytes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_FRAMES = 12
@@ -290,7 +291,7 @@ def test_writers_refuse_to_overwrite_inputs(tmp_path: Path, media: types.SimpleN
 
 def test_video_writer_is_atomic_when_writing_fails(tmp_path: Path) -> None:
     output = tmp_path / "result.mp4"
-    output.write_bytes(b"previous result")
+    atomic_write_bytes(output, b"previous result")  # an earlier result of ours: the writer may replace it
     with pytest.raises(RuntimeError, match="model crashed"):
         with VideoWriter(output, fps=10) as writer:
             for index in range(3):

@@ -41,6 +41,7 @@ class AppSettings:
     config: Optional[str] = None
     device: str = "auto"
     max_upload_mb: float = 200.0
+    max_speech_minutes: float = 10.0  # longest speech the speech tab animates (decoding checks it, streamed)
     batch_size: Optional[int] = None  # None: the fastest measured for the device
     search_root: str = "."
     cache_size: int = 2

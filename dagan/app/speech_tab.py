@@ -11,7 +11,7 @@ import gradio as gr
 
 from dagan.app.common import KNOWN_ERRORS, find_checkpoints, no_progress, read_portrait, scrub, track
 from dagan.audio.animate import POSE_MODES, animate_from_audio, animate_picture_from_audio, check_compatible, check_face
-from dagan.audio.decode import load_audio
+from dagan.audio.decode import open_audio
 from dagan.audio.features import num_video_frames
 from dagan.audio.model import AudioDrivenModel
 from dagan.io import open_video, open_writer
@@ -56,7 +56,7 @@ def _speak(animator, request: SpeechRequest, progress) -> tuple[str, str]:
     if not request.fps or request.fps <= 0:
         raise gr.Error("The frame rate must be positive.", print_exception=False)
     source = read_portrait(request.source_image)
-    audio = load_audio(request.speech)
+    audio = open_audio(request.speech, max_seconds=animator.settings.max_speech_minutes * 60)  # streamed below
     audio_model = AudioDrivenModel.load(audio_checkpoint)
     progress(0.0, desc="Loading the model")
     pipeline, _ = animator.cache.get(animator.resolve_checkpoint(request.checkpoint), request.device)

@@ -14,8 +14,7 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 import torch
 
-from dagan.audio.decode import Audio
-from dagan.audio.features import frame_times, log_mel, num_video_frames
+from dagan.audio.features import MelRows, frame_times, log_mel_stream, num_video_frames
 from dagan.audio.model import AudioDrivenModel
 from dagan.audio.motion import compose_motion, reference_index, split_motion, style_vector
 from dagan.checkpoint import CheckpointError
@@ -23,7 +22,8 @@ from dagan.faces.alignment import warp_to_crop
 from dagan.faces.animation import FaceSession
 from dagan.faces.paste import PasteBack
 from dagan.geometry import Keypoints, adapt_movement_scale
-from dagan.inference import DaGANPipeline, chunks, to_uint8_batch
+from dagan.inference import DaGANPipeline, to_uint8_batch
+from dagan.inference import chunks as chunks_of
 from dagan.motion import MotionControl, make_motion, motion_editor, save_motion
 
 POSE_MODES = ("learned", "replay", "still")
@@ -59,16 +59,17 @@ def reference_from_frames(pipeline: DaGANPipeline, frames, pose_model: str) -> R
     return Reference(anchor, split_motion(clip, anchor, pose_model).pose)
 
 
-def ping_pong(poses: torch.Tensor, length: int) -> torch.Tensor:
-    """poses (N, 6) played forwards, then backwards, ... for ``length`` frames: (length, 6)."""
+def ping_pong(poses: torch.Tensor, length: int, start: int = 0) -> torch.Tensor:
+    """poses (N, 6) played forwards, then backwards, ...: frames [start, start + length) of that, (length, 6)."""
     if len(poses) == 1:
         return poses.expand(length, -1)
     cycle = torch.cat([poses, poses.flip(0)[1:-1]])  # (2N - 2, 6)
-    return cycle[torch.arange(length) % len(cycle)]
+    return cycle[torch.arange(start, start + length) % len(cycle)]
 
 
-def head_poses(mode: str, learned: torch.Tensor, reference: Reference, audio_model: AudioDrivenModel) -> torch.Tensor:
-    """The pose sequence (T, 6) for ``--pose``."""
+def head_poses(mode: str, learned: torch.Tensor, reference: Reference, audio_model: AudioDrivenModel,
+               start: int = 0) -> torch.Tensor:
+    """The pose sequence (T, 6) for ``--pose`` of frames [start, start + T) (``learned``: their generated poses)."""
     if mode == "learned":
         return learned
     if mode == "still":
@@ -76,26 +77,54 @@ def head_poses(mode: str, learned: torch.Tensor, reference: Reference, audio_mod
     poses = reference.poses if reference.poses is not None else audio_model.reference_pose
     if poses is None:
         raise ValueError(REPLAY_HINT)
-    return ping_pong(poses, len(learned))
+    return ping_pong(poses, len(learned), start)
 
 
-def audio_driving_keypoints(audio_model: AudioDrivenModel, audio: Audio, fps: float, reference: Reference,
-                            pose_mode: str = "learned", seed: int = 0) -> tuple[Keypoints, torch.Tensor, torch.Tensor]:
-    """Driving keypoints (T, K, ...) for the speech, with the pose (T, 6) and local motion (T, 6 K) they came from."""
+class DrivingChunk(NamedTuple):
+    """Driving keypoints (T, K, ...) of consecutive frames, with the pose (T, 6) and local motion (T, 6 K)."""
+
+    keypoints: Keypoints
+    pose: torch.Tensor
+    local: torch.Tensor
+
+
+def audio_driving_chunks(audio_model: AudioDrivenModel, audio, fps: float, reference: Reference,
+                         pose_mode: str = "learned", seed: int = 0) -> Iterator[DrivingChunk]:
+    """The driving motion of the speech, chunk after chunk: decode, log-mel, model and composition are streamed,
+    so memory depends on the chunk, not on the length. ``audio``: an :class:`~dagan.audio.decode.Audio` or a
+    streamed :class:`~dagan.audio.decode.AudioSource`."""
     times = frame_times(num_video_frames(audio.duration, fps), fps)
     style = style_vector(reference.poses) if reference.poses is not None and len(reference.poses) > 2 else None
-    motion = audio_model.predict(log_mel(audio, audio_model.params.num_mels), times, style, seed)
-    pose = head_poses(pose_mode, motion.pose, reference, audio_model)
-    return compose_motion(reference.keypoints, pose, motion.local), pose, motion.local
+    mel = MelRows(log_mel_stream(audio, audio_model.params.num_mels), audio_model.params.num_mels)
+    start = 0
+    for motion in audio_model.predict_chunks(mel, times, style, seed):
+        pose = head_poses(pose_mode, motion.pose, reference, audio_model, start)
+        start += len(pose)
+        yield DrivingChunk(compose_motion(reference.keypoints, pose, motion.local), pose, motion.local)
+
+
+def audio_driving_keypoints(audio_model: AudioDrivenModel, audio, fps: float, reference: Reference,
+                            pose_mode: str = "learned", seed: int = 0) -> tuple[Keypoints, torch.Tensor, torch.Tensor]:
+    """Driving keypoints (T, K, ...) for the speech, with the pose (T, 6) and local motion (T, 6 K) they came from
+    (all of :func:`audio_driving_chunks` at once)."""
+    chunks = list(audio_driving_chunks(audio_model, audio, fps, reference, pose_mode, seed))
+    return joined(chunks)
+
+
+def joined(chunks: list[DrivingChunk]) -> tuple[Keypoints, torch.Tensor, torch.Tensor]:
+    keypoints = Keypoints(torch.cat([chunk.keypoints.value for chunk in chunks]),
+                          torch.cat([chunk.keypoints.jacobian for chunk in chunks]))
+    return keypoints, torch.cat([chunk.pose for chunk in chunks]), torch.cat([chunk.local for chunk in chunks])
 
 
 def animate_from_audio(pipeline: DaGANPipeline, audio_model: AudioDrivenModel, source_image: np.ndarray,
-                       audio: Audio, fps: float = 25.0, reference_frames=None, pose_mode: str = "learned",
+                       audio, fps: float = 25.0, reference_frames=None, pose_mode: str = "learned",
                        seed: int = 0, motion_path: Optional[str] = None, control: Optional[MotionControl] = None,
                        analyzer=None, messages: Optional[list] = None) -> Iterator[np.ndarray]:
     """Yield the (H, W, 3) uint8 frames of the source saying ``audio``; num_video_frames(duration, fps) of them.
     The whole ``source_image`` is the model's input (a face crop); :func:`animate_picture_from_audio` crops the
-    faces of a photo and pastes them back.
+    faces of a photo and pastes them back. ``audio``: an :class:`~dagan.audio.decode.Audio`, or an
+    :class:`~dagan.audio.decode.AudioSource` (streamed: memory does not grow with the speech's length).
 
     motion_path: also save the motion as a motion file (:mod:`dagan.motion.files`, driver "speech").
     control: pose / expression / region edits (:class:`dagan.motion.MotionControl`; regions and openness targets
@@ -110,7 +139,7 @@ def animate_from_audio(pipeline: DaGANPipeline, audio_model: AudioDrivenModel, s
 
 
 def animate_picture_from_audio(session: FaceSession, audio_model: AudioDrivenModel, picture: np.ndarray,
-                               audio: Audio, fps: float = 25.0, reference_frames=None, pose_mode: str = "learned",
+                               audio, fps: float = 25.0, reference_frames=None, pose_mode: str = "learned",
                                seed: int = 0, motion_path: Optional[str] = None,
                                name: str = "the picture", control: Optional[MotionControl] = None, analyzer=None,
                                messages: Optional[list] = None) -> Iterator[np.ndarray]:
@@ -145,7 +174,7 @@ def pasted_frames(picture: np.ndarray, pastes: list[PasteBack], streams: list[It
         yield output
 
 
-def speaking_crops(pipeline: DaGANPipeline, audio_model: AudioDrivenModel, source_image: np.ndarray, audio: Audio,
+def speaking_crops(pipeline: DaGANPipeline, audio_model: AudioDrivenModel, source_image: np.ndarray, audio,
                    fps: float, reference: Optional[Reference], pose_mode: str, seed: int,
                    motion_path: Optional[str], control: Optional[MotionControl] = None, analyzer=None,
                    messages: Optional[list] = None) -> Iterator[np.ndarray]:
@@ -157,8 +186,10 @@ def speaking_crops(pipeline: DaGANPipeline, audio_model: AudioDrivenModel, sourc
         reference = Reference(Keypoints(source.keypoints.value.cpu(), source.keypoints.jacobian.cpu()), None)
     else:
         scale = adapt_movement_scale(source.keypoints, reference.keypoints)
-    driving, pose, local = audio_driving_keypoints(audio_model, audio, fps, reference, pose_mode, seed)
-    if motion_path is not None:
+    chunks = audio_driving_chunks(audio_model, audio, fps, reference, pose_mode, seed)
+    if motion_path is not None:  # the file holds the whole motion: computed before the first frame
+        chunks = list(chunks)
+        driving, pose, local = joined(chunks)
         save_motion(motion_path, make_motion(driving, reference.keypoints, fps, "speech",
                                              audio_model.params.pose_model, pose, local))
     edit = None
@@ -167,12 +198,15 @@ def speaking_crops(pipeline: DaGANPipeline, audio_model: AudioDrivenModel, sourc
         if messages is not None:
             messages.extend(edit.report)
     anchor = Keypoints(reference.keypoints.value.to(pipeline.device), reference.keypoints.jacobian.to(pipeline.device))
-    for batch in chunks(range(len(pose)), pipeline.batch_size):
-        selection = slice(batch[0], batch[-1] + 1)
-        kp_driving = Keypoints(driving.value[selection].to(pipeline.device), driving.jacobian[selection].to(pipeline.device))
-        kp_norm, _ = pipeline.transfer(source, kp_driving, anchor, relative=True, adapt_scale=True, scale=scale,
-                                       edit=edit)
-        yield from to_uint8_batch(pipeline.generate(source, kp_norm).prediction)
+    for chunk in chunks:
+        driving = chunk.keypoints
+        for batch in chunks_of(range(len(chunk.pose)), pipeline.batch_size):
+            selection = slice(batch[0], batch[-1] + 1)
+            kp_driving = Keypoints(driving.value[selection].to(pipeline.device),
+                                   driving.jacobian[selection].to(pipeline.device))
+            kp_norm, _ = pipeline.transfer(source, kp_driving, anchor, relative=True, adapt_scale=True, scale=scale,
+                                           edit=edit)
+            yield from to_uint8_batch(pipeline.generate(source, kp_norm).prediction)
 
 
 def check_face(video) -> None:

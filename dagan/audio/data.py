@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dagan.audio.decode import Audio
-from dagan.audio.features import feature_windows, frame_times, log_mel, silence_flags
+from dagan.audio.features import HOP_SECONDS, feature_windows, frame_times, log_mel, silence_flags
 from dagan.audio.motion import split_motion, reference_index, style_vector
 from dagan.geometry import Keypoints
 from dagan.io.files import atomic_write_bytes
@@ -61,10 +61,44 @@ def load_item(path: str | os.PathLike) -> AVItem:
             if missing:
                 raise ValueError(f"{path}: not a prepared audio-video item (missing {', '.join(missing)}); make "
                                  "items with scripts/prepare_av.py")
-            return AVItem(data["keypoints"], data["jacobians"], data["mel"], data["silence"].astype(bool),
-                          float(data["fps"]), int(data["offset_frames"]))
-    except (OSError, EOFError) as error:
+            item = AVItem(data["keypoints"], data["jacobians"], data["mel"], data["silence"],
+                          data["fps"], data["offset_frames"])
+    except (OSError, EOFError, ValueError) as error:
+        if str(error).startswith(f"{path}:"):
+            raise
         raise ValueError(f"{path}: cannot read a prepared item ({error})") from None
+    return checked_item(path, item)
+
+
+def checked_item(path, item: AVItem) -> AVItem:
+    """The item in its training types, after checking its schema (names, dtypes, shapes, finite values, lengths
+    that agree); a ValueError naming the file and what is wrong otherwise."""
+    def fail(problem: str):
+        raise ValueError(f"{path}: not a valid prepared item ({problem}); prepare it again with scripts/prepare_av.py")
+
+    arrays = {name: np.asarray(getattr(item, name)) for name in ITEM_KEYS}
+    for name in ("keypoints", "jacobians", "mel", "fps"):
+        if arrays[name].dtype.kind not in "fiu" or not np.isfinite(arrays[name]).all():
+            fail(f"{name} must hold finite numbers, got {arrays[name].dtype} with NaN/inf or none")
+    keypoints, jacobians, mel = arrays["keypoints"], arrays["jacobians"], arrays["mel"]
+    if keypoints.ndim != 3 or keypoints.shape[-1] != 2 or len(keypoints) < 2 or keypoints.shape[1] < 1:
+        fail(f"keypoints must be (T >= 2, K, 2), got {keypoints.shape}")
+    if jacobians.shape != (*keypoints.shape, 2):
+        fail(f"jacobians must be {(*keypoints.shape, 2)} like the keypoints, got {jacobians.shape}")
+    if arrays["silence"].shape != keypoints.shape[:1] or arrays["silence"].dtype.kind not in "biu":
+        fail(f"silence must be ({len(keypoints)},) booleans, got {arrays['silence'].dtype} {arrays['silence'].shape}")
+    if mel.ndim != 2 or min(mel.shape) < 1:
+        fail(f"mel must be (N, num_mels), got {mel.shape}")
+    if arrays["fps"].shape != () or not arrays["fps"] > 0 or arrays["offset_frames"].shape != () or \
+            arrays["offset_frames"].dtype.kind not in "iu":
+        fail(f"fps must be one positive number and offset_frames one integer, got {arrays['fps']!r}, "
+             f"{arrays['offset_frames']!r}")
+    video_seconds, audio_seconds = len(keypoints) / float(arrays["fps"]), len(mel) * HOP_SECONDS
+    if abs(video_seconds - audio_seconds) > max(1.0, 0.1 * video_seconds):
+        fail(f"{len(keypoints)} frames at {float(arrays['fps']):g} fps last {video_seconds:.2f} s but the mel "
+             f"features {audio_seconds:.2f} s")
+    return AVItem(keypoints.astype(np.float32), jacobians.astype(np.float32), mel.astype(np.float32),
+                  arrays["silence"].astype(bool), float(arrays["fps"]), int(arrays["offset_frames"]))
 
 
 def item_paths(directory: str | os.PathLike) -> list[Path]:

@@ -12,8 +12,9 @@ release calls it): its own framing (uncentred 25 ms frames every 10 ms), so it s
 from __future__ import annotations
 
 import functools
+import itertools
 import math
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import scipy.fft
@@ -55,20 +56,46 @@ def log_mel(audio: Audio, num_mels: int = 80) -> torch.Tensor:
     """Log-mel spectrogram (num_frames, num_mels) float32 at MEL_RATE; frame n is centred at n * HOP_SECONDS.
 
     Power STFT (Hann window of WINDOW_SECONDS, centred frames, zero padding), mel filters, log(energy + floor).
+    All frames at once; :func:`log_mel_stream` gives the same rows block by block.
     """
-    if audio.sample_rate != SAMPLE_RATE:
-        raise ValueError(f"log_mel expects {SAMPLE_RATE} Hz audio (load_audio's default), got {audio.sample_rate}")
-    hop = round(HOP_SECONDS * audio.sample_rate)
-    window_length = round(WINDOW_SECONDS * audio.sample_rate)
-    num_fft = 1 << (window_length - 1).bit_length()  # 400 -> 512
-    samples = torch.from_numpy(np.ascontiguousarray(audio.samples, dtype=np.float32))
-    num_frames = len(samples) // hop + 1
-    spectrum = torch.stft(samples, num_fft, hop_length=hop, win_length=window_length,
-                          window=torch.hann_window(window_length), center=True, pad_mode="constant",
-                          return_complex=True)  # (F, num_frames)
-    power = spectrum.abs().pow(2)[:, :num_frames]
-    energies = mel_filterbank(num_mels, num_fft, audio.sample_rate) @ power  # (M, num_frames)
-    return torch.log(energies + LOG_FLOOR).T.contiguous()
+    return torch.cat(list(log_mel_stream(audio, num_mels)))
+
+
+def stft_sizes(sample_rate: int) -> tuple[int, int, int]:
+    """(hop, window length, FFT size) in samples: 160, 400, 512 at 16 kHz."""
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(f"log_mel expects {SAMPLE_RATE} Hz audio (load_audio's default), got {sample_rate}")
+    window_length = round(WINDOW_SECONDS * sample_rate)
+    return round(HOP_SECONDS * sample_rate), window_length, 1 << (window_length - 1).bit_length()  # 400 -> 512
+
+
+def log_mel_stream(audio, num_mels: int = 80) -> Iterator[torch.Tensor]:
+    """The rows of :func:`log_mel` in order, (n, num_mels) float32 per block of ``audio.blocks()`` (an
+    :class:`~dagan.audio.decode.Audio` or a streamed :class:`~dagan.audio.decode.AudioSource`): memory depends on
+    the block size, not on the length. Frame n covers samples [n hop - F/2, n hop + F/2) of the signal padded with
+    F/2 zeros on each side (torch.stft's ``center=True``), so the rows equal the whole-signal ones."""
+    hop, window_length, num_fft = stft_sizes(audio.sample_rate)
+    half = num_fft // 2
+    total_frames = audio.num_samples // hop + 1
+    filters, window = mel_filterbank(num_mels, num_fft, audio.sample_rate), torch.hann_window(window_length)
+    pending = np.zeros(half, np.float32)  # samples from (next frame x hop - F/2) on: the left padding first
+    done = 0
+
+    def frames(samples: np.ndarray, count: int) -> torch.Tensor:
+        segment = torch.from_numpy(np.ascontiguousarray(samples[:(count - 1) * hop + num_fft]))
+        spectrum = torch.stft(segment, num_fft, hop_length=hop, win_length=window_length, window=window,
+                              center=False, return_complex=True)  # (F, count)
+        return torch.log(filters @ spectrum.abs().pow(2) + LOG_FLOOR).T.contiguous()  # (count, M)
+
+    for block in itertools.chain(audio.blocks(), [np.zeros(half, np.float32)]):  # then the right padding
+        pending = np.concatenate([pending, np.asarray(block, np.float32)])
+        count = min(total_frames - done, (len(pending) - num_fft) // hop + 1 if len(pending) >= num_fft else 0)
+        if count > 0:
+            yield frames(pending, count)
+            done, pending = done + count, pending[count * hop:]
+    if done < total_frames:  # the last frames reach into the right padding
+        pending = np.concatenate([pending, np.zeros((total_frames - done - 1) * hop + num_fft, np.float32)])
+        yield frames(pending, total_frames - done)
 
 
 def bin_mel_filterbank(num_filters: int, num_fft: int, sample_rate: int) -> np.ndarray:
@@ -133,17 +160,47 @@ def context_frames(context_seconds: float) -> int:
     return int(math.ceil(context_seconds * MEL_RATE - 1e-9))
 
 
-def feature_windows(mel: torch.Tensor, times: np.ndarray, context_seconds: float) -> torch.Tensor:
+def feature_windows(mel: torch.Tensor, times: np.ndarray, context_seconds: float, first_row: int = 0) -> torch.Tensor:
     """Mel windows (T, 2 C + 1, num_mels) centred at ``times`` (T,) seconds; C = context_frames(context_seconds).
 
-    mel: (num_mel_frames, num_mels) from :func:`log_mel`. Positions outside the signal read silence.
+    mel: (num_mel_frames, num_mels) from :func:`log_mel`, or rows of it from ``first_row`` on (a
+    :class:`MelRows` block). Positions outside ``mel`` read silence.
     """
     context = context_frames(context_seconds)
-    centres = np.round(np.asarray(times) * MEL_RATE).astype(np.int64)  # (T,)
+    centres = np.round(np.asarray(times) * MEL_RATE).astype(np.int64) - first_row  # (T,)
     index = torch.from_numpy(centres[:, None] + np.arange(-context, context + 1)[None])  # (T, W)
     padded = torch.cat([mel, torch.full((1, mel.shape[1]), math.log(LOG_FLOOR), dtype=mel.dtype)])  # last = silence
     index = torch.where((index >= 0) & (index < mel.shape[0]), index, torch.full_like(index, mel.shape[0]))
     return padded[index]  # (T, W, num_mels)
+
+
+class MelRows:
+    """Log-mel rows of a stream (:func:`log_mel_stream`) read in increasing windows: :meth:`rows` keeps only the
+    rows from the oldest one still asked for, so memory depends on the window, not on the length."""
+
+    def __init__(self, stream: Iterator[torch.Tensor], num_mels: int):
+        self.stream, self.num_mels = stream, num_mels
+        self.kept = torch.zeros(0, num_mels)  # rows [self.first, self.first + len(self.kept))
+        self.first = 0
+
+    @classmethod
+    def of(cls, mel: torch.Tensor) -> "MelRows":
+        """All rows of a whole clip's log-mel (N, M)."""
+        return cls(iter([mel]), mel.shape[1])
+
+    def rows(self, first: int, last: int) -> torch.Tensor:
+        """Rows [first, last) (last - first, M); rows past the end of the signal read silence. ``first`` never
+        decreases from call to call (older rows are dropped)."""
+        first = max(first, 0)
+        while self.first + len(self.kept) < last:
+            block = next(self.stream, None)
+            if block is None:
+                break
+            self.kept = torch.cat([self.kept, block])
+        self.kept, self.first = self.kept[first - self.first:], first
+        rows = self.kept[:max(0, last - first)]
+        silence = torch.full((max(0, last - first) - len(rows), self.num_mels), math.log(LOG_FLOOR))
+        return torch.cat([rows, silence])
 
 
 def frame_energy_db(audio: Audio, times: np.ndarray, window_seconds: float) -> np.ndarray:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from dagan.audio.features import context_frames, feature_windows
+from dagan.audio.features import MEL_RATE, MelRows, context_frames, feature_windows
 from dagan.audio.motion import POSE_SIZE, local_size
 from dagan.checkpoint import CheckpointError, atomic_save, read_file
 from dagan.config import AudioParams, Config, config_from_dict, config_to_dict
@@ -89,26 +89,36 @@ class AudioDrivenModel(nn.Module):
     @torch.no_grad()
     def predict(self, mel: torch.Tensor, times: np.ndarray, style: Optional[torch.Tensor] = None, seed: int = 0,
                 chunk_frames: int = CHUNK_FRAMES) -> AudioMotion:
-        """Motion for video frames at ``times`` (T,) seconds from a whole clip's log-mel (N, M).
+        """Motion for video frames at ``times`` (T,) seconds from a whole clip's log-mel (N, M): all of
+        :meth:`predict_chunks` at once."""
+        chunks = list(self.predict_chunks(MelRows.of(mel), times, style, seed, chunk_frames))
+        return AudioMotion(torch.cat([chunk.pose for chunk in chunks]), torch.cat([chunk.local for chunk in chunks]))
 
-        Frames are processed ``chunk_frames`` at a time (with CHUNK_OVERLAP frames of context on each side for
-        the local network; the pose generator's state carries over), so memory does not grow with the length.
+    @torch.no_grad()
+    def predict_chunks(self, mel: MelRows, times: np.ndarray, style: Optional[torch.Tensor] = None, seed: int = 0,
+                       chunk_frames: int = CHUNK_FRAMES) -> Iterator[AudioMotion]:
+        """Motion for the video frames at ``times`` (T,) seconds, ``chunk_frames`` frames at a time, from log-mel
+        rows read as they are needed (a streamed clip's :class:`~dagan.audio.features.MelRows`).
+
+        Each chunk sees CHUNK_OVERLAP frames of context on each side (the bidirectional local network); the pose
+        generator's state carries over, so memory does not grow with the length.
         """
         style = (self.style if style is None else style).float()[None]
-        noise = self.noise(1, len(times), torch.Generator().manual_seed(seed))  # (1, T, Z): small for any length
-        local, pose, state = [], [], None
-        norm = self.normalization
+        noise = self.noise(1, len(times), torch.Generator().manual_seed(seed))  # (1, T, Z): 32 bytes a frame
+        state, norm = None, self.normalization
+        context = context_frames(self.params.context_seconds)
         for start in range(0, len(times), chunk_frames):
             stop = min(len(times), start + chunk_frames)
             first, last = max(0, start - CHUNK_OVERLAP), min(len(times), stop + CHUNK_OVERLAP)
-            windows = feature_windows(mel, times[first:last], self.params.context_seconds)[None]
+            centres = np.round(np.asarray(times[first:last]) * MEL_RATE).astype(np.int64)
+            first_row = max(0, int(centres.min()) - context)  # rows before the signal read silence
+            rows = mel.rows(first_row, int(centres.max()) + context + 1)
+            windows = feature_windows(rows, times[first:last], self.params.context_seconds, first_row)[None]
             output = self.audio_motion(windows)
-            local.append(output.local[0, start - first:stop - first])
             audio = output.audio[:, start - first:stop - first]
-            chunk, state = self.head_pose.run(audio, style, noise[:, start:stop], state)
-            pose.append(chunk[0])
-        local_motion = torch.cat(local) * norm.local_std + norm.local_mean
-        return AudioMotion(torch.cat(pose) * norm.pose_std + norm.pose_mean, local_motion)
+            pose, state = self.head_pose.run(audio, style, noise[:, start:stop], state)
+            yield AudioMotion(pose[0] * norm.pose_std + norm.pose_mean,
+                              output.local[0, start - first:stop - first] * norm.local_std + norm.local_mean)
 
     # Persistence.
     def state(self) -> dict:

@@ -105,6 +105,22 @@ class PrepareSummary(NamedTuple):
     rejected: list[str]  # out of sync or without audio, with the reason
 
 
+def item_paths(videos: list, out_dir: str) -> dict:
+    """video -> ``out_dir/<stem>.npz``; ValueError, before any work, when two videos share a stem (``a/clip.mp4``
+    and ``b/clip.mp4``, or ``clip.mp4`` and ``clip.mov``): the second would be skipped as "already there"."""
+    import os
+
+    targets, first_by_target = {}, {}
+    for video in videos:
+        target = os.path.join(out_dir, f"{os.path.splitext(os.path.basename(video))[0]}.npz")
+        earlier = first_by_target.setdefault(target, video)
+        if earlier != video:
+            raise ValueError(f"'{earlier}' and '{video}' would both be written to '{target}' (same file name); "
+                             "rename one of them or prepare them into different --out folders")
+        targets[video] = target
+    return targets
+
+
 def prepare_folder(pipeline, videos: list, out_dir: str, num_mels: int, tolerance: int = 1,
                    progress: bool = True) -> PrepareSummary:
     """Prepare every video into ``out_dir/<stem>.npz``; existing items are kept (run again to resume)."""
@@ -116,8 +132,9 @@ def prepare_folder(pipeline, videos: list, out_dir: str, num_mels: int, toleranc
     from dagan.io import MediaError
 
     written, skipped, rejected = 0, 0, []
+    targets = item_paths(videos, out_dir)
     for video in tqdm(videos, desc="preparing", unit="clip", disable=not progress, dynamic_ncols=True):
-        target = os.path.join(out_dir, f"{os.path.splitext(os.path.basename(video))[0]}.npz")
+        target = targets[video]
         if os.path.exists(target):
             skipped += 1
             continue

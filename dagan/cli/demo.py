@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--visualize", action="store_true", help="also write <result>_visualization.mp4: source, "
                         "driving, result (with keypoints) and both depth maps side by side")
     parser.add_argument("--no_audio", action="store_true", help="do not copy the driving video's audio")
-    parser.add_argument("--max_pixels", type=int, default=pixel_limit(), help="refuse images and video frames larger "
-                        "than this many pixels before decoding them (default %(default)s = 50 MP, or DAGAN_MAX_PIXELS)")
+    parser.add_argument("--max_pixels", type=int, default=None, help="refuse images and video frames larger than "
+                        "this many pixels before decoding them (default: DAGAN_MAX_PIXELS, else 50000000 = 50 MP)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. model_params.common_params.num_kp=15")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -137,7 +137,7 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    set_pixel_limit(args.max_pixels)
+    set_pixel_limit(args.max_pixels if args.max_pixels is not None else pixel_limit())  # a bad DAGAN_MAX_PIXELS: here
     rank, world = launch_share()
     if rank != 0 and (args.driving_audio is not None or not uses_face_mode(args)):
         print(f"rank {rank} of {world}: one job, animated by rank 0 (torchrun shares batches only)", file=sys.stderr)

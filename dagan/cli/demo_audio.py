@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from dagan.audio.animate import (POSE_MODES, REPLAY_HINT, animate_from_audio, animate_picture_from_audio,
                                  check_compatible, check_face)
-from dagan.audio.decode import load_audio
+from dagan.audio.decode import open_audio
 from dagan.audio.features import num_video_frames
 from dagan.audio.model import AudioDrivenModel
 from dagan.cli.pipeline import face_options, load_pipeline, motion_analyzer, motion_control, read_picture
@@ -68,7 +68,7 @@ def run_audio(args: argparse.Namespace) -> int:
     if not args.fps > 0:
         raise ValueError(f"--fps must be positive, got {args.fps}")
     control = motion_control(args)
-    audio = load_audio(args.driving_audio)
+    audio = open_audio(args.driving_audio)  # checked (finite, decodable) without keeping it: streamed below
     audio_model = AudioDrivenModel.load(args.audio_checkpoint)
     if args.pose == "replay" and args.reference_video is None and audio_model.reference_pose is None:
         raise ValueError(REPLAY_HINT)

@@ -147,7 +147,19 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], bool]:
         still = driver_kind(driving) == "image" and not is_video  # a photo driven by a photo: a still image
         name = f"{Path(source).stem}_by_{Path(driving).stem}.{'png' if still else 'mp4'}"
         jobs.append(Job(source, driving, os.path.join(folder, name), source_is_video=is_video))
+    refuse_shared_results(jobs)
     return jobs, True
+
+
+def refuse_shared_results(jobs: list[Job]) -> None:
+    """MediaError, before any work, when two jobs of a batch would write the same result (same stems: a/face.png
+    and b/face.png, or face.png and face.jpg): the second would be skipped as "already there"."""
+    first_by_result: dict[str, Job] = {}
+    for job in jobs:
+        earlier = first_by_result.setdefault(os.path.normcase(os.path.abspath(job.result)), job)
+        if earlier is not job:
+            raise MediaError(f"'{earlier.source}' + '{earlier.driving}' and '{job.source}' + '{job.driving}' would "
+                             f"both write '{job.result}' (same file names); rename one of them")
 
 
 # Running.

@@ -17,6 +17,7 @@ from dagan.faces.alignment import Framing
 from dagan.faces.animation import FaceOptions, MotionOptions, fit_picture
 from dagan.inference import DaGANPipeline, autotune, exported_pipeline, exported_pipeline_or_none, resolve_device
 from dagan.io import check_result_path, read_image_uint8
+from dagan.io.files import guard_output
 from dagan.model import load_checkpoint_or_official
 from dagan.motion import ANIMATE, MotionControl, parse_region_scales, parse_still
 from dagan.runtime.backends import BackendError, choose_backend, is_installed
@@ -98,13 +99,15 @@ def visualization_path(result: str) -> str:
 
 
 def check_outputs(args: argparse.Namespace, result: str, inputs: list[Optional[str]]) -> None:
-    """Refuse, before any work, a result (and its visualisation) that would replace an input or the user's files,
-    or land in an unwritable folder."""
+    """Refuse, before any work, a result (its visualisation, its motion file) that would replace an input, a file
+    this project did not write or another output of the command, or land in an unwritable folder."""
     inputs = [*inputs, args.checkpoint, args.depth_checkpoint]
     check_result_path(result, inputs)
+    outputs = [("--result_video", result)]
     if args.visualize:
         check_result_path(visualization_path(result), inputs)
-    check_motion_output(args, inputs)
+        outputs.append(("--visualize", visualization_path(result)))
+    check_motion_output(args, inputs, outputs)
 
 
 # Motion control: every driver (video, image, speech, motion file) takes these flags (docs/demo.md, "Motion control").
@@ -180,16 +183,17 @@ def driving_path(args: argparse.Namespace) -> Optional[str]:
     return given[0][1] if given else None
 
 
-def check_motion_output(args: argparse.Namespace, inputs: list[Optional[str]]) -> None:
-    """Refuse, before any work, a --save_motion path that would replace an input or the result."""
-    if args.save_motion is None:
+def check_motion_output(args: argparse.Namespace, inputs: list[Optional[str]],
+                        outputs: list[tuple[str, str]]) -> None:
+    """Refuse, before any work, a --save_motion path that would replace an input, a file this project did not
+    write or another output of the command (``outputs``: (flag, path) pairs)."""
+    if getattr(args, "save_motion", None) is None:
         return
-    from dagan.io.files import check_writable, refuse_to_overwrite
+    from dagan.io.files import check_writable
 
     if not str(args.save_motion).lower().endswith(".npz"):
         raise ValueError(f"--save_motion writes a .npz file; got {args.save_motion!r}")
-    refuse_to_overwrite(args.save_motion, [*inputs, args.checkpoint, args.result_video], what="motion file",
-                        flag="--save_motion")
+    guard_output(args.save_motion, inputs, "--save_motion", "motion file", others=outputs)
     check_writable(args.save_motion, "motion file")
 
 

@@ -61,7 +61,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.init is not None:
             config.train_params.init_checkpoint = args.init
         is_main = os.environ.get("RANK", "0") == "0"  # torchrun sets RANK; distributed is not set up yet
-        moved = claim_run_directory(args.log_dir, args.resume, args.overwrite, is_main)
+        moved = claim_run_directory(args.log_dir, args.resume, args.overwrite, is_main, (args.config, args.init))
         if moved:
             print(f"moved the previous run in {args.log_dir} to {moved}", file=sys.stderr)
         if config.train_params.stage == "depth":

@@ -5,8 +5,11 @@
   a kill or a full disk leaves either the old file or the new one, never half of one.
 * Temporary names carry the writer's host and process id (``.<stem>.partial-<host>-<pid>-<token><suffix>``), so
   :func:`remove_stale_temporaries` can delete those left by killed processes without touching a live writer's.
-* Output checks done before any work starts: :func:`refuse_to_overwrite` (an output that is one of the inputs,
-  or a folder output that holds inputs) and :func:`check_writable` (the folder can be written to).
+* The one output guard, :func:`guard_output`, run by every command on every output before any work starts: an
+  output may replace only a file this project wrote (recorded by :func:`record_written`, which every atomic write
+  calls: an extended attribute on the file, or the folder's ``.dagan-written`` log where there are none), never an input (compared by real path and inode), nor
+  another output of the same command. :func:`refuse_to_overwrite` (inputs only) and :func:`check_writable` (the
+  folder can be written to) are its parts.
 * :func:`describe_write_error` turns ``OSError`` (full disk, read-only folder) and torch's serialisation errors
   into one line that names the file and the cause.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -27,6 +31,9 @@ PathLike = Union[str, os.PathLike]
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 TEMPORARY_NAME = re.compile(r"^\..*\.partial-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}")
 LOW_DISK_BYTES = 64 * 2**20  # below this much free space, a failed write is reported as a full disk
+WRITTEN_ATTRIBUTE = "user.dagan.written"  # on each file this project wrote: its [size, mtime_ns, inode] then
+WRITTEN_LOG = ".dagan-written"  # per folder, where files keep no attributes: one JSON line (name, identity) per file
+WRITTEN_LOG_COMPACT_BYTES = 2**20  # the log is rewritten with the latest line per file beyond this size
 
 
 class OutputError(ValueError):
@@ -103,6 +110,7 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
         fsync_directory(path.parent)
+        record_written(path)
     except BaseException as error:
         remove_quietly(temporary)
         if isinstance(error, (OSError, RuntimeError)):
@@ -218,3 +226,129 @@ def _same_file(first: PathLike, second: PathLike) -> bool:
         return os.path.samefile(first, second)
     except OSError:  # one of them does not exist
         return False
+
+
+# Which files this project wrote: an extended attribute on the file, else a line in the folder's log.
+def _identity(path: PathLike) -> Optional[list[int]]:
+    """(size, mtime_ns, inode) of a file, or None when it is missing or not a regular file."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino] if os.path.isfile(path) else None
+
+
+def record_written(path: PathLike) -> None:
+    """Note that this project wrote ``path`` as it is now (call it right after the final rename): an extended
+    attribute ``user.dagan.written`` on the file (Linux), else one line in the folder's ``.dagan-written`` log
+    (macOS, Windows, file systems without user attributes). A failure to record is ignored: the file then only
+    counts as the user's, which is the safe side."""
+    path = Path(path)
+    identity = _identity(path)
+    if identity is None:
+        return
+    try:
+        os.setxattr(path, WRITTEN_ATTRIBUTE, json.dumps(identity).encode())
+        return
+    except (AttributeError, OSError):  # no os.setxattr here, or the file system keeps no user attributes
+        pass
+    log = path.parent / WRITTEN_LOG
+    try:
+        with open(log, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps({"name": path.name, "file": identity}) + "\n")
+        if log.stat().st_size > WRITTEN_LOG_COMPACT_BYTES:
+            _compact_written_log(log)
+    except OSError:
+        pass
+
+
+def _recorded_identity(path: Path) -> Optional[list[int]]:
+    """The identity recorded for ``path`` (its attribute, else its folder's log), or None."""
+    try:
+        return [int(value) for value in json.loads(os.getxattr(path, WRITTEN_ATTRIBUTE))]
+    except (AttributeError, OSError, ValueError, TypeError):
+        pass
+    log = path.parent / WRITTEN_LOG
+    return _read_written_log(log).get(path.name) if log.is_file() else None
+
+
+def _read_written_log(log: Path) -> dict[str, list[int]]:
+    """name -> the identity last recorded for it (unreadable lines are skipped)."""
+    entries: dict[str, list[int]] = {}
+    try:
+        with open(log, encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                try:
+                    entry = json.loads(line)
+                    entries[str(entry["name"])] = [int(value) for value in entry["file"]]
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except OSError:
+        pass
+    return entries
+
+
+def _compact_written_log(log: Path) -> None:
+    """Keep one line per file that still exists as recorded."""
+    entries = {name: identity for name, identity in _read_written_log(log).items()
+               if _identity(log.parent / name) == identity}
+    text = "".join(json.dumps({"name": name, "file": identity}) + "\n" for name, identity in entries.items())
+    temporary = temporary_sibling(log)
+    with open(temporary, "w", encoding="utf-8") as stream:
+        stream.write(text)
+    os.replace(temporary, log)
+
+
+def written_by_this_project(path: PathLike) -> bool:
+    """Whether ``path`` is a file this project wrote and nobody changed since (size, mtime and inode as recorded)."""
+    identity = _identity(path)
+    return identity is not None and _recorded_identity(Path(path)) == identity
+
+
+# The one output guard.
+def guard_output(output: PathLike, inputs: Iterable[Optional[PathLike]] = (), flag: Optional[str] = None,
+                 what: str = "output", others: Iterable[tuple[str, Optional[PathLike]]] = (),
+                 folder: bool = False) -> None:
+    """Raise OutputError, before any work, unless ``output`` may be written.
+
+    Refused: an output that is one of ``inputs`` (real path or inode; for a ``folder`` output, one that holds an
+    input), one that names the same file as another output of the command (``others``: (flag, path) pairs), and an
+    existing file this project did not write (:func:`written_by_this_project`). A folder output may exist: what
+    is written into it is guarded file by file. ``flag`` names the option to change in the message.
+    """
+    if output is None:
+        return
+    refuse_to_overwrite(output, inputs, what, flag, output_is_folder=folder)
+    for other_flag, other in others:
+        if other is not None and (os.path.realpath(other) == os.path.realpath(output) or _same_file(other, output)):
+            raise OutputError(f"{flag or what} and {other_flag} name the same file '{output}': one would replace "
+                              "the other; give them different paths")
+    if folder:
+        if os.path.exists(output) and not os.path.isdir(output):
+            raise OutputError(f"the {what} '{output}' is a file, not a folder; give {flag or 'a folder path'} a "
+                              "folder")
+        return
+    refuse_foreign_file(output, flag, what)
+
+
+def refuse_foreign_file(output: PathLike, flag: Optional[str] = None, what: str = "output") -> None:
+    """OutputError if ``output`` exists and is not a file this project wrote (a folder, a link, the user's file)."""
+    if not os.path.lexists(output) or written_by_this_project(output) and not os.path.islink(output):
+        return
+    kind = "a folder" if os.path.isdir(output) else "a file this project did not write"
+    fix = f"give {flag} another path" if flag else "choose another output path"
+    raise OutputError(f"refusing to write the {what} '{output}': it is {kind}; {fix} (or move it away yourself)")
+
+
+def content_digest(path: PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, or of a folder's files (relative names and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    files = sorted(item for item in path.rglob("*") if item.is_file()) if path.is_dir() else [path]
+    for item in files:
+        if path.is_dir():
+            digest.update(item.relative_to(path).as_posix().encode() + b"\0")
+        with open(item, "rb") as stream:
+            for block in iter(lambda: stream.read(2**20), b""):
+                digest.update(block)
+    return digest.hexdigest()

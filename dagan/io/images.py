@@ -31,7 +31,7 @@ ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 # image) and stops a small file that claims an enormous size (a 500 KB PNG of 13000x13000 would take gigabytes)
 # before anything is allocated. DAGAN_MAX_PIXELS, or set_pixel_limit(), changes it.
 DEFAULT_MAX_PIXELS = 50_000_000
-_pixel_limit = [int(os.environ.get("DAGAN_MAX_PIXELS", DEFAULT_MAX_PIXELS))]
+_pixel_limit: list[Optional[int]] = [None]  # None: DAGAN_MAX_PIXELS or the default, read on first use
 
 
 class MediaError(ValueError):
@@ -65,6 +65,14 @@ def set_pixel_limit(max_pixels: int) -> None:
 
 
 def pixel_limit() -> int:
+    """The current limit: set_pixel_limit's, else DAGAN_MAX_PIXELS (MediaError, one line, when it is not a positive
+    whole number), else DEFAULT_MAX_PIXELS."""
+    if _pixel_limit[0] is None:
+        text = os.environ.get("DAGAN_MAX_PIXELS", "").strip()
+        if text and not (text.isdigit() and int(text) > 0):
+            raise MediaError(f"DAGAN_MAX_PIXELS={text!r} is not a positive whole number of pixels; unset it or give "
+                             "e.g. DAGAN_MAX_PIXELS=50000000")
+        _pixel_limit[0] = int(text) if text else DEFAULT_MAX_PIXELS
     return _pixel_limit[0]
 
 

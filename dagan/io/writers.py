@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from dagan.io.files import (OutputError, check_writable, describe_write_error, disk_is_nearly_full,
-                            fsync_directory, refuse_to_overwrite, remove_quietly, remove_stale_temporaries,
-                            temporary_sibling)
+                            fsync_directory, record_written, refuse_foreign_file, refuse_to_overwrite, remove_quietly,
+                            remove_stale_temporaries, temporary_sibling)
 from dagan.io.images import MediaError, PathLike, check_frame
 from dagan.io.video import Size, _ffmpeg_url, _read_log, _reason, _stop_process, ffmpeg_executable, has_audio_stream
 
@@ -162,6 +162,7 @@ class VideoWriter(_AtomicFrameWriter):
             _fsync_file(self._temporary)
             os.replace(self._temporary, self.path)
             fsync_directory(self.path.parent)
+            record_written(self.path)
         except BaseException:
             self.abort()
             raise
@@ -369,11 +370,16 @@ def check_image_path(path: Path, protected_paths: Iterable[Optional[PathLike]]) 
 
 
 def check_video_path(path: Path, protected_paths: Iterable[Optional[PathLike]]) -> str:
-    """The container for an .mp4/.mov output, after checking it replaces no input and is not a folder."""
+    """The container for an .mp4/.mov output, after checking it replaces no input, is not a folder and is not a
+    file this project did not write (:func:`dagan.io.files.refuse_foreign_file`)."""
     container = _container_format(path)
     refuse_to_overwrite_inputs(path, protected_paths)
     if path.is_dir():
         raise MediaError(f"video output '{path}' is an existing directory; give a .mp4 file path")
+    try:
+        refuse_foreign_file(path, what="result")
+    except OutputError as error:
+        raise MediaError(str(error)) from None
     return container
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 
 import torch
 
 from dagan.config import config_to_dict
 from dagan.model import DaGAN
-from dagan.runtime.export import ExportError, export_onnx, is_export_folder
+from dagan.io.files import first_line, remove_stale_temporaries, temporary_sibling
+from dagan.runtime.export import ExportError, export_onnx, is_export_folder, read_manifest
 
 INFERENCE_NETWORKS = ("depth_encoder", "depth_decoder", "kp_detector", "generator")
 
@@ -44,8 +46,17 @@ def model_digest(model: DaGAN) -> str:
 
 
 def cached_export(model: DaGAN) -> str:
-    """The export folder of ``model`` in the cache, written on first use."""
+    """The export folder of ``model`` in the cache, written on first use; a damaged one (a graph changed since, or
+    a manifest without digests) is exported again, once, with one line saying so."""
     directory = os.path.join(cache_root(), "onnx", model_digest(model))
+    remove_stale_temporaries(os.path.dirname(directory))  # what killed exports left, however long ago
+    if is_export_folder(directory):
+        try:
+            read_manifest(directory, require_digests=True)
+        except (ExportError, ValueError, KeyError, OSError) as error:
+            print(f"the cached export {directory} is damaged ({first_line(error)}); exporting it again",
+                  file=sys.stderr)
+            discard(directory)
     if not is_export_folder(directory):
         print(f"exporting the networks to ONNX once, into {directory} ...", file=sys.stderr)
         try:
@@ -54,3 +65,14 @@ def cached_export(model: DaGAN) -> str:
             if not is_export_folder(directory):  # not another process finishing the same export first
                 raise
     return directory
+
+
+def discard(directory: str) -> None:
+    """Remove a cached export folder of ours: renamed to a temporary name first (a reader sees it whole or not at
+    all; a kill in between leaves a temporary that the next export clears)."""
+    doomed = str(temporary_sibling(directory))
+    try:
+        os.replace(directory, doomed)
+    except OSError:  # another process repaired it first
+        return
+    shutil.rmtree(doomed, ignore_errors=True)

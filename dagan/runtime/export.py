@@ -17,7 +17,9 @@ The relative-motion step (:func:`dagan.geometry.normalize_keypoints`, with the m
 :func:`dagan.geometry.adapt_movement_scale`, a convex hull) runs outside the graphs, between ``keypoints`` and
 ``generator``: it is a few dozen floats per frame. Batch-1 source tensors are repeated to the frame batch
 before ``generator``. Images are in [0, 1]; jacobian inputs and outputs exist only when the config estimates
-Jacobians. ``manifest.json`` holds the config, the file, inputs, outputs and role of every graph, and that note.
+Jacobians. ``manifest.json`` holds the config, the file, inputs, outputs, role and SHA-256 of every graph, and that
+note; :func:`read_manifest` refuses a graph whose bytes changed since (an edited graph that still parses would
+give wrong frames).
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from typing import Optional
 
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from dagan.config import Config, config_from_dict, config_to_dict
+from dagan.io.files import content_digest, remove_stale_temporaries, temporary_sibling
 from dagan.geometry import Keypoints
 from dagan.model import DaGAN
 from dagan.networks.generator import SourceFeatures
@@ -63,6 +65,7 @@ class GraphSpec:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     runs: str
+    sha256: str = ""  # of the graph file as exported ("" in folders exported before digests were stored)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +84,9 @@ class ExportManifest:
                            "config": config_to_dict(self.config)}, indent=1) + "\n"
 
 
-def read_manifest(directory: str | os.PathLike) -> ExportManifest:
-    """The manifest of an export folder, checked: right format, every graph file present."""
+def read_manifest(directory: str | os.PathLike, require_digests: bool = False) -> ExportManifest:
+    """The manifest of an export folder, checked: right format, every graph file present and as exported (its
+    SHA-256; ``require_digests``: a manifest without them is refused too)."""
     path = os.path.join(directory, MANIFEST_NAME)
     if not os.path.isfile(path):
         raise ExportError(f"{os.fspath(directory)!r} has no {MANIFEST_NAME}; create it with "
@@ -91,11 +95,16 @@ def read_manifest(directory: str | os.PathLike) -> ExportManifest:
         values = json.load(stream)
     if values.get("format") != MANIFEST_FORMAT or values.get("version") != MANIFEST_VERSION:
         raise ExportError(f"{path!r} is not a {MANIFEST_FORMAT} v{MANIFEST_VERSION} manifest; export again")
-    graphs = {name: GraphSpec(spec["file"], tuple(spec["inputs"]), tuple(spec["outputs"]), spec["runs"])
-              for name, spec in values["graphs"].items()}
+    graphs = {name: GraphSpec(spec["file"], tuple(spec["inputs"]), tuple(spec["outputs"]), spec["runs"],
+                              spec.get("sha256", "")) for name, spec in values["graphs"].items()}
     for name, spec in graphs.items():
         if not os.path.isfile(os.path.join(directory, spec.file)):
             raise ExportError(f"{os.fspath(directory)!r} lacks {spec.file} (graph {name!r}); export again")
+        if require_digests and not spec.sha256:
+            raise ExportError(f"{path!r} stores no SHA-256 of {spec.file}; export again")
+        if spec.sha256 and content_digest(os.path.join(directory, spec.file)) != spec.sha256:
+            raise ExportError(f"{os.path.join(os.fspath(directory), spec.file)!r} changed since it was exported (its "
+                              "SHA-256 differs from the manifest's); export again")
     return ExportManifest(config_from_dict(values["config"]), graphs, values["opset"], values["relative_motion"])
 
 
@@ -216,12 +225,15 @@ def export_onnx(model: DaGAN, output_dir: str | os.PathLike, progress=None) -> E
                "source_encoder": SourceEncoderGraph(frozen), "generator": GeneratorGraph(frozen)}
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output_dir)}.", suffix=".partial")
+    remove_stale_temporaries(parent)  # what killed exports left
+    temporary = str(temporary_sibling(os.path.abspath(output_dir)))
+    os.mkdir(temporary)
     try:
         for name, spec in specs.items():
             if progress is not None:
                 progress(name)
             export_graph(modules[name], inputs[name], spec, os.path.join(temporary, spec.file))
+            specs[name] = dataclasses.replace(spec, sha256=content_digest(os.path.join(temporary, spec.file)))
         manifest = ExportManifest(model.config, specs)
         with open(os.path.join(temporary, MANIFEST_NAME), "w", encoding="utf-8") as stream:
             stream.write(manifest.to_json())

@@ -97,10 +97,15 @@ def load_training_data(config: Config) -> TrainingData:
         raise TrainingError("train_params.stage=personalize needs audio_train_params.target (the target clip's "
                             "prepared .npz, see scripts/prepare_av.py)")
     paths = [params.target] if personalize else item_paths(params.data_dir)
-    clips = [motion_clip(load_item(path), audio.context_seconds, audio.pose_model) for path in paths]
+    items = [load_item(path) for path in paths]  # each checked against the item schema, naming its file
+    for path, item in zip(paths, items):
+        if item.mel.shape[1] != audio.num_mels or item.keypoints.shape[1] != items[0].keypoints.shape[1]:
+            raise TrainingError(f"{path}: {item.mel.shape[1]} mel bands and {item.keypoints.shape[1]} keypoints, but "
+                                f"audio_params.num_mels is {audio.num_mels} and {paths[0]} has "
+                                f"{items[0].keypoints.shape[1]} keypoints; prepare every item with one DaGAN "
+                                "checkpoint and scripts/prepare_av.py --num_mels")
+    clips = [motion_clip(item, audio.context_seconds, audio.pose_model) for item in items]
     num_kp = clips[0].local.shape[1] // 6
-    if any(clip.local.shape[1] != clips[0].local.shape[1] for clip in clips):
-        raise TrainingError("the prepared items have different keypoint counts; prepare them with one DaGAN checkpoint")
     validation = None
     if personalize:
         split = int(round(clips[0].num_frames * (1 - params.validation_fraction)))

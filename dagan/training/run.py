@@ -18,7 +18,7 @@ import torch
 
 from dagan.checkpoint import CheckpointError, atomic_save, read_file
 from dagan.config import Config, save_config
-from dagan.io.files import OutputError, check_writable, remove_stale_temporaries
+from dagan.io.files import OutputError, check_writable, guard_output, refuse_to_overwrite, remove_stale_temporaries
 
 CHECKPOINT_PATTERN = re.compile(r"^(\d{8})\.pt$")
 
@@ -190,15 +190,23 @@ def has_run(log_dir: str) -> bool:
         os.path.isdir(checkpoints) and any(CHECKPOINT_PATTERN.match(name) for name in os.listdir(checkpoints)))
 
 
-def claim_run_directory(log_dir: str, resume: Optional[str], overwrite: bool, is_main: bool = True) -> Optional[str]:
+def claim_run_directory(log_dir: str, resume: Optional[str], overwrite: bool, is_main: bool = True,
+                        inputs: tuple = ()) -> Optional[str]:
     """Make ``log_dir`` ready for this run before any work starts; returns where an old run was moved, if anywhere.
 
     A directory that holds a run is only continued (``--resume``) or, with ``overwrite``, moved aside to
     ``<log_dir>.old-<time>`` (never deleted); otherwise the run is refused with what to do. The directory must be
-    writable. Only the main rank moves or creates anything.
+    writable, a folder, and its run files (``config.yaml``, ``stats.jsonl``) none of ``inputs`` (the config file,
+    ``--init``). Only the main rank moves or creates anything.
     """
     if overwrite and resume is not None:
         raise TrainingError("--overwrite starts a new run and --resume continues one; give only one of them")
+    try:
+        guard_output(log_dir, (), "--log_dir", "run directory", folder=True)
+        for name in RUN_FILES:  # appended to and rewritten on resume: the run directory check below owns them
+            refuse_to_overwrite(os.path.join(log_dir, name), inputs, f"run's {name}", "--log_dir")
+    except OutputError as error:
+        raise TrainingError(str(error)) from None
     moved = None
     if resume is None and has_run(log_dir):
         if not overwrite:
