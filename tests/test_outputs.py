@@ -133,7 +133,7 @@ CASES = [
     (script("make_shards"), "--out", "input", lambda w: (["--root", w["folder"], "--out", w["folder"].parent,
                                                           "--no_progress"], w["driving"])),
     (script("make_shards"), "--out", "foreign", lambda w: (["--root", w["folder"], "--out", w["user"],
-                                                            "--no_progress"], user_file(w, "index.json"))),
+                                                            "--no_progress"], user_file(w, "dataset.json"))),
     (script("prepare_av"), "--out", "input", lambda w: (["--inp", w["driving"], "--out", w["folder"],
                                                          "--checkpoint", w["checkpoint"]], w["driving"])),
     (script("prepare_av"), "--out", "foreign", lambda w: (["--inp", w["driving"], "--out", user_file(w, "items"),

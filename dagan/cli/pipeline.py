@@ -191,9 +191,9 @@ def check_motion_output(args: argparse.Namespace, inputs: list[Optional[str]],
         return
     from dagan.io.files import check_writable
 
+    guard_output(args.save_motion, inputs, "--save_motion", "motion file", others=outputs)
     if not str(args.save_motion).lower().endswith(".npz"):
         raise ValueError(f"--save_motion writes a .npz file; got {args.save_motion!r}")
-    guard_output(args.save_motion, inputs, "--save_motion", "motion file", others=outputs)
     check_writable(args.save_motion, "motion file")
 
 
