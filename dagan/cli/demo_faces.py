@@ -21,9 +21,11 @@ from tqdm import tqdm
 from dagan.cli.pipeline import visualization_path
 from dagan.faces.alignment import Framing
 from dagan.faces.animation import FaceOptions, FaceSession, MotionOptions, fit_picture
+from dagan.faces.restore import RESTORE_MODELS, RestoreOptions
 from dagan.faces.plans import parse_face_selection
 from dagan.inference import AnimatedFrame
 from dagan.io import MediaError, is_image_file, open_video, open_writer, read_image_uint8
+from dagan.runtime.backends import is_installed
 
 DEFAULT_MAX_SIZE = FaceOptions().max_size
 
@@ -71,13 +73,44 @@ def add_face_arguments(parser: argparse.ArgumentParser) -> None:
                        "to the CSV); --result_video is then a folder")
     group.add_argument("--face_backend", choices=("auto", "dlib", "face_alignment"), default="auto",
                        help="face detector and landmarks (auto: dlib when installed, else face_alignment)")
+    add_restore_arguments(parser)
+
+
+def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--restore`` and its options (dagan.faces.restore), as one argument group."""
+    group = parser.add_argument_group(
+        "face restoration", "sharpen the animated face with your own ONNX face-restoration model before paste-back "
+        f"(supported: {', '.join(RESTORE_MODELS)}); nothing is downloaded")
+    group.add_argument("--restore", default=None, metavar="MODEL.onnx",
+                       help="restore the animated face with this ONNX model (GFPGAN 1.4, CodeFormer, GPEN-BFR "
+                       "256/512/1024 or RestoreFormer++ as ONNX files); its type is detected from its inputs")
+    group.add_argument("--restore_strength", type=float, default=1.0, metavar="0..1",
+                       help="how much of the restored face is blended in, inside the paste-back mask (default 1)")
+    group.add_argument("--restore_model", choices=tuple(RESTORE_MODELS), default=None,
+                       help="name the restoration model when its inputs do not tell (default: detected)")
+    group.add_argument("--restore_fidelity", type=float, default=0.7, metavar="0..1",
+                       help="CodeFormer's fidelity weight: 0 = the model's own face, 1 = closest to the animation "
+                       "(default 0.7; other models ignore it)")
+    group.add_argument("--restore_stabilize", action=argparse.BooleanOptionalAction, default=True,
+                       help="average the restored detail over time where the face holds still, so hair and lips do "
+                       "not flicker (default on; --no-restore_stabilize restores each frame on its own)")
+
+
+def restore_options(args: argparse.Namespace) -> Optional[RestoreOptions]:
+    """The restoration the command line asks for (run by ONNX Runtime, or OpenVINO with --backend openvino)."""
+    if args.restore is None:
+        return None
+    runtime = "openvino" if args.backend == "openvino" or not is_installed("onnxruntime") else "onnxruntime"
+    return RestoreOptions(args.restore, args.restore_strength, args.restore_model, args.restore_stabilize,
+                          args.restore_fidelity, runtime)
 
 
 def uses_face_mode(args: argparse.Namespace) -> bool:
     """Whether :func:`run_faces` handles this command line (else the plain whole-image demo does)."""
     batch = args.pairs is not None or (args.source_image is not None and (
         os.path.isdir(args.source_image) or len(source_paths(args.source_image)) > 1))
-    return args.crop == "auto" or args.motion_scale != 1.0 or args.source_video is not None or batch
+    return (args.crop == "auto" or args.motion_scale != 1.0 or args.source_video is not None or batch
+            or args.restore is not None)
 
 
 # Inputs.
@@ -155,7 +188,8 @@ def face_options(args: argparse.Namespace) -> FaceOptions:
     return FaceOptions(crop=args.crop, paste_back=paste_back, faces=args.faces,
                        framing=Framing(args.crop_scale, args.crop_offset_y, rotate=not args.no_crop_rotation),
                        driving_crop=args.driving_crop, detect_every=args.detect_every, max_size=args.max_size,
-                       motion=MotionOptions(args.relative, args.adapt_scale, args.motion_scale))
+                       motion=MotionOptions(args.relative, args.adapt_scale, args.motion_scale),
+                       restore=restore_options(args))
 
 
 class FaceDemo:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from dagan.faces.alignment import CropBox, Framing, resize_transform, warp_to_crop
 from dagan.faces.paste import PasteBack
 from dagan.faces.plans import FacePlan, FaceSelection, VideoCrops, plan_picture_faces, plan_video_crops
+from dagan.faces.restore import FaceRestorer, RestoreOptions
 from dagan.geometry import Keypoints, adapt_movement_scale, normalize_keypoints
 from dagan.inference import AnimatedFrame
 
@@ -61,11 +62,18 @@ class FaceAnimator:
     """Animates chosen faces with a driving video, yielding full pictures (``paste_back``) or the first face's crop.
 
     pipeline: a :class:`~dagan.inference.DaGANPipeline`. smooth: an optional
-    :class:`~dagan.inference.KeypointSmoother` for the driving keypoints.
+    :class:`~dagan.inference.KeypointSmoother` for the driving keypoints. restorer: an optional callable that makes
+    one :class:`~dagan.faces.restore.FaceRestorer` per face (restoration of the animated crops before paste-back).
     """
 
-    def __init__(self, pipeline, motion: MotionOptions = MotionOptions(), smooth=None, paste_back: bool = True):
+    def __init__(self, pipeline, motion: MotionOptions = MotionOptions(), smooth=None, paste_back: bool = True,
+                 restorer: Optional[Callable[[], Callable[[np.ndarray], np.ndarray]]] = None):
         self.pipeline, self.motion, self.smooth, self.paste_back = pipeline, motion, smooth, paste_back
+        self.restorer = restorer
+
+    def restorers(self, count: int) -> list[Callable[[np.ndarray], np.ndarray]]:
+        """One crop restorer per face (the identity without restoration)."""
+        return [self.restorer() if self.restorer is not None else (lambda crop: crop) for _ in range(count)]
 
     @property
     def size(self) -> tuple[int, int]:
@@ -121,6 +129,7 @@ class FaceAnimator:
         faces = faces if self.paste_back else faces[:1]
         sources = [self.pipeline.prepare_source(warp_to_crop(picture, face.transform)) for face in faces]
         pastes = [PasteBack(face.transform, picture.shape[:2], whole_picture=face.whole_picture) for face in faces]
+        restorers = self.restorers(len(faces))
         for batch in self.driving_batches(driving_frames, driving_crops, driving_initial):
             kp_norms = [self.transfer(source.keypoints, batch.keypoints, batch.anchor) for source in sources]
             predictions = [self.render(source, kp_norm) for source, kp_norm in zip(sources, kp_norms)]
@@ -128,12 +137,13 @@ class FaceAnimator:
             for index in range(len(batch.frames)):
                 one = slice(index, index + 1)
                 panel = self.panel(sources[0], batch, predictions[0], kp_norms[0], index) if visualize else None
+                crops = [restore(face_crops[index]) for restore, face_crops in zip(restorers, rendered)]
                 if not self.paste_back:
-                    yield AnimatedFrame(rendered[0][index], kp_norms[0].index(one), panel)
+                    yield AnimatedFrame(crops[0], kp_norms[0].index(one), panel)
                     continue
                 output = picture.copy()
-                for paste, crops in zip(pastes, rendered):
-                    paste(output, crops[index])
+                for paste, crop in zip(pastes, crops):
+                    paste(output, crop)
                 yield AnimatedFrame(output, kp_norms[0].index(one), panel)
 
     @staticmethod
@@ -156,6 +166,7 @@ class FaceAnimator:
         source_iterator = enumerate(source_frames)
         paste: Optional[PasteBack] = None
         scale: Optional[float] = None
+        (restore,) = self.restorers(1)
         for batch in self.driving_batches(driving_frames, driving_crops):
             for offset in range(len(batch.frames)):
                 item = next(source_iterator, None)
@@ -168,7 +179,7 @@ class FaceAnimator:
                     scale = self.movement_scale(source.keypoints, batch.anchor)
                 kp_norm = self.transfer(source.keypoints, batch.keypoints.index(slice(offset, offset + 1)),
                                         batch.anchor, scale)
-                crop = to_uint8_batch(self.render(source, kp_norm))[0]
+                crop = restore(to_uint8_batch(self.render(source, kp_norm))[0])
                 if not self.paste_back:
                     yield AnimatedFrame(crop, kp_norm, None)
                     continue
@@ -201,6 +212,7 @@ class FaceOptions:
     detect_every: int = 3
     max_size: int = 1920
     motion: MotionOptions = field(default_factory=MotionOptions)
+    restore: Optional[RestoreOptions] = None  # face restoration of the animated crops (dagan.faces.restore)
 
     def __post_init__(self) -> None:
         if self.crop not in ("auto", "none"):
@@ -239,6 +251,7 @@ class FaceSession:
         self._analyzer, self.face_backend = analyzer, face_backend
         self.driving_plans: dict[str, VideoCrops] = {}
         self.messages: list[str] = []
+        self._restoration = None  # the loaded restoration model (dagan.faces.restore), when asked for
 
     @property
     def analyzer(self):
@@ -253,7 +266,25 @@ class FaceSession:
         return self._analyzer
 
     def animator(self, smooth=None) -> FaceAnimator:
-        return FaceAnimator(self.pipeline, self.options.motion, smooth, self.options.paste_back)
+        return FaceAnimator(self.pipeline, self.options.motion, smooth, self.options.paste_back,
+                            self.restorer_factory())
+
+    def restorer_factory(self) -> Optional[Callable[[], FaceRestorer]]:
+        """Makes a :class:`~dagan.faces.restore.FaceRestorer` per face when ``options.restore`` asks for one (the
+        restoration model is loaded once per session)."""
+        restore = self.options.restore
+        if restore is None:
+            return None
+        if self._restoration is None:
+            self._restoration = restore.load()
+            self.messages.append(f"restoring faces with {self._restoration.describe()}, strength {restore.strength}"
+                                 + (", stabilised over time" if restore.stabilize else ""))
+        framing = self.options.framing if self.options.crop == "auto" else Framing()
+        return lambda: FaceRestorer(self._restoration, self.size, restore.strength, restore.stabilize, framing)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.pipeline.image_size
 
     def driving_crops(self, video) -> VideoCrops:
         """The crops of a driving :class:`~dagan.io.VideoSource` (planned once per path)."""
