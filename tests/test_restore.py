@@ -41,14 +41,15 @@ class SharpeningRestorer(nn.Module):
         return (image + 0.2 + detail).clamp(-1, 1)
 
 
-def export(path, size: int, fidelity: bool = False, channels: int = 3) -> str:
+def export(path, size: int, fidelity: bool = False, channels: int = 3, dynamic: bool = False) -> str:
     image = torch.zeros(1, channels, size, size)
     inputs = (image, torch.zeros(1, dtype=torch.float64)) if fidelity else (image,)
     names = ["input", "weight"] if fidelity else ["input"]
+    axes = {"input": {2: "height", 3: "height"}} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(SharpeningRestorer(), inputs, str(path), input_names=names, output_names=["output"],
-                          opset_version=17, dynamo=False)
+                          opset_version=17, dynamo=False, dynamic_axes=axes)
     return str(path)
 
 
@@ -91,6 +92,13 @@ def test_unknown_signatures_are_refused_in_one_line(graphs, tmp_path):
         assert "\n" not in str(error.value) and "expected one float input (1, 3, S, S)" in str(error.value)
     with pytest.raises(RestoreError, match="does not look like codeformer"):
         RestorationModel(graphs["gfpgan_1.4"], model="codeformer")
+    dynamic = export(tmp_path / "dynamic.onnx", 512, dynamic=True)
+    with pytest.raises(RestoreError, match="not fixed.*--restore_model"):
+        RestorationModel(dynamic)
+    assert RestorationModel(dynamic, model="gpen_bfr_1024").size == 1024
+    with pytest.raises(RestoreError, match="PyTorch weights.*torchvision"):
+        (tmp_path / "GFPGANv1.4.pth").write_bytes(b"weights")
+        RestorationModel(str(tmp_path / "GFPGANv1.4.pth"))
     with pytest.raises(RestoreError, match="could not be read as an ONNX model"):
         (tmp_path / "text.onnx").write_text("not a graph")
         RestorationModel(str(tmp_path / "text.onnx"))

@@ -52,6 +52,7 @@ TEMPLATES = {
                     + [8.0, 0.0]) / 128.0,
 }
 VALUE_RANGES = {"-1..1": (-1.0, 1.0), "0..1": (0.0, 1.0)}
+TORCH_WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 
 
 class RestoreError(ValueError):
@@ -121,26 +122,27 @@ def graph_inputs(path: str) -> list[GraphInput]:
     return inputs
 
 
-def _image_side(graph_input: GraphInput) -> Optional[int]:
-    """S for an input (N, 3, S, S) of floats (N 1 or free), else None."""
+def _is_image(graph_input: GraphInput) -> bool:
+    """An input (N, 3, S, S) of floats (N 1 or free; S fixed or free)."""
     dims = graph_input.dims
-    if (graph_input.dtype.startswith("float") and len(dims) == 4 and dims[0] in (1, None) and dims[1] == 3
-            and dims[2] is not None and dims[2] == dims[3]):
-        return dims[2]
-    return None
+    return (graph_input.dtype.startswith("float") and len(dims) == 4 and dims[0] in (1, None) and dims[1] == 3
+            and dims[2] == dims[3])
 
 
 def detect_signature(path: str, inputs: Sequence[GraphInput], name: Optional[str] = None
                      ) -> tuple[RestoreSignature, GraphInput, Optional[GraphInput]]:
     """The table row of a graph (``name`` from ``--restore_model``, else detected), its image input and its
     fidelity input; :class:`RestoreError` (one line naming what was expected) when the graph does not fit."""
-    images = [graph_input for graph_input in inputs if _image_side(graph_input) is not None]
+    images = [graph_input for graph_input in inputs if _is_image(graph_input)]
     others = [graph_input for graph_input in inputs if graph_input not in images]
     fidelity = others[0] if len(others) == 1 and len(others[0].dims) <= 1 else None
     found = ", ".join(graph_input.describe() for graph_input in inputs) or "none"
     if len(images) != 1 or (others and fidelity is None):
         raise RestoreError(f"--restore {path}: unsupported restoration graph (inputs: {found}); expected {EXPECTED}")
-    side = _image_side(images[0])
+    side = images[0].dims[2]
+    if name is None and side is None:
+        raise RestoreError(f"--restore {path}: its input side is not fixed (inputs: {found}); name the model with "
+                           f"--restore_model ({', '.join(RESTORE_MODELS)})")
     if name is None:
         name = DETECTED.get((side, fidelity is not None))
         if name is None:
@@ -149,7 +151,7 @@ def detect_signature(path: str, inputs: Sequence[GraphInput], name: Optional[str
     if name not in RESTORE_MODELS:
         raise RestoreError(f"--restore_model {name!r} is not in the table; use one of {', '.join(RESTORE_MODELS)}")
     signature = RESTORE_MODELS[name]
-    if signature.size != side or (signature.fidelity_input is not None) != (fidelity is not None):
+    if side not in (None, signature.size) or (signature.fidelity_input is not None) != (fidelity is not None):
         wanted = f"(1, 3, {signature.size}, {signature.size})" + (" and a fidelity input (1,)"
                                                                   if signature.fidelity_input else " only")
         raise RestoreError(f"--restore {path} does not look like {name} (inputs: {found}); {name} takes {wanted}; "
@@ -183,6 +185,10 @@ class RestorationModel:
         if not os.path.isfile(path):
             raise RestoreError(f"--restore {path!r} does not exist; give the .onnx file of a face restoration model "
                                f"({', '.join(RESTORE_MODELS)})")
+        if path.lower().endswith(TORCH_WEIGHT_SUFFIXES):
+            raise RestoreError(f"--restore {path!r} holds PyTorch weights, which are not run here (their loader, "
+                               "spandrel, imports torchvision, which does not import with the CPU build of torch); "
+                               "use the model's .onnx file")
         if runtime not in RUNNERS:
             raise RestoreError(f"restoration runs on {' or '.join(RUNNERS)}, not {runtime!r}")
         if not 0.0 <= fidelity <= 1.0:
