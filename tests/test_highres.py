@@ -98,6 +98,7 @@ def run_train(log_dir, overrides, *extra: str) -> int:
     return train_main(arguments)
 
 
+@pytest.mark.slow
 def test_tiny_512_trains_both_stages_resumes_exactly_exports_and_animates(tmp_path, depth_dir, capsys):
     depth = ["train_params.stage=depth", "depth_train_params.num_steps=2", "depth_train_params.batch_size=2",
              "train_params.checkpoint_every=2"]
