@@ -27,8 +27,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from dagan.checkpoint import (CheckpointError, check_fits, grow_states, infer_model_settings, is_our_checkpoint, load_checkpoint,
-                              load_shared, load_strict, read_official_checkpoint, read_official_depth, save_checkpoint)
+from dagan.checkpoint import (CheckpointError, check_fits, grow_states, infer_model_settings, is_our_checkpoint,
+                              load_checkpoint, load_shared, load_strict, read_official_checkpoint,
+                              read_official_depth, save_checkpoint)
 from dagan.config import Config, config_from_dict, config_to_dict, load_config
 from dagan.geometry import Keypoints, halve
 from dagan.networks.depth import DepthDecoder, DepthEncoder

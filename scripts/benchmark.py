@@ -368,17 +368,19 @@ def frame_flops(cached: "Cached", driving: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9
 
 
+class _PassThrough(torch.nn.Module):
+    """The identity restoration model: (1, 3, S, S) in [-1, 1] -> the same."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image.clamp(-1, 1)
+
+
 def identity_restorer(folder: str, size: int = 512) -> str:
     """A pass-through restoration graph (1, 3, size, size) -> the same, exported into ``folder``."""
     path = os.path.join(folder, f"identity{size}.onnx")
     torch.onnx.export(_PassThrough(), (torch.zeros(1, 3, size, size),), path,
                       input_names=["input"], output_names=["output"], opset_version=17, dynamo=False)
     return path
-
-
-class _PassThrough(torch.nn.Module):
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return image.clamp(-1, 1)
 
 
 def restoration_timing(path: str, crop_size: tuple[int, int], repeats: int) -> dict:

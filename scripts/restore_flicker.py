@@ -89,7 +89,8 @@ def main(argv=None) -> int:
         print(f"{model.describe()}, {len(crops)} frames of {args.video} at {args.size}x{args.size}")
         print(f"flicker (mean |frame t - frame t-1| in the face, grey levels): input {base:.2f}")
         for key, name in ((False, "per frame"), (True, "stabilised")):
-            print(f"  {name:10s} {flicker(results[key], region):6.2f}  relative {flicker(results[key], region) / base:.2f}")
+            value = flicker(results[key], region)
+            print(f"  {name:10s} {value:6.2f}  relative {value / base:.2f}")
         print(f"detail kept by stabilisation: {change[True] / change[False]:.2f}")
         if args.save:
             from dagan.io.images import write_png

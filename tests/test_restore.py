@@ -17,7 +17,7 @@ from dagan.faces.alignment import CropBox
 from dagan.faces.animation import FaceAnimator
 from dagan.faces.paste import PasteBack
 from dagan.faces.plans import FacePlan, VideoCrops
-from dagan.faces.restore import (FaceRestorer, RestorationModel, RestoreError, crop_five_points, relative_flicker)
+from dagan.faces.restore import FaceRestorer, RestorationModel, RestoreError, crop_five_points, relative_flicker
 from dagan.inference import DaGANPipeline
 from dagan.model import DaGAN
 
@@ -126,7 +126,7 @@ def test_restoration_in_the_pipeline_changes_only_the_masked_face(graphs, pipeli
     region = PasteBack(transform, picture.shape[:2]).region
     for name, path in graphs.items():
         model = RestorationModel(path, runtime)
-        animator = FaceAnimator(pipeline, restorer=lambda: FaceRestorer(model, pipeline.image_size))
+        animator = FaceAnimator(pipeline, restorer=lambda model=model: FaceRestorer(model, pipeline.image_size))
         restored = [frame.frame for frame in animator.animate_picture(picture, faces, driving, crops)]
         for ours, theirs in zip(restored, plain, strict=True):
             x0, y0, x1, y1 = region
@@ -139,8 +139,8 @@ def test_restoration_in_the_pipeline_changes_only_the_masked_face(graphs, pipeli
 
 def synthetic_clip(frames: int = 12, size: int = 64) -> list[np.ndarray]:
     """A still face-like crop with sensor noise (sigma 3 grey levels) and a slow brightness drift."""
-    from skimage.data import astronaut
     import cv2
+    from skimage.data import astronaut
 
     face = cv2.resize(astronaut()[20:220, 140:340], (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
     random = np.random.default_rng(1)

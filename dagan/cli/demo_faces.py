@@ -21,8 +21,8 @@ from tqdm import tqdm
 from dagan.cli.pipeline import visualization_path
 from dagan.faces.alignment import Framing
 from dagan.faces.animation import FaceOptions, FaceSession, MotionOptions, fit_picture
-from dagan.faces.restore import RESTORE_MODELS, RestoreOptions
 from dagan.faces.plans import parse_face_selection
+from dagan.faces.restore import RESTORE_MODELS, RestoreOptions
 from dagan.inference import AnimatedFrame
 from dagan.io import MediaError, is_image_file, open_video, open_writer, read_image_uint8
 from dagan.runtime.backends import is_installed

@@ -229,8 +229,8 @@ class DepthAwareGenerator(_DepthAwareEncoder):
                                     for level in self.fine_levels}, block_expansion, max_features, attention_window)
         self.build_highres(num_channels, block_expansion, block_expansion)
 
-    def decode(self, features: torch.Tensor,
-               refine: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, features: torch.Tensor, refine: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Refined features (B, C, h, w) -> image (B, 3, h', w') in [0, 1] at the released size, and the last
         decoder features (B, block_expansion, h', w'); ``refine`` from :meth:`level_refiner` applies the attention
         of the finer levels (after up block l comes level l)."""

@@ -81,7 +81,8 @@ class SPADEDecoder(nn.Module):
         self.output_channels = OUTPUT_WIDTH
 
     def forward(self, features: torch.Tensor, occluded_deformed: torch.Tensor,
-                refine: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                refine: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> image (B, 3, H, W) in [0, 1] and the last features (B, 64, H, W). ``refine(level, x)`` (DaGAN++)
         refines the output of up_0 (level 1) and up_1 (level 2)."""
         refine = refine or (lambda level, x: x)

@@ -25,8 +25,8 @@ from typing import Optional
 
 from torch import nn
 
-from dagan.checkpoint import (CheckpointError, check_fits, grow_states, load_shared, read_file, read_official_checkpoint,
-                              read_official_depth, FORMAT_NAME)
+from dagan.checkpoint import (CheckpointError, check_fits, grow_states, load_shared, read_file,
+                              read_official_checkpoint, read_official_depth, FORMAT_NAME)
 from dagan.model import DaGAN
 
 DEPTH_NETWORKS = ("depth_encoder", "depth_decoder")
