@@ -398,11 +398,11 @@ def restoration_timing(path: str, crop_size: tuple[int, int], repeats: int) -> d
         for runtime in ("onnxruntime", "openvino"):
             if importlib.util.find_spec(runtime) is None:
                 continue
-            before = resident_bytes()
+            before = resident_bytes(torch.device("cpu"))
             restorer = FaceRestorer(RestorationModel(path, runtime), crop_size)
             seconds = min(timed(lambda: restorer(crop), torch.device("cpu"), repeats))
             result[runtime] = {"signature": restorer.model.signature.name, "ms_per_frame": 1000 * seconds,
-                               "resident_mib_added": (resident_bytes() - before) / 2 ** 20}
+                               "resident_mib_added": (resident_bytes(torch.device("cpu")) - before) / 2 ** 20}
         return result
     finally:
         shutil.rmtree(folder, ignore_errors=True)
