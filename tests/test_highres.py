@@ -76,6 +76,20 @@ def test_growing_from_the_release_keeps_its_keys_and_starts_at_its_upsampled_out
     assert float((animate(grown, *large) - reference).abs().mean()) > 0.05
 
 
+def test_train_init_grows_the_release(release):
+    """``train.py --init`` (dagan.training.finetune) grows the release the same way, and says what is new."""
+    from dagan.training.finetune import initialize_from
+    model = DaGAN(load_config(str(PARITY_DIR / "model.yaml"), GROWN))
+    report = initialize_from(model, release["checkpoint"], "gan")
+    assert report.loaded == ["generator", "kp_detector", "discriminator"]
+    assert report.new == ["generator.highres", "discriminator.discs.1"]
+    assert "grown levels' image residuals at 0" in report.line()
+    official = read_official_checkpoint(release["checkpoint"])
+    for key, value in official["generator"].items():
+        assert torch.equal(model.generator.state_dict()[key], value), key
+    assert float(model.generator.highres.to_image[0].weight.abs().max()) == 0
+
+
 def test_grown_frame_shape_must_divide(tmp_path):
     with pytest.raises(ConfigError, match="dataset_params.frame_shape"):
         load_config(config_path("tiny-512.yaml"), ["dataset_params.frame_shape=[100,100,3]"])
