@@ -162,3 +162,22 @@ def test_stabilisation_lowers_the_flicker(graphs):
     print(f"relative flicker: per frame {figures[False]:.2f}, stabilised {figures[True]:.2f}")
     assert figures[False] > 1.2  # the stand-in restorer flickers, as real ones do
     assert figures[True] < 0.8 * figures[False]
+
+
+def test_demo_restores_with_one_flag_and_refuses_bad_models_first(graphs, tiny_checkpoint, tmp_path, capsys):
+    needs("onnxruntime")
+    from conftest import REPO_ROOT, make_test_clip
+    from dagan.cli.demo import main as demo_main
+
+    driving = make_test_clip(tmp_path / "driving.mp4")  # 12 frames
+    common = ["--checkpoint", tiny_checkpoint, "--source_image", str(REPO_ROOT / "data" / "samples" / "source.png"),
+              "--driving_video", str(driving), "--crop", "none",
+              "--relative", "--adapt_scale", "--backend", "torch"]
+    assert demo_main([*common, "--restore", str(tmp_path / "missing.onnx"), "--result_video",
+                      str(tmp_path / "a.mp4")]) == 1
+    errors = capsys.readouterr().err
+    assert "missing.onnx' does not exist" in errors and "animating" not in errors
+    assert demo_main([*common, "--restore", graphs["gpen_bfr_256"], "--restore_strength", "0.5", "--result_video",
+                      str(tmp_path / "frames") + "/"]) == 0
+    assert "restoring faces with gpen_bfr_256 (256x256) on onnxruntime, strength 0.5" in capsys.readouterr().err
+    assert len(list((tmp_path / "frames").glob("*.png"))) == 12

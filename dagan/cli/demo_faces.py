@@ -269,6 +269,9 @@ def run_faces(args: argparse.Namespace, load_pipeline: Callable[[argparse.Namesp
               check_outputs: Callable[[argparse.Namespace, str, list], None]) -> int:
     """Run the face-mode demo (see the module docstring). Returns the exit status."""
     jobs, batch = plan_jobs(args)
+    restore = face_options(args).restore  # bad face or restoration options fail here, before the model loads
+    if restore is not None:
+        restore.check()
     if args.visualize and any(job.source_is_video for job in jobs):
         raise ValueError("--visualize works with source images only (not with --source_video)")
     for job in jobs:  # before the model loads; a batch skips the results already there

@@ -38,7 +38,7 @@ from dagan.faces.alignment import Framing, crop_box_from_points
 from dagan.faces.paste import face_mask
 
 __all__ = ["RESTORE_MODELS", "TEMPLATES", "RestoreError", "RestoreSignature", "RestorationModel", "FaceRestorer",
-           "TemporalStabilizer", "RestoreOptions", "detect_signature", "crop_five_points", "flicker",
+           "TemporalStabilizer", "RestoreOptions", "detect_signature", "read_signature", "crop_five_points", "flicker",
            "relative_flicker"]
 
 # Five points (x, y) as fractions of the template's side: right eye, left eye, nose tip, right and left mouth
@@ -159,6 +159,20 @@ def detect_signature(path: str, inputs: Sequence[GraphInput], name: Optional[str
     return signature, images[0], fidelity
 
 
+def read_signature(path: str, model: Optional[str] = None
+                   ) -> tuple[RestoreSignature, GraphInput, Optional[GraphInput]]:
+    """:func:`detect_signature` of the ONNX file at ``path``, with one-line errors for a missing file or PyTorch
+    weights (cheap: no session is created)."""
+    if not os.path.isfile(path):
+        raise RestoreError(f"--restore {path!r} does not exist; give the .onnx file of a face restoration model "
+                           f"({', '.join(RESTORE_MODELS)})")
+    if path.lower().endswith(TORCH_WEIGHT_SUFFIXES):
+        raise RestoreError(f"--restore {path!r} holds PyTorch weights, which are not run here (their loader, "
+                           "spandrel, imports torchvision, which does not import with the CPU build of torch); "
+                           "use the model's .onnx file")
+    return detect_signature(path, graph_inputs(path), model)
+
+
 def crop_five_points(size: tuple[int, int], framing: Framing = Framing()) -> np.ndarray:
     """(5, 2) pixel positions (x, y) of a typical face's five points in the model's crop of ``size`` (height,
     width) framed by ``framing``: the FFHQ template's face put through the crop rule of
@@ -182,19 +196,12 @@ class RestorationModel:
         from dagan.runtime.backends import RUNNERS
 
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise RestoreError(f"--restore {path!r} does not exist; give the .onnx file of a face restoration model "
-                               f"({', '.join(RESTORE_MODELS)})")
-        if path.lower().endswith(TORCH_WEIGHT_SUFFIXES):
-            raise RestoreError(f"--restore {path!r} holds PyTorch weights, which are not run here (their loader, "
-                               "spandrel, imports torchvision, which does not import with the CPU build of torch); "
-                               "use the model's .onnx file")
         if runtime not in RUNNERS:
             raise RestoreError(f"restoration runs on {' or '.join(RUNNERS)}, not {runtime!r}")
         if not 0.0 <= fidelity <= 1.0:
             raise RestoreError(f"the restoration fidelity must be in [0, 1], got {fidelity}")
         self.path, self.runtime = path, runtime
-        self.signature, self.image_input, self.fidelity_input = detect_signature(path, graph_inputs(path), model)
+        self.signature, self.image_input, self.fidelity_input = read_signature(path, model)
         self.fidelity = fidelity
         self.run = RUNNERS[runtime](path, threads or min(4, os.cpu_count() or 1))
 
@@ -299,6 +306,12 @@ class RestoreOptions:
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0:
             raise RestoreError(f"--restore_strength must be in [0, 1], got {self.strength}")
+
+    def check(self) -> RestoreSignature:
+        """The model's table row, or :class:`RestoreError` (before anything slow is loaded)."""
+        if not 0.0 <= self.fidelity <= 1.0:
+            raise RestoreError(f"--restore_fidelity must be in [0, 1], got {self.fidelity}")
+        return read_signature(self.path, self.model)[0]
 
     def load(self) -> RestorationModel:
         return RestorationModel(self.path, self.runtime, self.model, self.fidelity)
