@@ -181,3 +181,23 @@ def test_demo_restores_with_one_flag_and_refuses_bad_models_first(graphs, tiny_c
                       str(tmp_path / "frames") + "/"]) == 0
     assert "restoring faces with gpen_bfr_256 (256x256) on onnxruntime, strength 0.5" in capsys.readouterr().err
     assert len(list((tmp_path / "frames").glob("*.png"))) == 12
+
+
+def test_stabilisation_follows_motion_without_ghosts(graphs):
+    """Where the animation moves, the stabilised frame keeps the current frame's restoration (no trail of the
+    previous position): a face sliding 4 pixels per frame."""
+    needs("onnxruntime")
+    from dagan.faces.paste import face_mask
+
+    model = RestorationModel(graphs["gpen_bfr_256"])
+    still = synthetic_clip(frames=1, size=96)[0]
+    clip = [np.ascontiguousarray(still[16:80, 4 * index:4 * index + 64]) for index in range(8)]
+    region = face_mask((64, 64)) > 0.5
+    per_frame = FaceRestorer(model, (64, 64), stabilize=False)
+    stabilised = FaceRestorer(model, (64, 64), stabilize=True)
+    for frame in clip:
+        plain, steady = per_frame(frame).astype(np.float32), stabilised(frame).astype(np.float32)
+    change = np.abs(plain - clip[-1])[region].mean()
+    lag = np.abs(steady - plain)[region].mean()
+    print(f"moving clip: restoration change {change:.1f}, stabilised vs per frame {lag:.1f} grey levels")
+    assert lag < 0.25 * change
