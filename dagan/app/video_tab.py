@@ -105,7 +105,7 @@ class Animator:
             anchor = self.best_anchor_frame(pipeline, source, video, progress)
         smoother = KeypointSmoother(video.fps, min_cutoff=request.smooth_cutoff) if request.smooth else None
         notes: list[str] = []
-        if request.crop != "none" or request.motion_scale != 1.0:
+        if request.crop != "none" or request.motion_scale != 1.0 or self.settings.restore is not None:
             progress(0.0, desc="Finding faces")
             frames, notes = self.face_frames(request, pipeline, source, video, anchor, smoother)
         else:
@@ -131,7 +131,8 @@ class Animator:
 
         options = FaceOptions(crop=request.crop, paste_back=request.paste_back and request.crop == "auto",
                               faces=parse_face_selection(request.faces),
-                              motion=MotionOptions(request.relative, request.adapt_scale, request.motion_scale))
+                              motion=MotionOptions(request.relative, request.adapt_scale, request.motion_scale),
+                              restore=self.settings.restore)
         if request.crop == "auto" and self.face_analyzer is None:
             self.face_analyzer = get_face_analyzer("auto", detect_max_side=PHOTO_DETECT_MAX_SIDE)
         session = FaceSession(pipeline, options, analyzer=self.face_analyzer)

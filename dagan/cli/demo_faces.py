@@ -100,7 +100,8 @@ def restore_options(args: argparse.Namespace) -> Optional[RestoreOptions]:
     """The restoration the command line asks for (run by ONNX Runtime, or OpenVINO with --backend openvino)."""
     if args.restore is None:
         return None
-    runtime = "openvino" if args.backend == "openvino" or not is_installed("onnxruntime") else "onnxruntime"
+    backend = getattr(args, "backend", "auto")  # the web app has no --backend
+    runtime = "openvino" if backend == "openvino" or not is_installed("onnxruntime") else "onnxruntime"
     return RestoreOptions(args.restore, args.restore_strength, args.restore_model, args.restore_stabilize,
                           args.restore_fidelity, runtime)
 
