@@ -23,6 +23,7 @@ import torch
 
 from dagan.config import Config
 from dagan.io.files import OutputError, atomic_write, first_line
+from dagan.networks.discriminator import scale_key
 
 FORMAT_NAME = "dagan"
 FORMAT_VERSION = 1
@@ -215,21 +216,55 @@ def load_strict(network: torch.nn.Module, state_dict: dict, name: str,
     network.load_state_dict(state_dict, strict=True)
 
 
-# DaGAN++ blocks that released weights lack: the generator's zero-gated attention levels, the pose network's
-# uncertainty head.
-NEW_MODULE_PREFIXES = ("layer_attention.", "uncertainty_head.")
+# Blocks that released weights lack: the generator's zero-gated DaGAN++ attention levels and the levels of grown
+# (512) models (whose image residual starts at zero), the pose network's uncertainty head.
+NEW_MODULE_PREFIXES = ("layer_attention.", "uncertainty_head.", "highres.")
 
 
-def load_shared(network: torch.nn.Module, state_dict: dict, name: str) -> list[str]:
+def load_shared(network: torch.nn.Module, state_dict: dict, name: str, new_prefixes: tuple[str, ...] = ()) -> list[str]:
     """Load every key of ``state_dict`` strictly (all must exist with the same shapes) and allow the network's own
-    DaGAN++ blocks (:data:`NEW_MODULE_PREFIXES`) to be missing from the file: they keep their zero-gated
-    initialisation. Returns the names of those new blocks (e.g. ``["layer_attention.1"]``)."""
+    new blocks (:data:`NEW_MODULE_PREFIXES`, and ``new_prefixes``: a grown model's new discriminator scale) to be
+    missing from the file: they keep their initialisation. Returns the names of those new blocks (e.g.
+    ``["layer_attention.1"]``)."""
     own = network.state_dict()
-    new = [key for key in own if key not in state_dict and key.startswith(NEW_MODULE_PREFIXES)]
+    new = [key for key in own if key not in state_dict and key.startswith(NEW_MODULE_PREFIXES + new_prefixes)]
     if new:
         state_dict = {**state_dict, **{key: own[key] for key in new}}
     load_strict(network, state_dict, name)
-    return sorted({".".join(key.split(".")[:2 if key.startswith("layer_attention.") else 1]) for key in new})
+    return sorted({".".join(key.split(".")[:2 if key.startswith(("layer_attention.", "discs.")) else 1])
+                   for key in new})
+
+
+def grow_states(networks: dict[str, dict], levels: int, model_scales: list[float]) -> tuple[dict[str, dict], dict]:
+    """State dicts of a released-size model (the 256 release, or one of our 256 checkpoints) for a model grown by
+    ``levels`` (``model_params.highres_levels``): the discriminator of scale s, trained on released-size images,
+    becomes the grown model's scale s / 2^levels; every other key is unchanged. Returns the states and, per
+    network, the key prefixes the grown model adds (its discriminator scales that the file lacks, for
+    :func:`load_shared`). Files that are already grown (their generator has ``highres.*`` keys) pass unchanged."""
+    generator = networks.get("generator", {})
+    if not levels or any(key.startswith("highres.") for key in generator):
+        return networks, {}
+    grown = dict(networks)
+    if "discriminator" in networks:
+        renames = {f"discs.{scale_key(_plain(2 ** levels * scale))}.": f"discs.{scale_key(_plain(scale))}."
+                   for scale in model_scales}
+        grown["discriminator"] = OrderedDict(
+            (_renamed(key, renames), value) for key, value in networks["discriminator"].items())
+    present = {".".join(key.split(".")[:2]) + "." for key in grown.get("discriminator", {})}
+    lacking = tuple(prefix for prefix in (f"discs.{scale_key(_plain(scale))}." for scale in model_scales)
+                    if prefix not in present)
+    return grown, {"discriminator": lacking}
+
+
+def _plain(scale: float) -> float | int:
+    return int(scale) if float(scale).is_integer() else scale
+
+
+def _renamed(key: str, renames: dict[str, str]) -> str:
+    for old, new in renames.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
 
 
 def export_official_depth(model, depth_dir: str | os.PathLike) -> dict[str, str]:

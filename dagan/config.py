@@ -210,8 +210,14 @@ class ModelParams:
     generator: str = "DepthAwareGenerator"  # dagan addition (the reference's --generator)
     kp_detector_input: str = "rgbd"  # dagan addition (the reference's --rgbd / --use_depth)
     depth_params: DepthParams = field(default_factory=DepthParams)  # dagan addition
+    # dagan addition: levels above the released 256 networks, each doubling the frame size (1 = a 512 model grown
+    # from the 256 release). The depth network, keypoint detector, dense motion and the generator's encoder and
+    # decoder see the frames halved this many times; the generator gains one full-resolution level per step.
+    highres_levels: int = 0
 
     def __post_init__(self) -> None:
+        _check(0 <= self.highres_levels <= 3, "model_params.highres_levels",
+               f"must be 0 (256 models), 1 (512) or 2 (1024), got {self.highres_levels}")
         _check(self.generator in GENERATOR_TYPES, "model_params.generator",
                f"must be one of {', '.join(GENERATOR_TYPES)}, got {self.generator!r}")
         _check(self.kp_detector_input in KP_DETECTOR_INPUTS, "model_params.kp_detector_input",
@@ -442,6 +448,13 @@ class Config:
     reconstruction_params: ReconstructionParams = field(default_factory=ReconstructionParams)
     animate_params: AnimateParams = field(default_factory=AnimateParams)
     visualizer_params: VisualizerParams = field(default_factory=VisualizerParams)
+
+    def __post_init__(self) -> None:
+        factor = 2 ** self.model_params.highres_levels
+        height, width = self.dataset_params.frame_shape[:2]
+        _check(factor == 1 or height % (4 * factor) == 0 and width % (4 * factor) == 0, "dataset_params.frame_shape",
+               f"{height}x{width} must be a multiple of {4 * factor} with model_params.highres_levels "
+               f"{self.model_params.highres_levels} (the networks see the frames halved that many times)")
 
 
 # Loading: dict -> dataclasses with type checks.

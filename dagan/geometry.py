@@ -78,6 +78,14 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image, size=size, mode="bilinear", align_corners=ALIGN_CORNERS)
 
 
+def halve(image: torch.Tensor, times: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H / 2^times, W / 2^times) by 2^times x 2^times box averaging: how a grown (e.g. 512)
+    model hands its images to the networks that keep the release's internal size. The identity for ``times`` 0."""
+    if times == 0:
+        return image
+    return F.avg_pool2d(image, kernel_size=2 ** times)
+
+
 def warp_by_deformation(image: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
     """Warp (B, C, H, W) by a dense deformation (B, h, w, 2), resized bilinearly to (H, W) when needed."""
     size = tuple(image.shape[2:])

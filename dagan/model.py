@@ -27,10 +27,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from dagan.checkpoint import (CheckpointError, check_fits, infer_model_settings, is_our_checkpoint, load_checkpoint,
-                              load_shared, load_strict, read_official_checkpoint, read_official_depth, save_checkpoint)
+from dagan.checkpoint import (CheckpointError, check_fits, grow_states, infer_model_settings, is_our_checkpoint,
+                              load_checkpoint, load_shared, load_strict, read_official_checkpoint,
+                              read_official_depth, save_checkpoint)
 from dagan.config import Config, config_from_dict, config_to_dict, load_config
-from dagan.geometry import Keypoints
+from dagan.geometry import Keypoints, halve
 from dagan.networks.depth import DepthDecoder, DepthEncoder
 from dagan.networks.discriminator import MultiScaleDiscriminator
 from dagan.networks.generator import GeneratorOutput, SourceFeatures, build_generator
@@ -53,7 +54,7 @@ class DaGAN(nn.Module):
                                             num_channels=params.kp_detector_channels,
                                             estimate_jacobian=common.estimate_jacobian)
         self.generator = build_generator(params.generator, **dataclasses.asdict(params.generator_params),
-                                         **dataclasses.asdict(common))
+                                         **dataclasses.asdict(common), highres_levels=params.highres_levels)
         discriminator = params.discriminator_params
         self.discriminator = MultiScaleDiscriminator(
             scales=discriminator.scales, num_channels=common.num_channels, block_expansion=discriminator.block_expansion,
@@ -61,17 +62,24 @@ class DaGAN(nn.Module):
             use_kp=discriminator.use_kp, num_kp=common.num_kp, kp_variance=discriminator.kp_variance)
 
     # Inference building blocks.
+    @property
+    def highres_levels(self) -> int:
+        """How many times the frames are halved for the networks that keep the released size (0 = 256 models)."""
+        return self.config.model_params.highres_levels
+
     def depth(self, image: torch.Tensor) -> torch.Tensor:
-        """Full-resolution disparity (B, 1, H, W) in (0, 1) of images (B, 3, H, W)."""
-        return self.depth_decoder(self.depth_encoder(image), scales=(0,))[0]
+        """Disparity (B, 1, H / 2^L, W / 2^L) in (0, 1) of images (B, 3, H, W); L = :attr:`highres_levels` (the
+        full resolution for released models)."""
+        return self.depth_decoder(self.depth_encoder(halve(image, self.highres_levels)), scales=(0,))[0]
 
     def keypoint_input(self, image: torch.Tensor, disparity: Optional[torch.Tensor]) -> torch.Tensor:
         """What the keypoint detector sees: RGB + disparity (the release), RGB, or disparity alone."""
         mode = self.config.model_params.kp_detector_input
+        if disparity is None and mode != "rgb":
+            disparity = self.depth(image)
+        image = halve(image, self.highres_levels)
         if mode == "rgb":
             return image
-        if disparity is None:
-            disparity = self.depth(image)
         return torch.cat([image, disparity], dim=1) if mode == "rgbd" else disparity
 
     def keypoints(self, image: torch.Tensor, disparity: Optional[torch.Tensor] = None) -> Keypoints:
@@ -154,8 +162,10 @@ def load_official(checkpoint: str | os.PathLike | None, depth_dir: str | os.Path
     resolved = _resolve_config(config, networks, encoder_state)
     check_fits(resolved, networks, encoder_state)
     model = DaGAN(resolved)
+    networks, new_prefixes = grow_states(networks, resolved.model_params.highres_levels,
+                                         resolved.model_params.discriminator_params.scales)
     for name, state_dict in networks.items():
-        load_shared(getattr(model, name), state_dict, name)
+        load_shared(getattr(model, name), state_dict, name, new_prefixes.get(name, ()))
     if encoder_state is not None:
         load_depth_states(model, encoder_state, decoder_state)
     model.loaded_networks = tuple(networks) + (("depth_encoder", "depth_decoder") if encoder_state is not None else ())

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dagan.geometry import Keypoints
+from dagan.geometry import Keypoints, resize
 
 
 def keypoint_colors(num_kp: int) -> np.ndarray:
@@ -24,9 +24,12 @@ def to_image(tensor: torch.Tensor) -> np.ndarray:
     return np.round(array.transpose(1, 2, 0) * 255).astype(np.uint8)
 
 
-def disparity_image(disparity: torch.Tensor) -> np.ndarray:
-    """Disparity (1, H, W) as a grey image, near = bright, stretched to its own min..max."""
+def disparity_image(disparity: torch.Tensor, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Disparity (1, h, w) as a grey image, near = bright, stretched to its own min..max; resized to ``size``
+    (H, W) when given (a grown model's disparity is at the released size)."""
     low, high = disparity.min(), disparity.max()
+    if size is not None:
+        disparity = resize(disparity[None], size)[0]
     return to_image((disparity - low) / (high - low).clamp_min(1e-8))
 
 
@@ -52,8 +55,8 @@ def visualization_row(source, driving: torch.Tensor, prediction: torch.Tensor, d
     panels = [draw_keypoints(to_image(source.image[0]), source.keypoints.value[0], colors=colors),
               draw_keypoints(to_image(driving), kp_driving.value[0], colors=colors),
               draw_keypoints(to_image(prediction), kp_norm.value[0], colors=colors),
-              disparity_image(source.disparity[0]),
-              disparity_image(driving_disparity)]
+              disparity_image(source.disparity[0], tuple(driving.shape[-2:])),
+              disparity_image(driving_disparity, tuple(driving.shape[-2:]))]
     return np.concatenate(panels, axis=1)
 
 
@@ -68,5 +71,6 @@ def training_grid(source: torch.Tensor, driving: torch.Tensor, prediction: torch
             draw_keypoints(to_image(source[index]), kp_source.value[index]),
             draw_keypoints(to_image(driving[index]), kp_driving.value[index]),
             draw_keypoints(to_image(prediction[index]), kp_driving.value[index]),
-            disparity_image(disparity_source[index]), disparity_image(disparity_driving[index])], axis=1))
+            disparity_image(disparity_source[index], tuple(source.shape[2:])),
+            disparity_image(disparity_driving[index], tuple(source.shape[2:]))], axis=1))
     return np.concatenate(rows, axis=0)

@@ -18,6 +18,8 @@ import sys
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported (dagan.app imports it)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dagan.cli.demo_faces import add_restore_arguments, restore_options  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description=__doc__.splitlines()[0])
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "pixels, checked before decoding (default 50 MP, or DAGAN_MAX_PIXELS)")
     parser.add_argument("--batch_size", type=int, default=None, help="driving frames per forward pass (default: the "
                         "fastest measured for the device)")
+    add_restore_arguments(parser)  # --restore MODEL.onnx: every animation's face restored (as demo.py --restore)
     return parser
 
 
@@ -57,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         from dagan.io import set_pixel_limit
 
         set_pixel_limit(args.max_pixels)
+    restore = restore_options(args)
+    if restore is not None:
+        restore.check()  # a bad model is refused before the server starts
     settings = AppSettings(checkpoint=args.checkpoint, depth_checkpoint=args.depth_checkpoint, config=args.config,
                            device=args.device, max_upload_mb=args.max_upload_mb, batch_size=args.batch_size,
-                           max_speech_minutes=args.max_speech_minutes)
+                           max_speech_minutes=args.max_speech_minutes, restore=restore)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl+C: close, then delete temp files
     launch_app(settings, host=args.host, port=args.port)
     return 0

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Cost of the depth-aware attention per decoder level and of the whole generator per frame, for DaGAN and
-DaGAN++ configs: FLOPs (torch FlopCounterMode, 2 x multiply-adds), parameters, the largest single CPU allocation
-of a forward pass (torch profiler memory events) and CPU wall time (batch 1, 256x256, 2 threads, no_grad).
+DaGAN++ configs and grown (512) models: FLOPs (torch FlopCounterMode, 2 x multiply-adds), parameters, the largest
+single CPU allocation of a forward pass (torch profiler memory events) and CPU wall time (batch 1, the config's frame
+size, 2 threads, no_grad).
 
     python scripts/attention_cost.py                       # vox-adv-256, dagan++-vox-256 and their SPADE variants
     python scripts/attention_cost.py --configs configs/dagan++-vox-256.yaml --repeats 5
+    python scripts/attention_cost.py --configs configs/vox-adv-256.yaml configs/vox-512.yaml --no_spade
 """
 from __future__ import annotations
 
@@ -37,11 +39,13 @@ def largest_allocation(function) -> int:
 
 @torch.no_grad()
 def measure(config_path: str, overrides: list[str], repeats: int) -> None:
-    params = load_config(config_path, overrides).model_params
+    config = load_config(config_path, overrides)
+    params = config.model_params
     generator = build_generator(params.generator, **dataclasses.asdict(params.generator_params),
-                                **dataclasses.asdict(params.common_params)).eval()
-    size = 256
-    source, depth = torch.rand(1, 3, size, size), torch.rand(1, 1, size, size)
+                                **dataclasses.asdict(params.common_params), highres_levels=params.highres_levels).eval()
+    frame = config.dataset_params.frame_shape[0]
+    size = frame // 2 ** params.highres_levels  # the released networks' size (256 for grown 512 models)
+    source, depth = torch.rand(1, 3, frame, frame), torch.rand(1, 1, size, size)
     kp_source = Keypoints(torch.rand(1, params.common_params.num_kp, 2) - 0.5,
                           torch.eye(2).repeat(1, params.common_params.num_kp, 1, 1))
     kp_driving = Keypoints(kp_source.value * 0.9, kp_source.jacobian)

@@ -20,6 +20,16 @@ On a shared machine, --clock cpu (process CPU time, with --threads 1) gives stea
 ``--faces`` also times what ``demo.py --crop auto --paste_back`` adds per frame (cutting the driving face out of a
 1280x720 frame, pasting the generated 256x256 face back into a 1920x1440 photo) against the default path's
 per-frame time, and, separately, the face detection that plans a driving clip's crop (once per clip).
+
+512 models: ``--config configs/vox-512.yaml`` measures a grown model the same way. ``--flops`` adds the FLOPs of one
+driving frame on the default path (driving depth and keypoints, generator with the source cached; torch
+FlopCounterMode, 2 x multiply-adds). ``--restore MODEL.onnx`` adds face restoration of the model's output crop
+(:class:`dagan.faces.restore.FaceRestorer`: alignment, the restoration graph, blending, stabilisation) on ONNX
+Runtime and OpenVINO, ms per frame and peak memory; ``--restore identity512`` times the same with a pass-through
+512 graph exported on the spot, i.e. everything but a real model's own inference.
+
+    python scripts/benchmark.py --config configs/vox-512.yaml --batch_sizes 1 --skip_naive --flops
+    python scripts/benchmark.py --batch_sizes 1 --skip_naive --no_modules --restore identity512
 """
 from __future__ import annotations
 
@@ -348,6 +358,56 @@ def face_overhead(model_ms_per_frame: float, repeats: int) -> dict:
     return result
 
 
+@torch.no_grad()
+def frame_flops(cached: "Cached", driving: torch.Tensor) -> float:
+    """GFLOP of one driving frame on the cached path (what demo.py runs per frame)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        cached(driving[:1])
+    return counter.get_total_flops() / 1e9
+
+
+class _PassThrough(torch.nn.Module):
+    """The identity restoration model: (1, 3, S, S) in [-1, 1] -> the same."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image.clamp(-1, 1)
+
+
+def identity_restorer(folder: str, size: int = 512) -> str:
+    """A pass-through restoration graph (1, 3, size, size) -> the same, exported into ``folder``."""
+    path = os.path.join(folder, f"identity{size}.onnx")
+    torch.onnx.export(_PassThrough(), (torch.zeros(1, 3, size, size),), path,
+                      input_names=["input"], output_names=["output"], opset_version=17, dynamo=False)
+    return path
+
+
+def restoration_timing(path: str, crop_size: tuple[int, int], repeats: int) -> dict:
+    """ms per frame and peak resident memory of restoring one animated crop, per runtime (ONNX Runtime, OpenVINO)."""
+    import numpy as np
+
+    from dagan.faces.restore import FaceRestorer, RestorationModel
+
+    folder = tempfile.mkdtemp(prefix="dagan-restore-")
+    try:
+        if path == "identity512":
+            path = identity_restorer(folder)
+        crop = np.random.default_rng(0).integers(0, 256, (*crop_size, 3), dtype=np.uint8)
+        result = {"model": os.path.basename(path), "crop": list(crop_size)}
+        for runtime in ("onnxruntime", "openvino"):
+            if importlib.util.find_spec(runtime) is None:
+                continue
+            before = resident_bytes(torch.device("cpu"))
+            restorer = FaceRestorer(RestorationModel(path, runtime), crop_size)
+            seconds = min(timed(lambda: restorer(crop), torch.device("cpu"), repeats))
+            result[runtime] = {"signature": restorer.model.signature.name, "ms_per_frame": 1000 * seconds,
+                               "resident_mib_added": (resident_bytes(torch.device("cpu")) - before) / 2 ** 20}
+        return result
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -367,6 +427,10 @@ def main(argv=None) -> int:
     parser.add_argument("--demo_repeats", type=int, default=2)
     parser.add_argument("--faces", action="store_true", help="also time the face crop and paste-back per frame "
                         "(demo.py --crop auto) against the model")
+    parser.add_argument("--flops", action="store_true", help="also count the FLOPs of one driving frame")
+    parser.add_argument("--restore", default=None, metavar="MODEL.onnx",
+                        help="also time face restoration of the output crop with this ONNX model (identity512: a "
+                        "pass-through 512 graph, i.e. everything but the model's own inference)")
     parser.add_argument("--output", default="benchmark.json")
     args = parser.parse_args(argv)
     try:  # before any work
@@ -402,7 +466,14 @@ def main(argv=None) -> int:
     results["runs"] = [summary(name, batch, seconds) for (name, batch), seconds in times.items()]
     if not args.no_memory:  # after the timings: it makes the allocator return memory at once (slower allocations)
         results["memory"] = memory_table(calls, device)
-    if not args.no_modules:
+    if args.flops:
+        results["gflop_per_frame"] = frame_flops(variants["plain"], frames.driving)
+    if args.restore is not None:
+        size = tuple(model.config.dataset_params.frame_shape[:2])
+        results["restoration"] = restoration_timing(args.restore, size, args.repeats)
+    if not args.no_modules and model.highres_levels:
+        print("per-module timings cover released-size models only; skipped", file=sys.stderr)
+    elif not args.no_modules:
         results["module_ms_per_frame"] = {str(batch): module_times(model, variants["plain"], frames.driving[:batch],
                                                                    device, args.repeats, args.clock)
                                           for batch in batch_sizes[:1]}
@@ -448,6 +519,16 @@ def print_table(results: dict) -> None:
               f"{demo['repeats']}; default backend: {demo['default_backend']}):")
         for name, variant in demo["variants"].items():
             print(f"  {name:28s} {variant['ms_per_frame']:6.0f} ms/frame  {variant['ratio']:.2f}x naive")
+    if "gflop_per_frame" in results:
+        print(f"GFLOP per driving frame (default path, source cached): {results['gflop_per_frame']:.1f}")
+    if "restoration" in results:
+        restoration = results["restoration"]
+        for runtime in ("onnxruntime", "openvino"):
+            if runtime in restoration:
+                row = restoration[runtime]
+                print(f"restoration ({restoration['model']}, {row['signature']}) of a {restoration['crop'][0]}x"
+                      f"{restoration['crop'][1]} crop on {runtime}: {row['ms_per_frame']:.1f} ms/frame, "
+                      f"+{row['resident_mib_added']:.0f} MiB resident")
     if "face_overhead" in results:
         faces = results["face_overhead"]
         print(f"face crop + paste-back per frame: {faces['driving_crop_ms_per_frame']:.2f} + "

@@ -311,3 +311,32 @@ def test_api_callers_get_readable_errors(server, short_clip, tmp_path, portrait,
         client.predict(handle_file(paths[portrait]), handle_file(str(short_clip)),
                        checkpoint or "checkpoints/tiny.pt", "cpu", True, True, False, 1.0, False, False,
                        api_name="/animate")
+
+
+def test_the_app_restores_faces_when_started_with_restore(tiny_checkpoint, short_clip, tmp_path):
+    """``app.py --restore MODEL.onnx``: every animation's face goes through the restoration model."""
+    import importlib.util
+    import warnings
+
+    from dagan.faces.restore import RestoreOptions
+    from dagan.io import open_video
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime is not installed")
+
+    class Brighten(torch.nn.Module):
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return (image + 0.2).clamp(-1, 1)
+    graph = str(tmp_path / "restore256.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Brighten(), (torch.zeros(1, 3, 256, 256),), graph, input_names=["input"],
+                          output_names=["output"], opset_version=17, dynamo=False)
+    settings = dict(checkpoint=tiny_checkpoint, search_root=str(tmp_path), device="cpu")
+    plain = Animator(AppSettings(**settings, work_dir=str(tmp_path / "a")))
+    restored = Animator(AppSettings(**settings, work_dir=str(tmp_path / "b"), restore=RestoreOptions(graph)))
+    options = dict(crop="none", paste_back=False)
+    before = plain(request(driving=str(short_clip), checkpoint=tiny_checkpoint, **options))
+    after = restored(request(driving=str(short_clip), checkpoint=tiny_checkpoint, **options))
+    assert "Restoring faces with gpen_bfr_256" in after.status and after.frames == before.frames
+    brightness = [float(next(iter(open_video(result.video))).mean()) for result in (before, after)]
+    assert brightness[1] > brightness[0] + 3  # brighter inside the face mask

@@ -16,6 +16,7 @@ import torch
 
 from dagan.checkpoint import CheckpointError, is_our_checkpoint
 from dagan.config import ConfigError
+from dagan.faces.restore import RestoreOptions
 from dagan.inference import DaGANPipeline, InferenceError, exported_pipeline_or_none, resolve_device
 from dagan.io import MediaError, open_video, read_image
 from dagan.io.images import PixelLimitError
@@ -47,6 +48,7 @@ class AppSettings:
     cache_size: int = 2
     keep_results_s: float = 3600.0
     work_dir: Optional[str] = None  # per-request directories go here (default: a fresh temp dir)
+    restore: Optional[RestoreOptions] = None  # face restoration of every animation (app.py --restore)
 
 
 def find_checkpoints(search_root: str | os.PathLike, extra: Optional[str] = None) -> list[str]:

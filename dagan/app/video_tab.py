@@ -161,7 +161,7 @@ class Animator:
         the whole one, for a preview), and the notes for the status line."""
         control = request.control()
         video = driving if video is None else video
-        if request.crop != "none" or request.motion_scale != 1.0:
+        if request.crop != "none" or request.motion_scale != 1.0 or self.settings.restore is not None:
             progress(0.0, desc="Finding faces")
             return self.face_frames(request, pipeline, source, driving, anchor, smoother, control, video)
         analyzer = self.motion_analyzer(control, request.visualize)
@@ -216,7 +216,8 @@ class Animator:
 
         options = FaceOptions(crop=request.crop, paste_back=request.paste_back and request.crop == "auto",
                               faces=parse_face_selection(request.faces),
-                              motion=MotionOptions(request.relative, request.adapt_scale, request.motion_scale))
+                              motion=MotionOptions(request.relative, request.adapt_scale, request.motion_scale),
+                              restore=self.settings.restore)
         if (request.crop == "auto" or (control is not None and control.needs_regions)) and self.face_analyzer is None:
             self.face_analyzer = get_face_analyzer("auto", detect_max_side=PHOTO_DETECT_MAX_SIDE)
         session = FaceSession(pipeline, options, analyzer=self.face_analyzer,

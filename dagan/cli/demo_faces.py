@@ -18,7 +18,8 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from dagan.cli.pipeline import driver_kind, driving_path, face_options, motion_control, read_picture, visualization_path
+from dagan.cli.pipeline import (add_restore_arguments, driver_kind, driving_path, face_options, motion_control,
+                                read_picture, visualization_path)
 from dagan.faces.alignment import Framing
 from dagan.faces.animation import FaceOptions, FaceSession
 from dagan.faces.plans import parse_face_selection
@@ -72,13 +73,15 @@ def add_face_arguments(parser: argparse.ArgumentParser) -> None:
                        "to the CSV); --result_video is then a folder")
     group.add_argument("--face_backend", choices=("auto", "dlib", "face_alignment"), default="auto",
                        help="face detector and landmarks (auto: dlib when installed, else face_alignment)")
+    add_restore_arguments(parser)
 
 
 def uses_face_mode(args: argparse.Namespace) -> bool:
     """Whether :func:`run_faces` handles this command line (else the plain whole-image demo does)."""
     batch = args.pairs is not None or (args.source_image is not None and (
         os.path.isdir(args.source_image) or len(source_paths(args.source_image)) > 1))
-    return args.crop == "auto" or args.motion_scale != 1.0 or args.source_video is not None or batch
+    return (args.crop == "auto" or args.motion_scale != 1.0 or args.source_video is not None or batch
+            or args.restore is not None)
 
 
 # Inputs.
@@ -281,6 +284,9 @@ def run_faces(args: argparse.Namespace, load_pipeline: Callable[[argparse.Namesp
     for _, job in numbered:  # before the model loads; a batch skips the results already there
         if not (batch and os.path.exists(job.result)):
             check_outputs(args, job.result, [job.source, job.driving])
+    restore = face_options(args).restore  # bad face or restoration options fail here, before the model loads
+    if restore is not None:
+        restore.check()
     use_local_gpu()
     demo = FaceDemo(args, load_pipeline(args))
     if not batch:

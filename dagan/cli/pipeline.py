@@ -15,6 +15,7 @@ from dagan.checkpoint import CheckpointError, is_our_checkpoint
 from dagan.config import load_config
 from dagan.faces.alignment import Framing
 from dagan.faces.animation import FaceOptions, MotionOptions, fit_picture
+from dagan.faces.restore import RESTORE_MODELS, RestoreOptions
 from dagan.inference import DaGANPipeline, autotune, exported_pipeline, exported_pipeline_or_none, resolve_device
 from dagan.io import check_result_path, read_image_uint8
 from dagan.io.files import guard_output
@@ -203,7 +204,8 @@ def face_options(args: argparse.Namespace) -> FaceOptions:
     return FaceOptions(crop=args.crop, paste_back=paste_back, faces=args.faces,
                        framing=Framing(args.crop_scale, args.crop_offset_y, rotate=not args.no_crop_rotation),
                        driving_crop=args.driving_crop, detect_every=args.detect_every, max_size=args.max_size,
-                       motion=MotionOptions(args.relative, args.adapt_scale, args.motion_scale))
+                       motion=MotionOptions(args.relative, args.adapt_scale, args.motion_scale),
+                       restore=restore_options(args))
 
 
 def read_picture(path: str, max_size: int) -> np.ndarray:
@@ -214,3 +216,34 @@ def read_picture(path: str, max_size: int) -> np.ndarray:
         print(f"note: {os.path.basename(path)} is {picture.shape[1]}x{picture.shape[0]}; the result is "
               f"{fitted.shape[1]}x{fitted.shape[0]} (--max_size {max_size} caps the longer side)", file=sys.stderr)
     return fitted
+
+
+# Face restoration of the animated crops (dagan.faces.restore): every face mode takes these flags.
+def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--restore`` and its options (dagan.faces.restore), as one argument group."""
+    group = parser.add_argument_group(
+        "face restoration", "sharpen the animated face with your own ONNX face-restoration model before paste-back "
+        f"(supported: {', '.join(RESTORE_MODELS)}); nothing is downloaded")
+    group.add_argument("--restore", default=None, metavar="MODEL.onnx",
+                       help="restore the animated face with this ONNX model (GFPGAN 1.4, CodeFormer, GPEN-BFR "
+                       "256/512/1024 or RestoreFormer++ as ONNX files); its type is detected from its inputs")
+    group.add_argument("--restore_strength", type=float, default=1.0, metavar="0..1",
+                       help="how much of the restored face is blended in, inside the paste-back mask (default 1)")
+    group.add_argument("--restore_model", choices=tuple(RESTORE_MODELS), default=None,
+                       help="name the restoration model when its inputs do not tell (default: detected)")
+    group.add_argument("--restore_fidelity", type=float, default=0.7, metavar="0..1",
+                       help="CodeFormer's fidelity weight: 0 = the model's own face, 1 = closest to the animation "
+                       "(default 0.7; other models ignore it)")
+    group.add_argument("--restore_stabilize", action=argparse.BooleanOptionalAction, default=True,
+                       help="average the restored detail over time where the face holds still, so hair and lips do "
+                       "not flicker (default on; --no-restore_stabilize restores each frame on its own)")
+
+
+def restore_options(args: argparse.Namespace) -> Optional[RestoreOptions]:
+    """The restoration the command line asks for (run by ONNX Runtime, or OpenVINO with --backend openvino)."""
+    if args.restore is None:
+        return None
+    backend = getattr(args, "backend", "auto")  # the web app has no --backend
+    runtime = "openvino" if backend == "openvino" or not is_installed("onnxruntime") else "onnxruntime"
+    return RestoreOptions(args.restore, args.restore_strength, args.restore_model, args.restore_stabilize,
+                          args.restore_fidelity, runtime)

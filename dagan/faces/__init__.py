@@ -8,7 +8,9 @@ One file per concept:
 - :mod:`~dagan.faces.alignment`: the VoxCeleb-like similarity crop of a face (:class:`CropTransform`);
 - :mod:`~dagan.faces.plans`: which faces to animate in a picture, and the crops of a driving or source video;
 - :mod:`~dagan.faces.paste`: the feathered mask and the colour-matched paste-back into the full picture;
-- :mod:`~dagan.faces.animation`: animating every chosen face of a photo or video with one driving video.
+- :mod:`~dagan.faces.animation`: animating every chosen face of a photo or video with one driving video;
+- :mod:`~dagan.faces.restore`: optional face restoration of the animated crops (the user's ONNX models), stabilised
+  over time.
 
 The names that existed when this was one module (``dagan/faces.py``) are importable from here.
 """

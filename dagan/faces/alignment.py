@@ -29,6 +29,7 @@ __all__ = [
     "CropTransform",
     "CropBox",
     "crop_box_from_landmarks",
+    "crop_box_from_points",
     "resize_transform",
     "warp_to_crop",
     "face_size",
@@ -101,11 +102,21 @@ def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
+def eyes_and_mouth(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The right eye's centre, the left eye's centre and the mouth corners' midpoint (x, y) of (68, 2) landmarks
+    (the subject's right eye is on the picture's left)."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    return (landmarks[RIGHT_EYE].mean(axis=0), landmarks[LEFT_EYE].mean(axis=0),
+            landmarks[list(MOUTH_CORNERS)].mean(axis=0))
+
+
 def face_size(landmarks: np.ndarray) -> float:
     """The face size ``s`` of the module docstring, in pixels. landmarks: (68, 2)."""
-    eye_right, eye_left = landmarks[RIGHT_EYE].mean(axis=0), landmarks[LEFT_EYE].mean(axis=0)
+    return _face_size(*eyes_and_mouth(landmarks))
+
+
+def _face_size(eye_right: np.ndarray, eye_left: np.ndarray, mouth: np.ndarray) -> float:
     eyes = (eye_right + eye_left) / 2
-    mouth = landmarks[list(MOUTH_CORNERS)].mean(axis=0)
     return float(max(2.0 * np.linalg.norm(eye_left - eye_right), 1.8 * np.linalg.norm(mouth - eyes)))
 
 
@@ -125,13 +136,16 @@ class CropBox(NamedTuple):
 
 def crop_box_from_landmarks(landmarks: np.ndarray, framing: Framing = Framing()) -> CropBox:
     """The VoxCeleb-like crop of one face (module docstring). landmarks: (68, 2) picture pixels."""
-    landmarks = np.asarray(landmarks, dtype=np.float64)
-    eye_right, eye_left = landmarks[RIGHT_EYE].mean(axis=0), landmarks[LEFT_EYE].mean(axis=0)
-    mouth = landmarks[list(MOUTH_CORNERS)].mean(axis=0)
+    return crop_box_from_points(*eyes_and_mouth(landmarks), framing)
+
+
+def crop_box_from_points(eye_right: np.ndarray, eye_left: np.ndarray, mouth: np.ndarray,
+                         framing: Framing = Framing()) -> CropBox:
+    """:func:`crop_box_from_landmarks` from the two eye centres and the mouth centre (x, y) picture pixels."""
     delta = eye_left - eye_right
     angle = math.atan2(delta[1], delta[0]) if framing.rotate else 0.0  # the eye line vs the x axis
     down = np.array([-math.sin(angle), math.cos(angle)])  # the face's vertical axis, towards the chin
-    side = framing.crop_scale * face_size(landmarks)
+    side = framing.crop_scale * _face_size(eye_right, eye_left, mouth)
     center = ((eye_right + eye_left) / 2 + mouth) / 2 + framing.crop_offset_y * side * down
     return CropBox(float(center[0]), float(center[1]), float(side), angle)
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from dagan.faces.alignment import CropBox, Framing, resize_transform, warp_to_crop
 from dagan.faces.paste import PasteBack
+from dagan.faces.restore import FaceRestorer, RestoreOptions
 from dagan.faces.plans import FacePlan, FaceSelection, VideoCrops, plan_picture_faces, plan_video_crops
 from dagan.geometry import Keypoints, adapt_movement_scale, normalize_keypoints
 from dagan.inference import AnimatedFrame
@@ -69,15 +70,23 @@ class FaceAnimator:
     :class:`~dagan.inference.KeypointSmoother` for the driving keypoints. control: the motion edits
     (:class:`dagan.motion.MotionControl`), made per face by a :class:`dagan.motion.MotionEditor`; analyzer: the
     face analyzer its regions and openness targets need; recorder: a :class:`dagan.motion.MotionRecorder` that
-    sees the driving keypoints (``--save_motion``). What the user should be told goes to ``messages``.
+    sees the driving keypoints (``--save_motion``). What the user should be told goes to ``messages``. restorer:
+    an optional callable that makes one :class:`~dagan.faces.restore.FaceRestorer` per face (restoration of the
+    animated crops before paste-back).
     """
 
     def __init__(self, pipeline, motion: MotionOptions = MotionOptions(), smooth=None, paste_back: bool = True,
                  control: MotionControl = MotionControl(), analyzer=None, recorder=None,
-                 messages: Optional[list[str]] = None):
+                 messages: Optional[list[str]] = None,
+                 restorer: Optional[Callable[[], Callable[[np.ndarray], np.ndarray]]] = None):
         self.pipeline, self.motion, self.smooth, self.paste_back = pipeline, motion, smooth, paste_back
         self.control, self.analyzer, self.recorder = control, analyzer, recorder
         self.messages = messages if messages is not None else []
+        self.restorer = restorer
+
+    def restorers(self, count: int) -> list[Callable[[np.ndarray], np.ndarray]]:
+        """One crop restorer per face (the identity without restoration)."""
+        return [self.restorer() if self.restorer is not None else (lambda crop: crop) for _ in range(count)]
 
     def editors(self, sources: list, visualize: bool = False) -> list[MotionEditor]:
         """One motion editor per prepared source face (the first one records the motion)."""
@@ -160,6 +169,7 @@ class FaceAnimator:
         sources = [self.pipeline.prepare_source(warp_to_crop(picture, face.transform)) for face in faces]
         editors = self.editors(sources, visualize)
         pastes = [PasteBack(face.transform, picture.shape[:2], whole_picture=face.whole_picture) for face in faces]
+        restorers = self.restorers(len(faces))
         if batches is None:
             batches = self.driving_batches(driving_frames, driving_crops, driving_initial)
         for batch in batches:
@@ -173,12 +183,13 @@ class FaceAnimator:
                 panel = None
                 if visualize and batch.frames is not None:
                     panel = self.panel(sources[0], batch, predictions[0], kp_norms[0], index, editors[0].colors)
+                crops = [restore(face_crops[index]) for restore, face_crops in zip(restorers, rendered)]
                 if not self.paste_back:
-                    yield AnimatedFrame(rendered[0][index], kp_norms[0].index(one), panel)
+                    yield AnimatedFrame(crops[0], kp_norms[0].index(one), panel)
                     continue
                 output = picture.copy()
-                for paste, crops in zip(pastes, rendered):
-                    paste(output, crops[index])
+                for paste, crop in zip(pastes, crops):
+                    paste(output, crop)
                 yield AnimatedFrame(output, kp_norms[0].index(one), panel)
 
     @staticmethod
@@ -211,6 +222,7 @@ class FaceAnimator:
         paste: Optional[PasteBack] = None
         scale: Optional[float] = None
         editor: Optional[MotionEditor] = None
+        (restore,) = self.restorers(1)
         if batches is None:
             batches = self.driving_batches(driving_frames, driving_crops)
         if still_driver:
@@ -230,7 +242,7 @@ class FaceAnimator:
                     scale = self.movement_scale(source.keypoints, batch.anchor)
                 kp_norm = self.transfer(source.keypoints, batch.keypoints.index(slice(offset, offset + 1)),
                                         anchor, None if still_driver else scale, editor)
-                crop = to_uint8_batch(self.render(source, kp_norm))[0]
+                crop = restore(to_uint8_batch(self.render(source, kp_norm))[0])
                 if not self.paste_back:
                     yield AnimatedFrame(crop, kp_norm, None)
                     continue
@@ -262,6 +274,7 @@ class FaceOptions:
     detect_every: int = 3
     max_size: int = 1920
     motion: MotionOptions = field(default_factory=MotionOptions)
+    restore: Optional[RestoreOptions] = None  # face restoration of the animated crops (dagan.faces.restore)
 
     def __post_init__(self) -> None:
         if self.crop not in ("auto", "none"):
@@ -302,6 +315,7 @@ class FaceSession:
         self.driving_plans: dict[str, VideoCrops] = {}
         self.messages: list[str] = []
         self.recorder = None  # a dagan.motion.MotionRecorder for the next animation (--save_motion)
+        self._restoration = None  # the loaded restoration model (dagan.faces.restore), when asked for
 
     @property
     def analyzer(self):
@@ -330,7 +344,24 @@ class FaceSession:
 
     def animator(self, smooth=None, visualize: bool = False) -> FaceAnimator:
         return FaceAnimator(self.pipeline, self.options.motion, smooth, self.options.paste_back, self.control,
-                            self.motion_analyzer(visualize), self.recorder, self.messages)
+                            self.motion_analyzer(visualize), self.recorder, self.messages, self.restorer_factory())
+
+    def restorer_factory(self) -> Optional[Callable[[], FaceRestorer]]:
+        """Makes a :class:`~dagan.faces.restore.FaceRestorer` per face when ``options.restore`` asks for one (the
+        restoration model is loaded once per session)."""
+        restore = self.options.restore
+        if restore is None:
+            return None
+        if self._restoration is None:
+            self._restoration = restore.load()
+            self.messages.append(f"restoring faces with {self._restoration.describe()}, strength {restore.strength}"
+                                 + (", stabilised over time" if restore.stabilize else ""))
+        framing = self.options.framing if self.options.crop == "auto" else Framing()
+        return lambda: FaceRestorer(self._restoration, self.size, restore.strength, restore.stabilize, framing)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.pipeline.image_size
 
     def driving_crops(self, video) -> VideoCrops:
         """The crops of a driving :class:`~dagan.io.VideoSource` (planned once per path)."""

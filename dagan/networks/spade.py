@@ -78,10 +78,13 @@ class SPADEDecoder(nn.Module):
         self.up_1 = SPADEResnetBlock(feature_channels, OUTPUT_WIDTH, condition_channels)
         self.conv_img = nn.Conv2d(OUTPUT_WIDTH, 3, kernel_size=3, padding=1)
         self.level_channels = {1: feature_channels, 2: OUTPUT_WIDTH}  # widths after up_0 (x2) and up_1 (x4)
+        self.output_channels = OUTPUT_WIDTH
 
     def forward(self, features: torch.Tensor, occluded_deformed: torch.Tensor,
-                refine: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
-        """``refine(level, x)`` (DaGAN++) refines the output of up_0 (level 1) and up_1 (level 2)."""
+                refine: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> image (B, 3, H, W) in [0, 1] and the last features (B, 64, H, W). ``refine(level, x)`` (DaGAN++)
+        refines the output of up_0 (level 1) and up_1 (level 2)."""
         refine = refine or (lambda level, x: x)
         compressed = F.interpolate(self.compress(features), size=occluded_deformed.shape[2:], mode="nearest")
         condition = torch.cat([compressed, occluded_deformed], dim=1)  # (B, 7, H, W)
@@ -90,4 +93,4 @@ class SPADEDecoder(nn.Module):
             x = block(x, condition)
         x = refine(1, self.up_0(F.interpolate(x, scale_factor=2, mode="nearest"), condition))
         x = refine(2, self.up_1(F.interpolate(x, scale_factor=2, mode="nearest"), condition))
-        return torch.sigmoid(self.conv_img(F.leaky_relu(x, 0.2)))
+        return torch.sigmoid(self.conv_img(F.leaky_relu(x, 0.2))), x

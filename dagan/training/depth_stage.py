@@ -31,7 +31,7 @@ from dagan.checkpoint import export_official_depth
 from dagan.config import Config, DepthTrainParams, config_to_dict
 from dagan.data import DepthTripletDataset, SeededDataset, make_sampler
 from dagan.data.synthetic.dataset import SyntheticTripletDataset, is_synthetic_root
-from dagan.geometry import pose_to_matrix, reproject_grid, warp
+from dagan.geometry import halve, pose_to_matrix, resize, reproject_grid, warp
 from dagan.losses import edge_aware_smoothness, photometric_error
 from dagan.model import DaGAN
 from dagan.networks.depth import MIN_UNCERTAINTY, NUM_SCALES, PoseNetwork, disparity_to_depth
@@ -85,11 +85,15 @@ class DepthStep(nn.Module):
         self.depth_encoder, self.depth_decoder, self.pose_network = model.depth_encoder, model.depth_decoder, pose_network
         self.uncertainty = uncertainty
         self.params = params
+        self.highres_levels = model.highres_levels
 
     def forward(self, previous: torch.Tensor, target: torch.Tensor, following: torch.Tensor,
                 noise: torch.Tensor) -> DepthStepOutput:
         """noise: (B, 1, H, W) tiny values that break ties in the auto-mask (Monodepth2 adds 1e-5 x N(0, 1))."""
         params = self.params
+        # A grown (512) model's depth network sees frames at the released size, in training as in inference.
+        previous, target, following, noise = (halve(tensor, self.highres_levels)
+                                              for tensor in (previous, target, following, noise))
         disparities = self.depth_decoder(self.depth_encoder(target))  # scales 0..3
         poses = [self.pose_network(target, source) for source in (previous, following)]  # target -> source
         identity_error = torch.cat([photometric_error(source, target, params.ssim_weight)
@@ -128,8 +132,10 @@ def step_noise(seed: int, step: int, micro: int, shape: tuple[int, ...], device:
 def depth_grid(batch: dict, output: DepthStepOutput, rows: int = 4) -> np.ndarray:
     """previous | target | previous warped into the target | target disparity, one row per sample."""
     lines = []
-    for index in range(min(rows, batch["target"].shape[0])):
-        lines.append(np.concatenate([to_image(batch["previous"][index]), to_image(batch["target"][index]),
+    size = tuple(output.disparity.shape[2:])  # a grown model's depth network sees halved frames
+    previous, target = (resize(batch[name].to(output.disparity.device), size) for name in ("previous", "target"))
+    for index in range(min(rows, target.shape[0])):
+        lines.append(np.concatenate([to_image(previous[index]), to_image(target[index]),
                                      to_image(output.warped[index]), disparity_image(output.disparity[index])], 1))
     return np.concatenate(lines, 0)
 

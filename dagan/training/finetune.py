@@ -10,7 +10,11 @@ An init file can be
 
 Every network found is loaded strictly on the keys the file has; the model's DaGAN++ blocks that the file lacks
 (``generator.layer_attention.*``, the pose network's uncertainty head) keep their initialisation, which is
-zero-gated for the attention, so a DaGAN file gives DaGAN's output at the first step. Optimisers, schedulers
+zero-gated for the attention, so a DaGAN file gives DaGAN's output at the first step. A grown model
+(``model_params.highres_levels``, e.g. ``configs/vox-512.yaml``) starts from a released-size file the same way: its
+new levels (``generator.highres.*``, the discriminator's new full-resolution scale) keep their initialisation, the
+released discriminator moves to the scale that sees released-size images, and the first output is the released
+output upsampled (:func:`dagan.checkpoint.grow_states`). Optimisers, schedulers
 and the step counter start fresh (to continue a run with its optimisers, use ``--resume``).
 """
 from __future__ import annotations
@@ -21,8 +25,8 @@ from typing import Optional
 
 from torch import nn
 
-from dagan.checkpoint import (CheckpointError, check_fits, load_shared, read_file, read_official_checkpoint,
-                              read_official_depth, FORMAT_NAME)
+from dagan.checkpoint import (CheckpointError, check_fits, grow_states, load_shared, read_file,
+                              read_official_checkpoint, read_official_depth, FORMAT_NAME)
 from dagan.model import DaGAN
 
 DEPTH_NETWORKS = ("depth_encoder", "depth_decoder")
@@ -41,16 +45,19 @@ class InitReport:
     def line(self) -> str:
         parts = [f"init from {self.path}: loaded {', '.join(self.loaded)}"]
         if self.new:
-            parts.append(f"new (initialised here, attention gates at 0): {', '.join(self.new)}")
+            parts.append(f"new (initialised here: attention gates and grown levels' image residuals at 0): "
+                         f"{', '.join(self.new)}")
         if self.missing:
             parts.append(f"not in the file: {', '.join(self.missing)}")
         return "; ".join(parts) + "; optimizers start fresh"
 
 
-def _load_into(modules: dict[str, nn.Module], states: dict[str, dict], report: InitReport) -> None:
+def _load_into(modules: dict[str, nn.Module], states: dict[str, dict], report: InitReport,
+               new_prefixes: dict[str, tuple[str, ...]]) -> None:
     for name, state_dict in states.items():
         if name in modules and state_dict:
-            report.new += [f"{name}.{block}" for block in load_shared(modules[name], state_dict, name)]
+            blocks = load_shared(modules[name], state_dict, name, new_prefixes.get(name, ()))
+            report.new += [f"{name}.{block}" for block in blocks]
             report.loaded.append(name)
 
 
@@ -83,7 +90,10 @@ def initialize_from(model: DaGAN, path: Optional[str], stage: str,
                                      ("depth_encoder", "depth_decoder", "kp_detector", "generator", "discriminator")}
     modules.update({name: module for name, module in (extra_networks or {}).items() if module is not None})
     report = InitReport(path)
-    _load_into(modules, read_init_states(path, model, stage), report)
+    params = model.config.model_params
+    states, new_prefixes = grow_states(read_init_states(path, model, stage), params.highres_levels,
+                                       params.discriminator_params.scales)
+    _load_into(modules, states, report, new_prefixes)
     report.missing = [name for name in (*STAGE_NETWORKS[stage], *(extra_networks or {}))
                       if name in modules and name not in report.loaded]
     if not any(name in report.loaded for name in STAGE_NETWORKS[stage]):
