@@ -18,7 +18,7 @@ import sys
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported (dagan.app imports it)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dagan.cli.demo_faces import add_restore_arguments, restore_options  # noqa: E402
+from dagan.cli.pipeline import add_restore_arguments, restore_options  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
