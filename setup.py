@@ -22,6 +22,9 @@ EXTRAS = {
     "onnx": ["onnx>=1.17,<1.23", "onnxruntime>=1.20"],
     # demo.py --backend openvino (reads the exported ONNX graphs; export needs the [onnx] extra).
     "openvino": ["openvino>=2024.0"],
+    # scripts/live.py: --virtual_camera (pyvirtualcam; it also needs v4l2loopback on Linux or OBS on Windows/macOS).
+    # Cameras and windows use OpenCV from the [faces] extra (windows need the desktop build, opencv-python).
+    "live": ["pyvirtualcam>=0.12"],
 }
 
 setup(
