@@ -82,6 +82,7 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
                        "frames the model cannot keep up with, as a camera would")
     group.add_argument("--fps", type=float, default=None, help="with --driving_video --realtime: play at this rate "
                        "instead of the file's")
+    group.add_argument("--loop", action="store_true", help="play --driving_video again and again until stopped")
     group.add_argument("--wait", type=float, default=DEFAULT_WAIT_S, metavar="SECONDS", help="how long a camera or "
                        f"stream may take to open and give a frame, and a face to appear at start (default "
                        f"{DEFAULT_WAIT_S:g})")
@@ -150,7 +151,8 @@ def open_source(args: argparse.Namespace):
         return open_stream(args.stream, args.wait)
     if args.fps is not None and not args.realtime:
         raise ValueError("--fps sets the rate of --realtime playback: add --realtime")
-    return open_file_source(args.driving_video, realtime=args.realtime, fps=args.fps)
+    return open_file_source(args.driving_video, realtime=args.realtime, fps=args.fps,
+                            repeat=None if args.loop else 1)
 
 
 def driving_tracker(args: argparse.Namespace):

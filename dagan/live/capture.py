@@ -161,18 +161,28 @@ def open_stream(url: str, wait_s: float = DEFAULT_WAIT_S) -> CameraSource:
 
 
 class FileSource(FrameSource):
-    """A video file or a frame folder; ``paced`` when played in real time at ``fps`` (default: the file's)."""
+    """A video file or a frame folder; ``paced`` when played in real time at ``fps`` (default: the file's);
+    played ``repeat`` times in a row (None: until stopped)."""
 
-    def __init__(self, path: str, realtime: bool = True, fps: Optional[float] = None):
+    def __init__(self, path: str, realtime: bool = True, fps: Optional[float] = None, repeat: Optional[int] = 1):
         self.video = open_video(path)
         self.name, self.paced = f"the video {path}", realtime
         self.fps = float(fps or self.video.fps)
+        self.repeats_left = repeat
         self._frames: Iterator[np.ndarray] = iter(self.video)
         self._start: Optional[float] = None
         self._index = 0
 
-    def read(self) -> Optional[np.ndarray]:
+    def _next_frame(self) -> Optional[np.ndarray]:
         frame = next(self._frames, None)
+        if frame is None and (self.repeats_left is None or self.repeats_left > 1):
+            self.repeats_left = None if self.repeats_left is None else self.repeats_left - 1
+            self._frames = iter(self.video)
+            frame = next(self._frames, None)
+        return frame
+
+    def read(self) -> Optional[np.ndarray]:
+        frame = self._next_frame()
         if frame is None or not self.paced:
             return frame
         if self._start is None:
@@ -189,8 +199,9 @@ class FileSource(FrameSource):
         getattr(self._frames, "close", lambda: None)()
 
 
-def open_file_source(path: str, realtime: bool = True, fps: Optional[float] = None) -> FileSource:
-    return FileSource(path, realtime, fps)
+def open_file_source(path: str, realtime: bool = True, fps: Optional[float] = None,
+                     repeat: Optional[int] = 1) -> FileSource:
+    return FileSource(path, realtime, fps, repeat)
 
 
 class CaptureThread(threading.Thread):
