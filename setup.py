@@ -25,6 +25,8 @@ EXTRAS = {
     # scripts/live.py: --virtual_camera (pyvirtualcam; it also needs v4l2loopback on Linux or OBS on Windows/macOS).
     # Cameras and windows use OpenCV from the [faces] extra (windows need the desktop build, opencv-python).
     "live": ["pyvirtualcam>=0.12"],
+    # --precision int8 (scripts/live.py): post-training quantisation of the exported graphs (with [onnx,openvino]).
+    "int8": ["nncf>=2.12"],
 }
 
 setup(

@@ -9,7 +9,7 @@ keypoints, generator, paste, output); "compute" is keypoints + generator, "faces
 paste-back's share of the frame time.
 
     python scripts/benchmark_live.py --threads 2                     # tiny and full-size, torch and OpenVINO
-    python scripts/benchmark_live.py --configs vox-adv-256.yaml --backends torch openvino onnxruntime --seconds 20
+    python scripts/benchmark_live.py --configs vox-adv-256.yaml --backends torch openvino openvino-int8 --seconds 20
     python scripts/benchmark_live.py --device cuda --backends torch --precision fp16 --compile
 """
 from __future__ import annotations
@@ -42,13 +42,22 @@ def measure(checkpoint: str, backend: str, args: argparse.Namespace) -> dict:
     """One live run (scripts/live.py's objects, no window) and its statistics."""
     from dagan.cli.live import build_parser, driving_tracker, open_source, source_animator
     from dagan.cli.pipeline import load_pipeline
+    from dagan.inference import int8_pipeline
+    from dagan.io import read_image_uint8
     from dagan.live import CaptureThread, LiveLoop
+    from dagan.model import load_checkpoint_or_official
 
     flags = ["--source_image", args.source_image, "--checkpoint", checkpoint, "--driving_video", args.driving_video,
-             "--realtime", "--loop", "--backend", backend, "--device", args.device, "--precision", args.precision,
+             "--realtime", "--loop", "--backend", backend.replace("-int8", ""), "--device", args.device, "--precision", args.precision,
              "--driving_crop", args.driving_crop, *(["--compile"] if args.compile else [])]
     live_args = build_parser().parse_args(flags)
-    animator = source_animator(live_args, load_pipeline(live_args))
+    psnr = None
+    if backend == "openvino-int8":  # timed whatever its PSNR (random weights); the PSNR is reported beside it
+        pipeline, psnr = int8_pipeline(load_checkpoint_or_official(checkpoint), read_image_uint8(args.source_image),
+                                       *calibration_frames(args.driving_video), min_psnr=float("-inf"))
+    else:
+        pipeline = load_pipeline(live_args)
+    animator = source_animator(live_args, pipeline)
     for _ in range(3):
         animator.warm_up()
     tracker = driving_tracker(live_args)
@@ -69,7 +78,17 @@ def measure(checkpoint: str, backend: str, args: argparse.Namespace) -> dict:
     summary["compute_ms"] = stages["keypoints"] + stages["generator"]
     summary["faces_share"] = (stages["track"] + stages["paste"]) / frame_ms if frame_ms else 0.0
     summary["input_fps"] = capture.source.fps
+    summary["int8_psnr_db"] = psnr
     return summary
+
+
+def calibration_frames(video: str) -> tuple[list, list]:
+    """scripts/live.py's INT8 calibration split of a clip: even frames calibrate, odd ones are held out."""
+    from dagan.cli.live import CALIBRATION_FRAMES
+    from dagan.io import open_video
+
+    frames = [frame for _, frame in zip(range(CALIBRATION_FRAMES), open_video(video))]
+    return frames[0::2], frames[1::2]
 
 
 def print_table(results: list[dict]) -> None:
@@ -82,7 +101,8 @@ def print_table(results: list[dict]) -> None:
               f"{row['latency_p95_ms']:.0f} | {row['frames_dropped']} of {row['frames_captured']} | "
               + " | ".join(f"{stage[name]:.1f}" for name in ("capture", "track", "keypoints", "generator", "paste",
                                                               "output"))
-              + f" | {row['compute_ms']:.1f} | {100 * row['faces_share']:.0f}% |")
+              + f" | {row['compute_ms']:.1f} | {100 * row['faces_share']:.0f}% |"
+              + (f" INT8 PSNR {row['int8_psnr_db']:.1f} dB" if row.get("int8_psnr_db") is not None else ""))
 
 
 def main(argv=None) -> int:
@@ -90,7 +110,9 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", nargs="+", default=["tiny.yaml", "vox-adv-256.yaml"],
                         help="model configs in configs/ (random weights); default: tiny and full-size")
     parser.add_argument("--backends", nargs="+", default=["torch", "openvino"],
-                        choices=["torch", "onnxruntime", "openvino"])
+                        choices=["torch", "onnxruntime", "openvino", "openvino-int8"],
+                        help="runtimes to time (default: torch openvino); openvino-int8 quantises with NNCF first "
+                        "(the [int8] extra) and reports its PSNR against fp32")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="torch on CUDA only")
     parser.add_argument("--compile", action="store_true", help="torch.compile the per-frame networks (torch)")

@@ -14,8 +14,8 @@ from dagan.config import ConfigError
 from dagan.faces.alignment import Framing
 from dagan.faces.animation import FaceOptions, FaceSession, MotionOptions, fit_picture
 from dagan.faces.detection import MissingFaceBackend, get_face_analyzer
-from dagan.inference import InferenceError, KeypointSmoother
-from dagan.io import MediaError, check_result_path, read_image_uint8
+from dagan.inference import MIN_INT8_PSNR, InferenceError, KeypointSmoother, int8_pipeline
+from dagan.io import MediaError, check_result_path, open_video, read_image_uint8
 from dagan.live import (CaptureThread, FaceTracker, LiveAnimator, LiveError, LiveLoop, WholeFrameTracker, open_camera,
                         open_file_source)
 from dagan.live.capture import DEFAULT_WAIT_S, open_stream
@@ -25,6 +25,8 @@ from dagan.runtime.export import ExportError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "vox-adv-256.yaml")
+DEFAULT_CALIBRATION = os.path.join(REPO_ROOT, "data", "samples", "driving.mp4")
+CALIBRATION_FRAMES = 24
 
 EXAMPLE = """\
 examples:
@@ -63,8 +65,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backend", default=default_backend(), choices=BACKENDS, help="runtime of the networks, as "
                        "in demo.py: auto (default, or $" + BACKEND_VARIABLE + "): OpenVINO on a CPU when installed, "
                        "else torch; or torch, onnxruntime, openvino")
-    group.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                       help="reduced precision runs on CUDA only (torch backend)")
+    group.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
+                       help="bf16/fp16: CUDA only (torch backend); int8: the per-frame networks quantised with NNCF "
+                       "and run by OpenVINO on the CPU (the [int8] extra), accepted only when its frames keep "
+                       f"{MIN_INT8_PSNR:g} dB PSNR against fp32 on held-out calibration frames (the figure is printed)")
+    group.add_argument("--calibration", default=DEFAULT_CALIBRATION, metavar="VIDEO", help="with --precision int8: "
+                       "driving frames to calibrate on (a video or frame folder, ideally of your own face; default: "
+                       "data/samples/driving.mp4); every other frame of the first 24 is held out for the PSNR check")
     group.add_argument("--compile", action="store_true", help="torch.compile the per-frame networks (about a minute "
                        "of compilation at start)")
     parser.set_defaults(overrides=[], kp_num=None, generator=None, cpu=False, autotune=False, batch_size=1)
@@ -122,6 +129,26 @@ def add_motion_arguments(parser: argparse.ArgumentParser) -> None:
                        help="One-Euro smoothing of the driving keypoints (minimum cutoff in Hz, default 1.0)")
     group.add_argument("--face_backend", choices=("auto", "dlib", "face_alignment"), default="auto",
                        help="face detector and landmarks (default: dlib when installed)")
+
+
+def live_pipeline(args: argparse.Namespace):
+    """The pipeline the flags ask for (:func:`~dagan.cli.pipeline.load_pipeline`), or with ``--precision int8`` the
+    INT8 OpenVINO pipeline that passed its PSNR gate."""
+    if args.precision != "int8":
+        return load_pipeline(args)
+    if args.backend not in ("auto", "openvino"):
+        raise ValueError(f"--precision int8 runs on OpenVINO: use --backend openvino (or auto), not {args.backend}")
+    from dagan.checkpoint import is_our_checkpoint
+    from dagan.config import load_config
+    from dagan.model import load_checkpoint_or_official
+
+    config = None if is_our_checkpoint(args.checkpoint) else load_config(args.config)
+    model = load_checkpoint_or_official(args.checkpoint, args.depth_checkpoint, config)
+    frames = [frame for _, frame in zip(range(CALIBRATION_FRAMES), open_video(args.calibration))]
+    pipeline, psnr = int8_pipeline(model, read_image_uint8(args.source_image), frames[0::2], frames[1::2])
+    print(f"INT8: {psnr:.1f} dB PSNR against fp32 on {len(frames[1::2])} held-out frames (gate "
+          f"{MIN_INT8_PSNR:g} dB): accepted", file=sys.stderr)
+    return pipeline
 
 
 def source_animator(args: argparse.Namespace, pipeline) -> LiveAnimator:
@@ -185,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     if args.record:
         check_result_path(args.record, [args.source_image, args.driving_video, args.checkpoint])
     source = open_source(args)  # a missing camera or a silent stream fails before the model loads
-    pipeline = load_pipeline(args)
+    pipeline = live_pipeline(args)
     animator = source_animator(args, pipeline)
     animator.warm_up()
     tracker = driving_tracker(args)
