@@ -6,7 +6,8 @@ is played in real time at its frame rate (a camera) for --seconds, through the s
 builds (newest-frame slot, face tracking, batch-1 animation, paste-back), and reported: sustained fps, end-to-end
 latency p50/p95 (capture to frame shown), frames dropped, and the mean time of each stage (capture, track,
 keypoints, generator, paste, output); "compute" is keypoints + generator, "faces share" the tracking and
-paste-back's share of the frame time.
+paste-back's share of the frame time, and "CPU ms/frame" the process CPU time per shown frame (all threads, capture
+included): on a shared machine it tells what an idle one would do.
 
     python scripts/benchmark_live.py --threads 2                     # tiny and full-size, torch and OpenVINO
     python scripts/benchmark_live.py --configs vox-adv-256.yaml --backends torch openvino openvino-int8 --seconds 20
@@ -19,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -65,6 +67,7 @@ def measure(checkpoint: str, backend: str, args: argparse.Namespace) -> dict:
     loop = LiveLoop(capture.slot, tracker, animator)
     capture.start()
     loop.wait_for_face(10.0)
+    cpu_started = time.process_time()
     timer = __import__("threading").Timer(args.seconds, loop.stop)
     timer.start()
     try:
@@ -72,7 +75,9 @@ def measure(checkpoint: str, backend: str, args: argparse.Namespace) -> dict:
     finally:
         timer.cancel()
         capture.stop()
+    cpu_seconds = time.process_time() - cpu_started
     summary = stats.summary()
+    summary["cpu_ms_per_frame"] = 1000 * cpu_seconds / max(summary["frames_shown"] - 1, 1)
     stages = summary["stage_ms"]
     frame_ms = sum(stages[stage] for stage in ("track", "keypoints", "generator", "paste", "output"))
     summary["compute_ms"] = stages["keypoints"] + stages["generator"]
@@ -93,15 +98,15 @@ def calibration_frames(video: str) -> tuple[list, list]:
 
 def print_table(results: list[dict]) -> None:
     print("| model | backend | fps | latency p50 / p95 (ms) | dropped | capture | track | keypoints | generator | "
-          "paste | output | compute (ms) | faces share |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "paste | output | compute (ms) | faces share | CPU ms/frame |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in results:
         stage = row["stage_ms"]
         print(f"| {row['model']} | {row['backend']} | {row['fps']:.1f} | {row['latency_p50_ms']:.0f} / "
               f"{row['latency_p95_ms']:.0f} | {row['frames_dropped']} of {row['frames_captured']} | "
               + " | ".join(f"{stage[name]:.1f}" for name in ("capture", "track", "keypoints", "generator", "paste",
                                                               "output"))
-              + f" | {row['compute_ms']:.1f} | {100 * row['faces_share']:.0f}% |"
+              + f" | {row['compute_ms']:.1f} | {100 * row['faces_share']:.0f}% | {row['cpu_ms_per_frame']:.0f} |"
               + (f" INT8 PSNR {row['int8_psnr_db']:.1f} dB" if row.get("int8_psnr_db") is not None else ""))
 
 

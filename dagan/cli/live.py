@@ -151,8 +151,8 @@ def live_pipeline(args: argparse.Namespace):
     return pipeline
 
 
-def source_animator(args: argparse.Namespace, pipeline) -> LiveAnimator:
-    """The source portrait, its face found and prepared once."""
+def source_animator(args: argparse.Namespace, pipeline, fps: float = 25.0) -> LiveAnimator:
+    """The source portrait, its face found and prepared once (``fps``: the input's rate, for ``--smooth``)."""
     paste_back = args.crop == "auto" if args.paste_back is None else args.paste_back
     options = FaceOptions(crop=args.crop, paste_back=paste_back, framing=Framing(args.crop_scale),
                           max_size=args.max_size,
@@ -166,7 +166,6 @@ def source_animator(args: argparse.Namespace, pipeline) -> LiveAnimator:
         face = session.picture_faces(picture, f"the source image {args.source_image}")[0]
         for message in session.messages:
             print(message, file=sys.stderr)
-    fps = 25.0
     smooth = KeypointSmoother(fps, min_cutoff=args.smooth) if args.smooth is not None else None
     return LiveAnimator(pipeline, picture, face, options.motion, paste_back, smooth)
 
@@ -193,12 +192,14 @@ def driving_tracker(args: argparse.Namespace):
     return FaceTracker(analyzer, Framing(args.crop_scale, rotate=False))
 
 
-def open_sinks(args: argparse.Namespace, stack: contextlib.ExitStack, picture, fps: float) -> list:
+def open_sinks(args: argparse.Namespace, stack: contextlib.ExitStack, animator: LiveAnimator, fps: float) -> list:
+    """The outputs the flags ask for (the window when none is named), closed by ``stack``."""
     sinks = []
     if args.window or not (args.virtual_camera or args.record):
-        sinks.append(WindowSink(picture))
+        sinks.append(WindowSink(animator.picture))
     if args.virtual_camera:
-        sinks.append(VirtualCameraSink(picture.shape[:2], fps, args.virtual_camera_device))
+        result_size = animator.picture.shape[:2] if animator.paste is not None else animator.size
+        sinks.append(VirtualCameraSink(result_size, fps, args.virtual_camera_device))
     for sink in sinks:
         stack.callback(sink.close)
     if args.record:
@@ -213,13 +214,12 @@ def run(args: argparse.Namespace) -> int:
         check_result_path(args.record, [args.source_image, args.driving_video, args.checkpoint])
     source = open_source(args)  # a missing camera or a silent stream fails before the model loads
     pipeline = live_pipeline(args)
-    animator = source_animator(args, pipeline)
+    animator = source_animator(args, pipeline, source.fps or 25.0)
     animator.warm_up()
     tracker = driving_tracker(args)
     capture = CaptureThread(source)
     with contextlib.ExitStack() as stack:
-        sinks = open_sinks(args, stack, animator.picture if animator.paste else _result_shape(animator),
-                           source.fps or 25.0)
+        sinks = open_sinks(args, stack, animator, source.fps or 25.0)
         loop = LiveLoop(capture.slot, tracker, animator, sinks, overlay=args.overlay)
         capture.start()
         stack.callback(capture.stop)
@@ -233,12 +233,6 @@ def run(args: argparse.Namespace) -> int:
     if args.record:
         print(f"wrote {args.record}", file=sys.stderr)
     return 0
-
-
-def _result_shape(animator: LiveAnimator):
-    import numpy as np
-
-    return np.zeros((*animator.size, 3), np.uint8)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

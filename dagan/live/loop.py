@@ -132,12 +132,14 @@ class LiveLoop:
     def run(self, max_frames: Optional[int] = None, wait_s: float = 10.0) -> LiveStats:
         """Show frames until the end (or ``max_frames``); returns the statistics. The capture thread's error, if it
         stopped on one, is raised after the loop."""
-        while not self._stop.is_set() and (max_frames is None or len(self.stats.shown_times) < max_frames):
-            captured = self.slot.take(timeout=wait_s)
-            if captured is None:
-                break
-            self.show(self.step(captured))
-        self.stats.captured, self.stats.dropped = self.slot.captured, self.slot.dropped
+        try:
+            while not self._stop.is_set() and (max_frames is None or len(self.stats.shown_times) < max_frames):
+                captured = self.slot.take(timeout=wait_s)
+                if captured is None:
+                    break
+                self.show(self.step(captured))
+        finally:  # also on Ctrl-C: the counts of the frames seen so far
+            self.stats.captured, self.stats.dropped = self.slot.captured, self.slot.dropped
         if self.slot.error is not None:
             raise self.slot.error
         return self.stats
