@@ -268,6 +268,28 @@ def test_virtual_camera_without_a_backend_names_what_to_install(monkeypatch):
         VirtualCameraSink((64, 64), 25)
 
 
+def test_output_errors_come_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """--window without a display and --virtual_camera without a backend are reported before the checkpoint is
+    even read (this one does not exist)."""
+    import types
+
+    from dagan.cli.live import main
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    common = ["--source_image", SOURCE, "--checkpoint", str(tmp_path / "missing.pt"), "--driving_video", DRIVING]
+    assert main([*common, "--window"]) == 1
+    assert "error: --window needs a display" in capsys.readouterr().err
+
+    def no_backend(**kwargs):
+        raise RuntimeError("no v4l2 loopback device found")
+
+    fake = types.SimpleNamespace(Camera=no_backend, PixelFormat=types.SimpleNamespace(RGB="RGB"))
+    monkeypatch.setitem(__import__("sys").modules, "pyvirtualcam", fake)
+    assert main([*common, "--virtual_camera"]) == 1
+    assert "error: no virtual-camera backend" in capsys.readouterr().err
+
+
 def test_no_face_at_start_and_no_display_are_one_line(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     from dagan.cli.live import main
 

@@ -192,6 +192,14 @@ def driving_tracker(args: argparse.Namespace):
     return FaceTracker(analyzer, Framing(args.crop_scale, rotate=False))
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """The outputs' one-line errors, before any work."""
+    if args.window or not (args.virtual_camera or args.record):
+        WindowSink.check()
+    if args.virtual_camera:
+        VirtualCameraSink.check(args.virtual_camera_device)
+
+
 def open_sinks(args: argparse.Namespace, stack: contextlib.ExitStack, animator: LiveAnimator, fps: float) -> list:
     """The outputs the flags ask for (the window when none is named), closed by ``stack``."""
     sinks = []
@@ -212,7 +220,8 @@ def open_sinks(args: argparse.Namespace, stack: contextlib.ExitStack, animator: 
 def run(args: argparse.Namespace) -> int:
     if args.record:
         check_result_path(args.record, [args.source_image, args.driving_video, args.checkpoint])
-    source = open_source(args)  # a missing camera or a silent stream fails before the model loads
+    check_outputs(args)  # a missing display or virtual-camera backend, a missing camera or a silent stream fail
+    source = open_source(args)  # before the model loads
     pipeline = live_pipeline(args)
     animator = source_animator(args, pipeline, source.fps or 25.0)
     animator.warm_up()

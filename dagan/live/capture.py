@@ -147,6 +147,7 @@ def open_stream(url: str, wait_s: float = DEFAULT_WAIT_S) -> CameraSource:
     """Open a network stream (RTSP, HTTP, ...) with OpenCV's FFmpeg backend; LiveError when it does not open or
     give a frame within ``wait_s`` seconds."""
     cv2 = _cv2()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # a failed open is the LiveError below
     milliseconds = int(wait_s * 1000)
     parameters = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, milliseconds, cv2.CAP_PROP_READ_TIMEOUT_MSEC, milliseconds]
     name = f"the stream {url}"
@@ -156,7 +157,7 @@ def open_stream(url: str, wait_s: float = DEFAULT_WAIT_S) -> CameraSource:
         capture = None
     if capture is None or not capture.isOpened():
         raise LiveError(f"{name} did not answer within {wait_s:g} s: check the address, that the stream is running "
-                        "and reachable from here (--stream_wait sets the wait)")
+                        "and reachable from here (--wait sets the wait)")
     return CameraSource(capture, name, _first_frame(capture, name, wait_s))
 
 

@@ -56,6 +56,15 @@ class WindowSink:
     def __init__(self, source_picture: np.ndarray, height: int = 360):
         import cv2
 
+        self.check()
+        self.cv2, self.source, self.height = cv2, source_picture, height
+        self.key: Optional[int] = None
+
+    @staticmethod
+    def check() -> None:
+        """LiveError when no window can open here (no display, or OpenCV without GUI support)."""
+        import cv2
+
         if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             raise LiveError("--window needs a display, and none is set (no $DISPLAY): run it on a desktop session, or "
                             "use --virtual_camera or --record out.mp4")
@@ -65,8 +74,6 @@ class WindowSink:
             raise LiveError("this OpenCV build has no windows (opencv-python-headless): use --record or "
                             "--virtual_camera, or swap in the desktop build: pip uninstall opencv-python-headless && "
                             "pip install 'opencv-python>=4.9,<5'") from None
-        self.cv2, self.source, self.height = cv2, source_picture, height
-        self.key: Optional[int] = None
 
     def show(self, shown: ShownFrame) -> None:
         view = side_by_side([self.source, shown.camera, shown.image], self.height)
@@ -102,6 +109,11 @@ class VirtualCameraSink:
             raise LiveError(f"no virtual-camera backend ({str(error).splitlines()[0]}): "
                             f"{_platform_hint()}") from None
         self.size = size
+
+    @classmethod
+    def check(cls, device: Optional[str] = None) -> None:
+        """LiveError when no virtual camera can open here (opens and closes a small one)."""
+        cls((64, 64), 25.0, device).close()
 
     def show(self, shown: ShownFrame) -> None:
         image = shown.image
