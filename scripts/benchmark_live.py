@@ -50,7 +50,8 @@ def measure(checkpoint: str, backend: str, args: argparse.Namespace) -> dict:
     from dagan.model import load_checkpoint_or_official
 
     flags = ["--source_image", args.source_image, "--checkpoint", checkpoint, "--driving_video", args.driving_video,
-             "--realtime", "--loop", "--backend", backend.replace("-int8", ""), "--device", args.device, "--precision", args.precision,
+             "--realtime", "--loop", "--backend", backend.replace("-int8", ""), "--device", args.device,
+             "--precision", args.precision,
              "--driving_crop", args.driving_crop, *(["--compile"] if args.compile else [])]
     live_args = build_parser().parse_args(flags)
     psnr = None

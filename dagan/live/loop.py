@@ -61,7 +61,8 @@ class LiveStats:
             "frames_shown": shown, "frames_captured": self.captured, "frames_dropped": self.dropped,
             "face_lost": self.face_lost, "errors": self.errors,
             "fps": (shown - 1) / span if span > 0 else 0.0,
-            "latency_p50_ms": float(np.percentile(latencies, 50)), "latency_p95_ms": float(np.percentile(latencies, 95)),
+            "latency_p50_ms": float(np.percentile(latencies, 50)),
+            "latency_p95_ms": float(np.percentile(latencies, 95)),
             "stage_ms": {stage: 1000 * float(np.mean(self.stages[stage])) if self.stages[stage] else 0.0
                          for stage in STAGES},
         }
