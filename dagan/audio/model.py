@@ -88,27 +88,37 @@ class AudioDrivenModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, mel: torch.Tensor, times: np.ndarray, style: Optional[torch.Tensor] = None, seed: int = 0,
-                chunk_frames: int = CHUNK_FRAMES) -> AudioMotion:
+                chunk_frames: int = CHUNK_FRAMES, overlap: int = CHUNK_OVERLAP) -> AudioMotion:
         """Motion for video frames at ``times`` (T,) seconds from a whole clip's log-mel (N, M).
 
-        Frames are processed ``chunk_frames`` at a time (with CHUNK_OVERLAP frames of context on each side for
+        Frames are processed ``chunk_frames`` at a time (with ``overlap`` frames of context on each side for
         the local network; the pose generator's state carries over), so memory does not grow with the length.
         """
         style = (self.style if style is None else style).float()[None]
         noise = self.noise(1, len(times), torch.Generator().manual_seed(seed))  # (1, T, Z): small for any length
         local, pose, state = [], [], None
-        norm = self.normalization
         for start in range(0, len(times), chunk_frames):
             stop = min(len(times), start + chunk_frames)
-            first, last = max(0, start - CHUNK_OVERLAP), min(len(times), stop + CHUNK_OVERLAP)
-            windows = feature_windows(mel, times[first:last], self.params.context_seconds)[None]
-            output = self.audio_motion(windows)
-            local.append(output.local[0, start - first:stop - first])
-            audio = output.audio[:, start - first:stop - first]
-            chunk, state = self.head_pose.run(audio, style, noise[:, start:stop], state)
-            pose.append(chunk[0])
-        local_motion = torch.cat(local) * norm.local_std + norm.local_mean
-        return AudioMotion(torch.cat(pose) * norm.pose_std + norm.pose_mean, local_motion)
+            chunk_local, chunk_pose, state = self.predict_chunk(mel, times, start, stop, overlap, style,
+                                                                noise[:, start:stop], state)
+            local.append(chunk_local)
+            pose.append(chunk_pose)
+        return AudioMotion(torch.cat(pose), torch.cat(local))
+
+    @torch.no_grad()
+    def predict_chunk(self, mel: torch.Tensor, times: np.ndarray, start: int, stop: int, overlap: int,
+                      style: torch.Tensor, noise: torch.Tensor, state: Optional[torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frames ``start:stop`` of ``times``: local motion (stop - start, 6 K) and pose (stop - start, 6),
+        unstandardised, and the pose generator's state for the next chunk. The local network sees ``overlap``
+        frames of context on each side (within ``times``); style (1, 12); noise (1, stop - start, Z)."""
+        first, last = max(0, start - overlap), min(len(times), stop + overlap)
+        windows = feature_windows(mel, times[first:last], self.params.context_seconds)[None]
+        output = self.audio_motion(windows)
+        norm = self.normalization
+        local = output.local[0, start - first:stop - first] * norm.local_std + norm.local_mean
+        pose, state = self.head_pose.run(output.audio[:, start - first:stop - first], style, noise, state)
+        return local, pose[0] * norm.pose_std + norm.pose_mean, state
 
     # Persistence.
     def state(self) -> dict:
