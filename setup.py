@@ -22,9 +22,10 @@ EXTRAS = {
     "onnx": ["onnx>=1.17,<1.23", "onnxruntime>=1.20"],
     # demo.py --backend openvino (reads the exported ONNX graphs; export needs the [onnx] extra).
     "openvino": ["openvino>=2024.0"],
-    # scripts/live.py: --virtual_camera (pyvirtualcam; it also needs v4l2loopback on Linux or OBS on Windows/macOS).
-    # Cameras and windows use OpenCV from the [faces] extra (windows need the desktop build, opencv-python).
-    "live": ["pyvirtualcam>=0.12"],
+    # scripts/live.py: --virtual_camera (pyvirtualcam; it also needs v4l2loopback on Linux or OBS on Windows/macOS)
+    # and --driving_audio mic (sounddevice; PortAudio). Cameras and windows use OpenCV from the [faces] extra
+    # (windows need the desktop build, opencv-python).
+    "live": ["pyvirtualcam>=0.12", "sounddevice>=0.4"],
     # --precision int8 (scripts/live.py): post-training quantisation of the exported graphs (with [onnx,openvino]).
     "int8": ["nncf>=2.12"],
 }

@@ -83,3 +83,49 @@ def test_silence_keeps_the_mouth_closed_and_still(audio_model):
     assert all(float(motion.local.abs().max()) > 0.0 for motion in spoken)
     ungated = [motion for motion, _ in streamed(StreamingMotion(audio_model, FPS, silence_db=None), samples)]
     assert any(float(ungated[motion.index].local.abs().max()) > 0 for motion in silent)  # the gate did it
+
+
+def test_live_speech_renders_the_offline_frames_and_records_with_audio(audio_model, tiny_checkpoint, tmp_path):
+    """Streaming motion with demo.py's windows, rendered by the live speech animator, gives the frames of
+    animate_from_audio (demo.py --driving_audio); scripts/live.py records the speech live with its audio."""
+    from conftest import REPO_ROOT
+
+    from dagan.audio.animate import animate_from_audio
+    from dagan.audio.decode import write_wav
+    from dagan.cli.live import main
+    from dagan.inference import DaGANPipeline
+    from dagan.io import open_video, read_image_uint8
+    from dagan.live.speech import SpeechAnimator
+
+    samples = speech_like(1.2)
+    source = read_image_uint8(str(REPO_ROOT / "data" / "samples" / "source.png"))
+    pipeline = DaGANPipeline.load(tiny_checkpoint, device="cpu", batch_size=1)
+    offline = list(animate_from_audio(pipeline, audio_model, source, Audio(samples, SAMPLE_RATE), fps=FPS, seed=0))
+    total = num_video_frames(len(samples) / SAMPLE_RATE, FPS)
+    stream = StreamingMotion(audio_model, FPS, total_frames=total, seed=0, chunk_frames=256, overlap=50,
+                             silence_db=None)
+    animator = SpeechAnimator(pipeline, source)
+    live = [animator.render_motion(motion) for motion, _ in streamed(stream, samples)]
+    assert len(live) == len(offline) == total
+    for live_frame, offline_frame in zip(live, offline):
+        assert np.abs(live_frame.astype(int) - offline_frame.astype(int)).max() <= 1
+
+    speech, audio_checkpoint, out = tmp_path / "speech.wav", tmp_path / "audio.pt", tmp_path / "live.mp4"
+    write_wav(speech, Audio(samples, SAMPLE_RATE))
+    audio_model.save(audio_checkpoint)
+    assert main(["--source_image", str(REPO_ROOT / "data" / "samples" / "source.png"), "--checkpoint",
+                 tiny_checkpoint, "--backend", "torch", "--driving_audio", str(speech), "--audio_checkpoint",
+                 str(audio_checkpoint), "--record", str(out)]) == 0
+    video = open_video(out)
+    assert video.has_audio and total - 2 <= video.num_frames <= total  # one frame per video frame (the last may lag)
+
+
+def test_missing_microphone_support_is_one_line(monkeypatch):
+    import sys
+
+    from dagan.live.capture import LiveError
+    from dagan.live.speech import microphone_pieces
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # not installed
+    with pytest.raises(LiveError, match="needs sounddevice"):
+        microphone_pieces()

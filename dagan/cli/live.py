@@ -34,6 +34,8 @@ examples:
   python scripts/live.py --source_image portrait.png --checkpoint checkpoints/vox.pt --camera 0 --virtual_camera
   python scripts/live.py --source_image portrait.png --checkpoint checkpoints/vox.pt \\
       --driving_video data/samples/driving.mp4 --realtime --record live.mp4
+  python scripts/live.py --source_image portrait.png --checkpoint checkpoints/vox.pt \\
+      --driving_audio mic --audio_checkpoint runs/me/audio_model.pt --virtual_camera
 
 In the window: a re-anchors the motion on your current (neutral) face, q quits. Look at the camera with a neutral
 face at start: the first frame with a face is the anchor of the relative motion.
@@ -85,10 +87,17 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--stream", default=None, metavar="URL", help="a network stream (rtsp://..., http://...)")
     inputs.add_argument("--driving_video", default=None, help="a video file (or frame folder) as the camera: with "
                         "--realtime at its own frame rate, else every frame as fast as the model goes")
+    inputs.add_argument("--driving_audio", default=None, metavar="mic|SPEECH", help="speech instead of a face: "
+                        "'mic' (the microphone; the [live] extra) or an audio file played in real time; needs "
+                        "--audio_checkpoint")
+    group.add_argument("--audio_checkpoint", default=None, help="with --driving_audio: the audio model "
+                       "(scripts/personalize.py or train.py's audio stage)")
+    group.add_argument("--audio_device", default=None, help="with --driving_audio mic: the microphone (name or "
+                       "index; default: the system's)")
     group.add_argument("--realtime", action="store_true", help="play --driving_video at its frame rate, dropping the "
                        "frames the model cannot keep up with, as a camera would")
     group.add_argument("--fps", type=float, default=None, help="with --driving_video --realtime: play at this rate "
-                       "instead of the file's")
+                       "instead of the file's; with --driving_audio: the frame rate of the portrait (default 25)")
     group.add_argument("--loop", action="store_true", help="play --driving_video again and again until stopped")
     group.add_argument("--wait", type=float, default=DEFAULT_WAIT_S, metavar="SECONDS", help="how long a camera or "
                        f"stream may take to open and give a frame, and a face to appear at start (default "
@@ -200,8 +209,10 @@ def check_outputs(args: argparse.Namespace) -> None:
         VirtualCameraSink.check(args.virtual_camera_device)
 
 
-def open_sinks(args: argparse.Namespace, stack: contextlib.ExitStack, animator: LiveAnimator, fps: float) -> list:
-    """The outputs the flags ask for (the window when none is named), closed by ``stack``."""
+def open_sinks(args: argparse.Namespace, stack: contextlib.ExitStack, animator, fps: float,
+               audio_from: Optional[str] = None) -> list:
+    """The outputs the flags ask for (the window when none is named), closed by ``stack``; ``audio_from``: speech,
+    recorded frame by frame with that file as its audio track."""
     sinks = []
     if args.window or not (args.virtual_camera or args.record):
         sinks.append(WindowSink(animator.picture))
@@ -211,16 +222,57 @@ def open_sinks(args: argparse.Namespace, stack: contextlib.ExitStack, animator: 
     for sink in sinks:
         stack.callback(sink.close)
     if args.record:
-        record = RecordSink(args.record, fps, protected_paths=[args.source_image, args.driving_video, args.checkpoint])
+        record = RecordSink(args.record, fps, protected_paths=[args.source_image, args.driving_video, args.checkpoint,
+                                                              args.driving_audio, args.audio_checkpoint],
+                            audio_from=audio_from, by_index=args.driving_audio is not None)
         sinks.append(record)
         stack.push(record.__exit__)  # kept on success or Ctrl-C, removed on an error
     return sinks
 
 
+def run_speech(args: argparse.Namespace) -> int:
+    """--driving_audio: the streaming audio model drives the portrait (dagan.live.speech)."""
+    from dagan.audio.animate import check_compatible
+    from dagan.audio.model import AudioDrivenModel
+    from dagan.live.speech import SpeechAnimator, SpeechCapture, file_pieces, microphone_pieces, speech_stream
+
+    if args.audio_checkpoint is None:
+        raise ValueError("--driving_audio needs --audio_checkpoint (an audio model: scripts/personalize.py)")
+    audio_model = AudioDrivenModel.load(args.audio_checkpoint)
+    if args.driving_audio == "mic":
+        pieces, total = microphone_pieces(args.audio_device), None
+    else:
+        pieces, total = file_pieces(args.driving_audio)
+    pipeline = live_pipeline(args)
+    check_compatible(audio_model, pipeline)
+    picture = read_image_uint8(args.source_image)
+    animator = SpeechAnimator(pipeline, picture)
+    fps = args.fps or 25.0
+    stream = speech_stream(audio_model, fps, total)
+    print(f"live speech: the audio model looks {stream.look_ahead:.2f} s ahead", file=sys.stderr)
+    capture = SpeechCapture(stream, pieces, picture, realtime=args.driving_audio != "mic")
+    with contextlib.ExitStack() as stack:
+        sinks = open_sinks(args, stack, animator, fps, audio_from=None if total is None else args.driving_audio)
+        loop = LiveLoop(capture.slot, None, animator, sinks, overlay=args.overlay)
+        capture.start()
+        stack.callback(capture.stop)
+        try:
+            stats = loop.run(max_frames=args.max_frames)
+        except KeyboardInterrupt:
+            stats = loop.stats
+    print(f"live: {stats.line()}", file=sys.stderr)
+    if args.record:
+        print(f"wrote {args.record}", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.record:
-        check_result_path(args.record, [args.source_image, args.driving_video, args.checkpoint])
+        check_result_path(args.record, [args.source_image, args.driving_video, args.checkpoint, args.driving_audio,
+                                        args.audio_checkpoint])
     check_outputs(args)  # a missing display or virtual-camera backend, a missing camera or a silent stream fail
+    if args.driving_audio is not None:
+        return run_speech(args)
     source = open_source(args)  # before the model loads
     pipeline = live_pipeline(args)
     animator = source_animator(args, pipeline, source.fps or 25.0)

@@ -152,7 +152,7 @@ class LiveLoop:
             self._reanchor.clear()
             self.animator.reanchor()
         try:
-            result = self.animate(captured.image)
+            result = self.animate(captured.image) if captured.motion is None else self.speak(captured.motion)
         except Exception as error:  # one bad frame: hold and go on
             self.stats.errors += 1
             return self.held(captured, f"frame skipped ({type(error).__name__}: {str(error)[:60]})")
@@ -179,6 +179,16 @@ class LiveLoop:
         started = time.perf_counter()
         result = animator.compose(generated)
         times["paste"].append(time.perf_counter() - started)
+        return result
+
+    def speak(self, motion) -> np.ndarray:
+        """The result for one frame of speech motion (:class:`~dagan.live.speech.SpeechAnimator`)."""
+        started = time.perf_counter()
+        generated = self.animator.render_motion(motion)
+        self.stats.stages["generator"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        result = self.animator.compose(generated)
+        self.stats.stages["paste"].append(time.perf_counter() - started)
         return result
 
     def held(self, captured: CapturedFrame, status: str) -> ShownFrame:

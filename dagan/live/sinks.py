@@ -135,13 +135,16 @@ def _platform_hint() -> str:
 class RecordSink:
     """Records exactly what is shown, in real time: the output video runs at ``fps`` and each shown frame fills
     the time until the next one (a frame held longer is repeated), so the recording plays as the session went.
-    Written atomically by :func:`~dagan.io.open_writer` (an input is never replaced)."""
+    ``by_index``: frame i of the recording is shown frame i (or the last one before it): speech, with the speech
+    as its audio track (``audio_from``). Written atomically by :func:`~dagan.io.open_writer` (an input is never
+    replaced)."""
 
-    def __init__(self, path: str, fps: float, protected_paths=()):
+    def __init__(self, path: str, fps: float, protected_paths=(), audio_from: Optional[str] = None,
+                 by_index: bool = False):
         from dagan.io import open_writer
 
-        self.writer = open_writer(path, fps, protected_paths=protected_paths)
-        self.fps, self.path = fps, path
+        self.writer = open_writer(path, fps, audio_from=audio_from, protected_paths=protected_paths)
+        self.fps, self.path, self.by_index = fps, path, by_index
         self.start: Optional[float] = None
         self.written = 0
         self.pending: Optional[np.ndarray] = None
@@ -150,7 +153,9 @@ class RecordSink:
         now = time.perf_counter()
         if self.start is None:
             self.start = now
-        due = int((now - self.start) * self.fps)  # frames that should be on the recording before this one
+        # Frames that should be on the recording before this one: by the clock, or (speech, whose frames have fixed
+        # times that the audio track follows) by the frame's own index.
+        due = shown.captured.index if self.by_index else int((now - self.start) * self.fps)
         while self.pending is not None and self.written < due:
             self.writer.write(self.pending)
             self.written += 1

@@ -20,12 +20,15 @@ __all__ = ["CapturedFrame", "NewestFrameSlot"]
 @dataclass(frozen=True)
 class CapturedFrame:
     """One captured frame: image (H, W, 3) uint8 RGB, its capture time (``time.perf_counter()`` seconds), its
-    index in capture order (0, 1, ...; gaps are the dropped frames) and the seconds spent reading it."""
+    index in capture order (0, 1, ...; gaps are the dropped frames) and the seconds spent reading it. For speech,
+    ``motion`` is the frame's :class:`~dagan.audio.streaming.FrameMotion` (and the time is when its audio was
+    heard)."""
 
     image: np.ndarray
     timestamp: float
     index: int
     read_s: float = 0.0
+    motion: object = None
 
 
 class NewestFrameSlot:
