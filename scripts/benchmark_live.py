@@ -51,7 +51,7 @@ def measure(checkpoint: str, backend: str, args: argparse.Namespace) -> dict:
 
     flags = ["--source_image", args.source_image, "--checkpoint", checkpoint, "--driving_video", args.driving_video,
              "--realtime", "--loop", "--backend", backend.replace("-int8", ""), "--device", args.device,
-             "--precision", args.precision,
+             "--precision", args.precision, *(["--fps", str(args.input_fps)] if args.input_fps else []),
              "--driving_crop", args.driving_crop, *(["--compile"] if args.compile else [])]
     live_args = build_parser().parse_args(flags)
     psnr = None
@@ -127,6 +127,8 @@ def main(argv=None) -> int:
     parser.add_argument("--source_image", default=os.path.join(REPO_ROOT, "data", "samples", "source.png"))
     parser.add_argument("--driving_video", default=os.path.join(REPO_ROOT, "data", "samples", "driving.mp4"),
                         help="the clip played as a camera (looped), at its own frame rate")
+    parser.add_argument("--input_fps", type=float, default=None, help="play the clip at this rate instead of its own "
+                        "(e.g. 30, to see whether a model keeps up with more than 25 fps)")
     parser.add_argument("--driving_crop", default="track", choices=["track", "none"],
                         help="track (default): follow the face as live.py does")
     parser.add_argument("--output", default="benchmark_live.json", help="where the figures are written (JSON)")
