@@ -29,6 +29,12 @@ EXTRAS = {
     "app": ["gradio>=6.31,<7"],
     "onnx": ["onnx>=1.17,<1.23", "onnxruntime>=1.20"],
     "openvino": ["openvino>=2024.0"],
+    # scripts/live.py: --virtual_camera (pyvirtualcam; it also needs v4l2loopback on Linux or OBS on Windows/macOS)
+    # and --driving_audio mic (sounddevice; PortAudio). Cameras and windows use OpenCV from the [faces] extra
+    # (windows need the desktop build, opencv-python).
+    "live": ["pyvirtualcam>=0.12", "sounddevice>=0.4"],
+    # --precision int8 (scripts/live.py): post-training quantisation of the exported graphs (with [onnx,openvino]).
+    "int8": ["nncf>=2.12"],
 }
 
 # Where PyPI has wheels of all of them (Linux x86_64, Windows x86_64), what demo.py's defaults need is core, so that

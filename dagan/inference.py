@@ -348,6 +348,57 @@ def exported_pipeline_or_none(model: DaGAN, backend: str, batch_size: Optional[i
         return None
 
 
+# INT8 (NNCF post-training quantisation on OpenVINO; the mechanics are dagan.runtime.quantize).
+MIN_INT8_PSNR = 35.0  # dB against the fp32 frames on held-out driving frames: below it the INT8 model is refused
+
+
+def frame_psnr(reference: np.ndarray, frame: np.ndarray) -> float:
+    """PSNR (dB) of one uint8 frame against another: 10 log10(255^2 / MSE); infinite when they are equal."""
+    error = np.mean((reference.astype(np.float64) - frame.astype(np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(255.0 ** 2 / error))
+
+
+def int8_pipeline(model: DaGAN, source_image: np.ndarray, calibration_frames: list[np.ndarray],
+                  held_out_frames: list[np.ndarray], min_psnr: float = MIN_INT8_PSNR,
+                  graphs: Optional[tuple[str, ...]] = None) -> tuple["DaGANPipeline", float]:
+    """``model``'s per-frame graphs quantised to INT8 with NNCF and run by OpenVINO (batch 1), and their mean PSNR
+    (dB) against fp32 on ``held_out_frames``; :class:`InferenceError` (with the figure) below ``min_psnr``.
+
+    Calibration records the inputs the graphs receive while the fp32 export animates ``source_image`` (H, W, 3)
+    with ``calibration_frames``; the quantised folder is kept beside the cached export, one per calibration set.
+    """
+    import hashlib
+    import os
+
+    from dagan.runtime.quantize import QUANTISED_GRAPHS, quantize_export, recorded_feeds
+
+    graphs = graphs or QUANTISED_GRAPHS
+
+    directory = cached_export(model)
+    fp32 = DaGANPipeline.from_exported(directory, "openvino", batch_size=1)
+    digest = hashlib.sha256(",".join(graphs).encode() + source_image.tobytes())
+    for frame in calibration_frames:
+        digest.update(frame.tobytes())
+    int8_directory = f"{directory}-int8-{digest.hexdigest()[:12]}"
+    if not os.path.isdir(int8_directory):
+        print(f"quantising to INT8 with NNCF on {len(calibration_frames)} frames, once, into {int8_directory} ...",
+              file=sys.stderr)
+        with recorded_feeds(fp32.networks) as feeds:
+            for _ in fp32.animate(source_image, calibration_frames):
+                pass
+        quantize_export(directory, int8_directory, feeds, graphs)
+    int8 = DaGANPipeline.from_exported(int8_directory, "openvino", batch_size=1)
+    anchor = held_out_frames[0]
+    pairs = zip(fp32.animate(source_image, held_out_frames, driving_initial=anchor),
+                int8.animate(source_image, held_out_frames, driving_initial=anchor))
+    psnr = float(np.mean([min(frame_psnr(full.frame, quantised.frame), 100.0) for full, quantised in pairs]))
+    if psnr < min_psnr:
+        raise InferenceError(f"the INT8 model is refused: {psnr:.1f} dB PSNR against fp32 on {len(held_out_frames)} "
+                             f"held-out frames, under the {min_psnr:g} dB gate; run in fp32 (drop --precision int8) "
+                             "or calibrate on frames closer to your input (--calibration)")
+    return int8, psnr
+
+
 # Auto-tune: time the speed settings on this machine (stored by dagan.runtime.autotune).
 def candidate_pipeline(model, device: torch.device, candidate: SpeedSettings):
     """The pipeline that runs ``candidate`` (an exported one, from the export cache, for other backends)."""

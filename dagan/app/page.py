@@ -8,6 +8,7 @@ from typing import Optional
 import gradio as gr
 
 from dagan.app.common import SAMPLES_DIR, AppSettings, UploadedImage, available_devices, find_checkpoints
+from dagan.app.live_tab import add_live_tab
 from dagan.app.speech_tab import add_speech_tab
 from dagan.app.video_tab import AnimationRequest, Animator
 
@@ -128,6 +129,7 @@ def build_app(settings: AppSettings, animator: Optional[Animator] = None) -> gr.
         for control in (animate_what, hold_eyes, hold_mouth):
             control.input(show_preview, settings_inputs + motion_inputs, [preview, status], api_name=False)
         add_speech_tab(animator, settings, source, checkpoint, device, result, status, [crop, paste_back, faces])
+        add_live_tab(animator, source, checkpoint, device)
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
 

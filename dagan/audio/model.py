@@ -105,20 +105,38 @@ class AudioDrivenModel(nn.Module):
         """
         style = (self.style if style is None else style).float()[None]
         noise = self.noise(1, len(times), torch.Generator().manual_seed(seed))  # (1, T, Z): 32 bytes a frame
-        state, norm = None, self.normalization
-        context = context_frames(self.params.context_seconds)
+        state = None
         for start in range(0, len(times), chunk_frames):
             stop = min(len(times), start + chunk_frames)
-            first, last = max(0, start - CHUNK_OVERLAP), min(len(times), stop + CHUNK_OVERLAP)
-            centres = np.round(np.asarray(times[first:last]) * MEL_RATE).astype(np.int64)
-            first_row = max(0, int(centres.min()) - context)  # rows before the signal read silence
-            rows = mel.rows(first_row, int(centres.max()) + context + 1)
-            windows = feature_windows(rows, times[first:last], self.params.context_seconds, first_row)[None]
-            output = self.audio_motion(windows)
-            audio = output.audio[:, start - first:stop - first]
-            pose, state = self.head_pose.run(audio, style, noise[:, start:stop], state)
-            yield AudioMotion(pose[0] * norm.pose_std + norm.pose_mean,
-                              output.local[0, start - first:stop - first] * norm.local_std + norm.local_mean)
+            local, pose, state = self.chunk_step(mel, times, start, stop, CHUNK_OVERLAP, style, noise[:, start:stop],
+                                                 state)
+            yield AudioMotion(pose, local)
+
+    @torch.no_grad()
+    def predict_chunk(self, mel: torch.Tensor, times: np.ndarray, start: int, stop: int, overlap: int,
+                      style: torch.Tensor, noise: torch.Tensor, state: Optional[torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`chunk_step` on the log-mel received so far (N, M) (live speech, :mod:`dagan.audio.streaming`)."""
+        return self.chunk_step(MelRows.of(mel), times, start, stop, overlap, style, noise, state)
+
+    def chunk_step(self, mel: MelRows, times: np.ndarray, start: int, stop: int, overlap: int, style: torch.Tensor,
+                   noise: torch.Tensor, state: Optional[torch.Tensor]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frames ``start:stop`` of ``times``: local motion (stop - start, 6 K) and pose (stop - start, 6),
+        unstandardised, and the pose generator's state for the next chunk. The local network sees ``overlap``
+        frames of context on each side (within ``times``); style (1, 12); noise (1, stop - start, Z). The offline
+        and the live paths both run this one step."""
+        first, last = max(0, start - overlap), min(len(times), stop + overlap)
+        centres = np.round(np.asarray(times[first:last]) * MEL_RATE).astype(np.int64)
+        context = context_frames(self.params.context_seconds)
+        first_row = max(0, int(centres.min()) - context)  # rows before the signal read silence
+        rows = mel.rows(first_row, int(centres.max()) + context + 1)
+        windows = feature_windows(rows, times[first:last], self.params.context_seconds, first_row)[None]
+        output = self.audio_motion(windows)
+        norm = self.normalization
+        local = output.local[0, start - first:stop - first] * norm.local_std + norm.local_mean
+        pose, state = self.head_pose.run(output.audio[:, start - first:stop - first], style, noise, state)
+        return local, pose[0] * norm.pose_std + norm.pose_mean, state
 
     # Persistence.
     def state(self) -> dict:

@@ -1,0 +1,182 @@
+"""Where live frames go: a window, a virtual camera, a recording, or a list in memory.
+
+Each sink has ``show(ShownFrame)`` and ``close()``; a sink that takes input (the window's keys) also has
+``poll()``, returning ``"reanchor"``, ``"quit"`` or None. Opening a sink that cannot work here (no display, no
+virtual-camera backend) raises :class:`~dagan.live.capture.LiveError` with one line saying what to install.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+from dagan.live.capture import LiveError
+from dagan.live.loop import ShownFrame
+
+__all__ = ["CollectSink", "WindowSink", "VirtualCameraSink", "RecordSink", "VIRTUAL_CAMERA_HINT", "side_by_side"]
+
+VIRTUAL_CAMERA_HINT = {
+    "linux": "install and load v4l2loopback (sudo apt install v4l2loopback-dkms && sudo modprobe v4l2loopback "
+             "devices=1 exclusive_caps=1 card_label=dagan)",
+    "win32": "install OBS Studio (26 or newer) and start its virtual camera once, or Unity Capture",
+    "darwin": "install OBS Studio (26.1 or newer) and start its virtual camera once",
+}
+WINDOW_TITLE = "dagan live: source | camera | result  (a: re-anchor, q: quit)"
+
+
+class CollectSink:
+    """Keeps every shown frame (tests, the Python API)."""
+
+    def __init__(self) -> None:
+        self.frames: list[ShownFrame] = []
+
+    def show(self, shown: ShownFrame) -> None:
+        self.frames.append(shown)
+
+    def close(self) -> None:
+        pass
+
+
+def side_by_side(images: list[np.ndarray], height: int) -> np.ndarray:
+    """Images resized to one ``height`` (aspect kept) and put side by side: (height, sum of widths, 3) uint8."""
+    import cv2
+
+    resized = [cv2.resize(image, (max(1, round(image.shape[1] * height / image.shape[0])), height),
+                          interpolation=cv2.INTER_AREA) for image in images]
+    return np.concatenate(resized, axis=1)
+
+
+class WindowSink:
+    """An OpenCV window showing source | camera | result; keys: ``a`` re-anchors, ``q`` or Esc quits."""
+
+    def __init__(self, source_picture: np.ndarray, height: int = 360):
+        import cv2
+
+        self.check()
+        self.cv2, self.source, self.height = cv2, source_picture, height
+        self.key: Optional[int] = None
+
+    @staticmethod
+    def check() -> None:
+        """LiveError when no window can open here (no display, or OpenCV without GUI support)."""
+        import cv2
+
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise LiveError("--window needs a display, and none is set (no $DISPLAY): run it on a desktop session, or "
+                            "use --virtual_camera or --record out.mp4")
+        try:
+            cv2.namedWindow(WINDOW_TITLE, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise LiveError("this OpenCV build has no windows (opencv-python-headless): use --record or "
+                            "--virtual_camera, or swap in the desktop build: pip uninstall opencv-python-headless && "
+                            "pip install 'opencv-python>=4.9,<5'") from None
+
+    def show(self, shown: ShownFrame) -> None:
+        view = side_by_side([self.source, shown.camera, shown.image], self.height)
+        self.cv2.imshow(WINDOW_TITLE, view[..., ::-1])  # RGB -> BGR
+        self.key = self.cv2.waitKey(1) & 0xFF
+
+    def poll(self) -> Optional[str]:
+        key, self.key = self.key, None
+        if key in (ord("a"), ord("A"), ord(" ")):
+            return "reanchor"
+        if key in (ord("q"), ord("Q"), 27):
+            return "quit"
+        return None
+
+    def close(self) -> None:
+        self.cv2.destroyWindow(WINDOW_TITLE)
+
+
+class VirtualCameraSink:
+    """The result as a virtual camera (pyvirtualcam) that Zoom, Meet, Teams or OBS can pick."""
+
+    def __init__(self, size: tuple[int, int], fps: float, device: Optional[str] = None):
+        try:
+            import pyvirtualcam
+        except ImportError:
+            raise LiveError("--virtual_camera needs pyvirtualcam: pip install -e '.[live]' (then "
+                            f"{_platform_hint()})") from None
+        height, width = size
+        try:
+            self.camera = pyvirtualcam.Camera(width=width, height=height, fps=fps or 25.0, device=device,
+                                              fmt=pyvirtualcam.PixelFormat.RGB)
+        except (RuntimeError, ValueError) as error:
+            raise LiveError(f"no virtual-camera backend ({str(error).splitlines()[0]}): "
+                            f"{_platform_hint()}") from None
+        self.size = size
+
+    @classmethod
+    def check(cls, device: Optional[str] = None) -> None:
+        """LiveError when no virtual camera can open here (opens and closes a small one)."""
+        cls((64, 64), 25.0, device).close()
+
+    def show(self, shown: ShownFrame) -> None:
+        image = shown.image
+        if image.shape[:2] != self.size:
+            import cv2
+
+            image = cv2.resize(image, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
+        self.camera.send(np.ascontiguousarray(image))
+
+    def close(self) -> None:
+        self.camera.close()
+
+
+def _platform_hint() -> str:
+    key = "linux" if sys.platform.startswith("linux") else sys.platform
+    return VIRTUAL_CAMERA_HINT.get(key, VIRTUAL_CAMERA_HINT["linux"])
+
+
+class RecordSink:
+    """Records exactly what is shown, in real time: the output video runs at ``fps`` and each shown frame fills
+    the time until the next one (a frame held longer is repeated), so the recording plays as the session went.
+    ``by_index``: frame i of the recording is shown frame i (or the last one before it): speech, with the speech
+    as its audio track (``audio_from``). Written atomically by :func:`~dagan.io.open_writer` (an input is never
+    replaced)."""
+
+    def __init__(self, path: str, fps: float, protected_paths=(), audio_from: Optional[str] = None,
+                 by_index: bool = False):
+        from dagan.io import open_writer
+
+        self.writer = open_writer(path, fps, audio_from=audio_from, protected_paths=protected_paths)
+        self.fps, self.path, self.by_index = fps, path, by_index
+        self.start: Optional[float] = None
+        self.written = 0
+        self.pending: Optional[np.ndarray] = None
+
+    def show(self, shown: ShownFrame) -> None:
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = now
+        # Frames that should be on the recording before this one: by the clock, or (speech, whose frames have fixed
+        # times that the audio track follows) by the frame's own index.
+        due = shown.captured.index if self.by_index else int((now - self.start) * self.fps)
+        while self.pending is not None and self.written < due:
+            self.writer.write(self.pending)
+            self.written += 1
+        self.pending = shown.image
+
+    def close(self) -> None:
+        """Write the last frame and finish the file (nothing shown: no file)."""
+        if self.pending is None:
+            self.writer.abort()
+            return
+        self.writer.write(self.pending)
+        self.written += 1
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        """Keep the recording when the run ended normally or by Ctrl-C, remove it on an error."""
+        if exc_type is None or issubclass(exc_type, KeyboardInterrupt):
+            self.close()
+        else:
+            self.abort()
+        return False

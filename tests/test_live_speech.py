@@ -1,0 +1,131 @@
+"""Streaming speech motion (dagan.audio.streaming): equal to the offline prediction where the windows coincide, a
+bounded look-ahead, and silence keeping the mouth closed and still."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dagan.audio.decode import SAMPLE_RATE, Audio
+from dagan.audio.features import frame_times, log_mel, num_video_frames
+from dagan.audio.model import AudioDrivenModel
+from dagan.audio.streaming import StreamingMotion
+from dagan.config import load_config
+
+FPS = 25.0
+
+
+@pytest.fixture(scope="module")
+def audio_model() -> AudioDrivenModel:
+    torch.manual_seed(0)
+    model = AudioDrivenModel(load_config(None), num_kp=5).eval()
+    model.style = torch.randn(12)
+    return model
+
+
+def speech_like(seconds: float, silent_from: float | None = None, silent_to: float | None = None) -> np.ndarray:
+    """A voiced buzz with a syllable-rate envelope (mono float32, 16 kHz); zeros between silent_from and silent_to."""
+    time = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    pitch = 120 + 30 * np.sin(2 * np.pi * 0.7 * time)
+    voice = sum(np.sin(2 * np.pi * harmonic * np.cumsum(pitch) / SAMPLE_RATE) / harmonic for harmonic in range(1, 8))
+    samples = 0.2 * voice * (0.55 + 0.45 * np.sin(2 * np.pi * 4.0 * time))
+    if silent_from is not None:
+        samples[(time >= silent_from) & (time < silent_to)] = 0.0
+    return samples.astype(np.float32)
+
+
+def streamed(stream: StreamingMotion, samples: np.ndarray, piece_seconds: float = 0.02):
+    """Push ``samples`` in pieces (as a microphone would), then end: every FrameMotion, and for each, how many
+    samples had been pushed when it came out."""
+    frames, pushed = [], 0
+    piece = int(piece_seconds * SAMPLE_RATE)
+    for begin in range(0, len(samples), piece):
+        pushed = min(len(samples), begin + piece)
+        frames += [(motion, pushed) for motion in stream.push(samples[begin:pushed])]
+    frames += [(motion, len(samples)) for motion in stream.end()]
+    return frames
+
+
+@pytest.mark.parametrize("chunk_frames, overlap", [(5, 10), (256, 50)])  # live defaults; demo.py's windows
+def test_streaming_equals_offline_where_windows_coincide(audio_model, chunk_frames, overlap):
+    samples = speech_like(2.4)
+    total = num_video_frames(len(samples) / SAMPLE_RATE, FPS)
+    offline = audio_model.predict(log_mel(Audio(samples, SAMPLE_RATE), audio_model.params.num_mels),
+                                  frame_times(total, FPS), seed=3, chunk_frames=chunk_frames, overlap=overlap)
+    stream = StreamingMotion(audio_model, FPS, total_frames=total, seed=3, chunk_frames=chunk_frames,
+                             overlap=overlap, silence_db=None)
+    frames = [motion for motion, _ in streamed(stream, samples)]
+    assert [motion.index for motion in frames] == list(range(total))
+    torch.testing.assert_close(torch.stack([motion.local for motion in frames]), offline.local, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.stack([motion.pose for motion in frames]), offline.pose, rtol=0, atol=1e-5)
+
+
+def test_frames_come_out_within_the_look_ahead(audio_model):
+    samples = speech_like(3.0)
+    stream = StreamingMotion(audio_model, FPS)  # a microphone: the length is not known
+    assert stream.look_ahead == pytest.approx(15 / FPS + 0.2 + 0.025)
+    frames = streamed(stream, samples)
+    live = [(motion, pushed) for motion, pushed in frames if pushed < len(samples)]
+    assert len(live) > 0.6 * len(frames)  # most frames come out before the audio ends
+    for motion, pushed in live:
+        waited = pushed / SAMPLE_RATE - motion.index / FPS
+        assert 0 < waited <= stream.look_ahead + stream.chunk_frames / FPS + 0.02 + 1e-9
+
+
+def test_silence_keeps_the_mouth_closed_and_still(audio_model):
+    samples = speech_like(3.0, silent_from=1.0, silent_to=2.2)
+    frames = [motion for motion, _ in streamed(StreamingMotion(audio_model, FPS), samples)]
+    silent = [motion for motion in frames if 1.05 <= motion.index / FPS <= 2.15]
+    spoken = [motion for motion in frames if motion.index / FPS < 0.95]
+    assert silent and all(motion.silent for motion in silent)
+    assert all(float(motion.local.abs().max()) == 0.0 for motion in silent)  # the reference mouth, not moving
+    assert not any(motion.silent for motion in spoken)
+    assert all(float(motion.local.abs().max()) > 0.0 for motion in spoken)
+    ungated = [motion for motion, _ in streamed(StreamingMotion(audio_model, FPS, silence_db=None), samples)]
+    assert any(float(ungated[motion.index].local.abs().max()) > 0 for motion in silent)  # the gate did it
+
+
+def test_live_speech_renders_the_offline_frames_and_records_with_audio(audio_model, tiny_checkpoint, tmp_path):
+    """Streaming motion with demo.py's windows, rendered by the live speech animator, gives the frames of
+    animate_from_audio (demo.py --driving_audio); scripts/live.py records the speech live with its audio."""
+    from conftest import REPO_ROOT
+
+    from dagan.audio.animate import animate_from_audio
+    from dagan.audio.decode import write_wav
+    from dagan.cli.live import main
+    from dagan.inference import DaGANPipeline
+    from dagan.io import open_video, read_image_uint8
+    from dagan.live.speech import SpeechAnimator
+
+    samples = speech_like(1.2)
+    source = read_image_uint8(str(REPO_ROOT / "data" / "samples" / "source.png"))
+    pipeline = DaGANPipeline.load(tiny_checkpoint, device="cpu", batch_size=1)
+    offline = list(animate_from_audio(pipeline, audio_model, source, Audio(samples, SAMPLE_RATE), fps=FPS, seed=0))
+    total = num_video_frames(len(samples) / SAMPLE_RATE, FPS)
+    stream = StreamingMotion(audio_model, FPS, total_frames=total, seed=0, chunk_frames=256, overlap=50,
+                             silence_db=None)
+    animator = SpeechAnimator(pipeline, source)
+    live = [animator.render_motion(motion) for motion, _ in streamed(stream, samples)]
+    assert len(live) == len(offline) == total
+    for live_frame, offline_frame in zip(live, offline):
+        assert np.abs(live_frame.astype(int) - offline_frame.astype(int)).max() <= 1
+
+    speech, audio_checkpoint, out = tmp_path / "speech.wav", tmp_path / "audio.pt", tmp_path / "live.mp4"
+    write_wav(speech, Audio(samples, SAMPLE_RATE))
+    audio_model.save(audio_checkpoint)
+    assert main(["--source_image", str(REPO_ROOT / "data" / "samples" / "source.png"), "--checkpoint",
+                 tiny_checkpoint, "--backend", "torch", "--driving_audio", str(speech), "--audio_checkpoint",
+                 str(audio_checkpoint), "--record", str(out)]) == 0
+    video = open_video(out)
+    assert video.has_audio and total - 2 <= video.num_frames <= total  # one frame per video frame (the last may lag)
+
+
+def test_missing_microphone_support_is_one_line(monkeypatch):
+    import sys
+
+    from dagan.live.capture import LiveError
+    from dagan.live.speech import microphone_pieces
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # not installed
+    with pytest.raises(LiveError, match="needs sounddevice"):
+        microphone_pieces()
