@@ -88,19 +88,19 @@ class AudioDrivenModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, mel: torch.Tensor, times: np.ndarray, style: Optional[torch.Tensor] = None, seed: int = 0,
-                chunk_frames: int = CHUNK_FRAMES) -> AudioMotion:
+                chunk_frames: int = CHUNK_FRAMES, overlap: int = CHUNK_OVERLAP) -> AudioMotion:
         """Motion for video frames at ``times`` (T,) seconds from a whole clip's log-mel (N, M): all of
         :meth:`predict_chunks` at once."""
-        chunks = list(self.predict_chunks(MelRows.of(mel), times, style, seed, chunk_frames))
+        chunks = list(self.predict_chunks(MelRows.of(mel), times, style, seed, chunk_frames, overlap))
         return AudioMotion(torch.cat([chunk.pose for chunk in chunks]), torch.cat([chunk.local for chunk in chunks]))
 
     @torch.no_grad()
     def predict_chunks(self, mel: MelRows, times: np.ndarray, style: Optional[torch.Tensor] = None, seed: int = 0,
-                       chunk_frames: int = CHUNK_FRAMES) -> Iterator[AudioMotion]:
+                       chunk_frames: int = CHUNK_FRAMES, overlap: int = CHUNK_OVERLAP) -> Iterator[AudioMotion]:
         """Motion for the video frames at ``times`` (T,) seconds, ``chunk_frames`` frames at a time, from log-mel
         rows read as they are needed (a streamed clip's :class:`~dagan.audio.features.MelRows`).
 
-        Each chunk sees CHUNK_OVERLAP frames of context on each side (the bidirectional local network); the pose
+        Each chunk sees ``overlap`` frames of context on each side (the bidirectional local network); the pose
         generator's state carries over, so memory does not grow with the length.
         """
         style = (self.style if style is None else style).float()[None]
@@ -108,7 +108,7 @@ class AudioDrivenModel(nn.Module):
         state = None
         for start in range(0, len(times), chunk_frames):
             stop = min(len(times), start + chunk_frames)
-            local, pose, state = self.chunk_step(mel, times, start, stop, CHUNK_OVERLAP, style, noise[:, start:stop],
+            local, pose, state = self.chunk_step(mel, times, start, stop, overlap, style, noise[:, start:stop],
                                                  state)
             yield AudioMotion(pose, local)
 

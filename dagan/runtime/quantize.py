@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from dagan.runtime.backends import BackendError, ExportedNetworks
-from dagan.runtime.export import MANIFEST_NAME, read_manifest
+from dagan.runtime.export import MANIFEST_NAME, content_digest, read_manifest
 
 __all__ = ["QUANTISED_GRAPHS", "recorded_feeds", "quantize_export"]
 
@@ -82,7 +82,8 @@ def quantize_export(directory: str, output_dir: str, feeds: dict[str, list[dict[
                                   preset=nncf.QuantizationPreset.MIXED, fast_bias_correction=True)
         file = f"{name}_int8.xml"
         openvino.save_model(quantized, os.path.join(staging, file), compress_to_fp16=False)
-        graphs[name] = dataclasses.replace(spec, file=file)
+        graphs[name] = dataclasses.replace(spec, file=file,  # the cache checks each graph against its digest
+                                           sha256=content_digest(os.path.join(staging, file)))
     with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as stream:
         stream.write(dataclasses.replace(manifest, graphs=graphs).to_json())
     shutil.rmtree(output_dir, ignore_errors=True)
