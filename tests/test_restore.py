@@ -19,6 +19,7 @@ from dagan.faces.paste import PasteBack
 from dagan.faces.plans import FacePlan, VideoCrops
 from dagan.faces.restore import FaceRestorer, RestorationModel, RestoreError, crop_five_points, relative_flicker
 from dagan.inference import DaGANPipeline
+from dagan.io import open_video, read_image_uint8, write_png
 from dagan.model import DaGAN
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -201,3 +202,37 @@ def test_stabilisation_follows_motion_without_ghosts(graphs):
     lag = np.abs(steady - plain)[region].mean()
     print(f"moving clip: restoration change {change:.1f}, stabilised vs per frame {lag:.1f} grey levels")
     assert lag < 0.25 * change
+
+
+def test_live_mode_restores_each_shown_frame_and_refuses_bad_models_first(graphs, tiny_checkpoint, tmp_path, capsys):
+    """scripts/live.py --restore: each frame it shows is the unrestored live frame passed through the same
+    FaceRestorer, and a missing model is refused before anything is opened."""
+    needs("onnxruntime")
+    from conftest import REPO_ROOT
+    from dagan.cli.live import main as live_main
+
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for index, frame in zip(range(6), open_video(REPO_ROOT / "data" / "samples" / "driving.mp4")):
+        write_png(clip / f"{index:04d}.png", frame)
+    common = ["--source_image", str(REPO_ROOT / "data" / "samples" / "source.png"), "--checkpoint", tiny_checkpoint,
+              "--driving_video", str(clip), "--backend", "torch", "--device", "cpu", "--crop", "none",
+              "--driving_crop", "none"]
+    assert live_main([*common, "--restore", str(tmp_path / "missing.onnx"), "--record", str(tmp_path / "x") + "/"]) == 1
+    assert "missing.onnx' does not exist" in capsys.readouterr().err
+    assert live_main([*common, "--record", str(tmp_path / "plain") + "/"]) == 0
+    assert live_main([*common, "--restore", graphs["gpen_bfr_256"], "--no-restore_stabilize", "--record",
+                      str(tmp_path / "restored") + "/"]) == 0
+    assert "restoring the face with gpen_bfr_256" in capsys.readouterr().err
+    plain, restored = (distinct([read_image_uint8(path) for path in sorted((tmp_path / name).glob("*.png"))])
+                       for name in ("plain", "restored"))  # the recording repeats a shown frame to keep time
+    assert len(plain) == len(restored) >= 2
+    restorer = FaceRestorer(RestorationModel(graphs["gpen_bfr_256"], "onnxruntime"), plain[0].shape[:2],
+                            stabilize=False)
+    assert all(np.array_equal(got, restorer(frame)) for got, frame in zip(restored, plain))
+    assert all(not np.array_equal(got, frame) for got, frame in zip(restored, plain))
+
+
+def distinct(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """``frames`` without consecutive repeats."""
+    return [frame for index, frame in enumerate(frames) if index == 0 or not np.array_equal(frame, frames[index - 1])]

@@ -9,11 +9,12 @@ import traceback
 from typing import Optional
 
 from dagan.checkpoint import CheckpointError
-from dagan.cli.pipeline import load_pipeline
+from dagan.cli.pipeline import add_restore_arguments, load_pipeline, restore_options
 from dagan.config import ConfigError
 from dagan.faces.alignment import Framing
 from dagan.faces.animation import FaceOptions, FaceSession, MotionOptions, fit_picture
 from dagan.faces.detection import MissingFaceBackend, get_face_analyzer
+from dagan.faces.restore import FaceRestorer
 from dagan.inference import MIN_INT8_PSNR, InferenceError, KeypointSmoother, int8_pipeline
 from dagan.io import MediaError, check_result_path, open_video, read_image_uint8
 from dagan.live import (CaptureThread, FaceTracker, LiveAnimator, LiveError, LiveLoop, WholeFrameTracker, open_camera,
@@ -138,6 +139,7 @@ def add_motion_arguments(parser: argparse.ArgumentParser) -> None:
                        help="One-Euro smoothing of the driving keypoints (minimum cutoff in Hz, default 1.0)")
     group.add_argument("--face_backend", choices=("auto", "dlib", "face_alignment"), default="auto",
                        help="face detector and landmarks (default: dlib when installed)")
+    add_restore_arguments(parser)
 
 
 def live_pipeline(args: argparse.Namespace):
@@ -176,7 +178,19 @@ def source_animator(args: argparse.Namespace, pipeline, fps: float = 25.0) -> Li
         for message in session.messages:
             print(message, file=sys.stderr)
     smooth = KeypointSmoother(fps, min_cutoff=args.smooth) if args.smooth is not None else None
-    return LiveAnimator(pipeline, picture, face, options.motion, paste_back, smooth)
+    return LiveAnimator(pipeline, picture, face, options.motion, paste_back, smooth,
+                        live_restorer(args, pipeline, options.framing if face is not None else Framing()))
+
+
+def live_restorer(args: argparse.Namespace, pipeline, framing: Framing) -> Optional[FaceRestorer]:
+    """``--restore``: the animated crop restored (and stabilised over time) before it is shown, as in demo.py."""
+    options = restore_options(args)
+    if options is None:
+        return None
+    model = options.load()
+    print(f"restoring the face with {model.describe()}, strength {options.strength}"
+          + (", stabilised over time" if options.stabilize else ""), file=sys.stderr)
+    return FaceRestorer(model, pipeline.image_size, options.strength, options.stabilize, framing)
 
 
 def open_source(args: argparse.Namespace):
@@ -271,6 +285,11 @@ def run(args: argparse.Namespace) -> int:
         check_result_path(args.record, [args.source_image, args.driving_video, args.checkpoint, args.driving_audio,
                                         args.audio_checkpoint])
     check_outputs(args)  # a missing display or virtual-camera backend, a missing camera or a silent stream fail
+    restore = restore_options(args)
+    if restore is not None:
+        if args.driving_audio is not None:
+            raise ValueError("--restore works with a camera, a stream or a driving video; drop it with --driving_audio")
+        restore.check()  # a bad restoration model fails before the source is opened and the model loads
     if args.driving_audio is not None:
         return run_speech(args)
     source = open_source(args)  # before the model loads

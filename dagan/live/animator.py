@@ -11,7 +11,7 @@ neutral face. With ``paste_back`` the animated crop is blended into the full sou
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -31,14 +31,17 @@ class LiveAnimator:
     pipeline: a :class:`~dagan.inference.DaGANPipeline` (any backend). picture: the source (H, W, 3) uint8.
     face: the source face's crop plan (:meth:`~dagan.faces.animation.FaceSession.picture_faces`); None = the whole
     picture is the face (resized to the model). paste_back: return the full picture with the face animated (needs
-    ``face``), else the animated crop. smooth: an optional :class:`~dagan.inference.KeypointSmoother`.
+    ``face``), else the animated crop. smooth: an optional :class:`~dagan.inference.KeypointSmoother`. restorer: an
+    optional crop restorer (a :class:`~dagan.faces.restore.FaceRestorer`, ``--restore``) applied to each animated
+    crop before it is shown or pasted back.
     """
 
     def __init__(self, pipeline, picture: np.ndarray, face: Optional[FacePlan] = None,
-                 motion: MotionOptions = MotionOptions(), paste_back: bool = False, smooth=None):
+                 motion: MotionOptions = MotionOptions(), paste_back: bool = False, smooth=None,
+                 restorer: Optional[Callable[[np.ndarray], np.ndarray]] = None):
         if paste_back and face is None:
             raise ValueError("paste_back needs the source face's crop plan")
-        self.pipeline, self.picture, self.smooth = pipeline, picture, smooth
+        self.pipeline, self.picture, self.smooth, self.restorer = pipeline, picture, smooth, restorer
         self.motion = FaceAnimator(pipeline, motion)  # the relative motion transfer, shared with the demo
         crop = picture if face is None else warp_to_crop(picture, face.transform)
         self.source_crop = crop if face is not None else None
@@ -82,7 +85,8 @@ class LiveAnimator:
             self.anchor = kp_driving
             self.scale = self.motion.movement_scale(self.source.keypoints, kp_driving)
         kp_norm = self.motion.transfer(self.source.keypoints, kp_driving, self.anchor, self.scale)
-        return to_uint8_batch(self.pipeline.generate(self.source, kp_norm).prediction)[0]
+        crop = to_uint8_batch(self.pipeline.generate(self.source, kp_norm).prediction)[0]
+        return crop if self.restorer is None else self.restorer(crop)
 
     def compose(self, generated: np.ndarray) -> np.ndarray:
         """The result shown: the full picture with the face pasted back, or the crop itself."""
