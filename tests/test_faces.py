@@ -253,7 +253,7 @@ def test_find_best_frame_picks_the_source_frame(analyzer, video_frames):
 
 def test_missing_dlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "dlib", None)  # makes `import dlib` raise ImportError
-    with pytest.raises(MissingFaceBackend, match=r'pip install "dagan\[faces\]"'):
+    with pytest.raises(MissingFaceBackend, match=r'pip install -c \.ci/constraints\.txt -e \. .*"\.\[faces\]"'):
         FaceAnalyzer("dlib")
     assert issubclass(MissingFaceBackend, ImportError)
 
@@ -267,12 +267,12 @@ def test_missing_face_alignment_names_the_extra_and_the_weights(monkeypatch):
     assert faces.FAN_2D_FILE in message and "checkpoints" in message
 
 
-def test_auto_without_any_backend_names_both_extras(monkeypatch):
+def test_auto_without_any_backend_names_the_install_and_the_fan_guide(monkeypatch):
     monkeypatch.setitem(sys.modules, "dlib", None)
     monkeypatch.setitem(sys.modules, "face_alignment", None)
     with pytest.raises(MissingFaceBackend) as caught:
         get_face_analyzer("auto")
-    assert "dagan[faces]" in str(caught.value) and "dagan[face-alignment]" in str(caught.value)
+    assert '".[faces]"' in str(caught.value) and "docs/faces-and-datasets.md" in str(caught.value)
 
 
 def test_auto_prefers_dlib():
