@@ -270,14 +270,8 @@ def run_speech(args: argparse.Namespace) -> int:
         loop = LiveLoop(capture.slot, None, animator, sinks, overlay=args.overlay)
         capture.start()
         stack.callback(capture.stop)
-        try:
-            stats = loop.run(max_frames=args.max_frames)
-        except KeyboardInterrupt:
-            stats = loop.stats
-    print(f"live: {stats.line()}", file=sys.stderr)
-    if args.record:
-        print(f"wrote {args.record}", file=sys.stderr)
-    return 0
+        stats = run_loop(args, loop)
+    return report(args, stats)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -305,10 +299,20 @@ def run(args: argparse.Namespace) -> int:
         stack.callback(capture.stop)
         loop.wait_for_face(args.wait, source.name)
         print("live: press a in the window to re-anchor, q (or Ctrl-C) to stop", file=sys.stderr)
-        try:
-            stats = loop.run(max_frames=args.max_frames)
-        except KeyboardInterrupt:
-            stats = loop.stats
+        stats = run_loop(args, loop)
+    return report(args, stats)
+
+
+def run_loop(args: argparse.Namespace, loop: LiveLoop):
+    """Run ``loop`` until the input ends, ``--max_frames`` or Ctrl-C; its statistics."""
+    try:
+        return loop.run(max_frames=args.max_frames)
+    except KeyboardInterrupt:
+        return loop.stats
+
+
+def report(args: argparse.Namespace, stats) -> int:
+    """Say what the loop did, once the outputs are closed (the recording is in place)."""
     print(f"live: {stats.line()}", file=sys.stderr)
     if args.record:
         print(f"wrote {args.record}", file=sys.stderr)
