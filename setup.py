@@ -53,7 +53,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["dagan", "dagan.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # the pinned numpy, scipy and obstore have no Python 3.10 releases
     install_requires=[
         "torch>=2.1",  # CI pins torch==2.13.0 (CPU) through .ci/constraints.txt
         "numpy>=1.24",
