@@ -212,6 +212,13 @@ class RandomTransform:
 
 
 # Camera geometry for the self-supervised depth stage.
+def pixels_to_keypoint_coordinates(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pixel coordinates (N, 2) (x, y) of an image of the model's size -> keypoint coordinates in [-1, 1] (the
+    keypoint grid's convention above: pixel j at 2 j / (W - 1) - 1), as numpy float64 (N, 2)."""
+    points = np.asarray(points, dtype=np.float64)
+    return np.stack([2 * points[:, 0] / (width - 1) - 1, 2 * points[:, 1] / (height - 1) - 1], axis=1)
+
+
 def pixels_to_normalized(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pixel coordinates (..., 2) with pixel i's centre at i -> ``align_corners=False`` normalised (x, y)."""
     size = torch.tensor([width, height], dtype=pixels.dtype, device=pixels.device)

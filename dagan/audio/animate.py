@@ -103,14 +103,6 @@ def audio_driving_chunks(audio_model: AudioDrivenModel, audio, fps: float, refer
         yield DrivingChunk(compose_motion(reference.keypoints, pose, motion.local), pose, motion.local)
 
 
-def audio_driving_keypoints(audio_model: AudioDrivenModel, audio, fps: float, reference: Reference,
-                            pose_mode: str = "learned", seed: int = 0) -> tuple[Keypoints, torch.Tensor, torch.Tensor]:
-    """Driving keypoints (T, K, ...) for the speech, with the pose (T, 6) and local motion (T, 6 K) they came from
-    (all of :func:`audio_driving_chunks` at once)."""
-    chunks = list(audio_driving_chunks(audio_model, audio, fps, reference, pose_mode, seed))
-    return joined(chunks)
-
-
 def joined(chunks: list[DrivingChunk]) -> tuple[Keypoints, torch.Tensor, torch.Tensor]:
     keypoints = Keypoints(torch.cat([chunk.keypoints.value for chunk in chunks]),
                           torch.cat([chunk.keypoints.jacobian for chunk in chunks]))

@@ -5,25 +5,21 @@ import argparse
 import contextlib
 import os
 import sys
-import traceback
 from typing import Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from dagan.checkpoint import CheckpointError
 from dagan.cli.demo_audio import add_audio_arguments, check_speech_flags, run_audio
 from dagan.cli.demo_faces import add_face_arguments, run_faces, uses_face_mode
-from dagan.cli.pipeline import (add_motion_arguments, check_outputs, driving_path, load_pipeline, motion_analyzer,
-                                motion_control, visualization_path)
-from dagan.config import ConfigError
+from dagan.cli.pipeline import (add_motion_arguments, check_outputs, driving_path, error_line, load_pipeline,
+                                motion_analyzer, motion_control, visualization_path)
 from dagan.faces.landmarks import best_aligned_frame
-from dagan.inference import InferenceError, KeypointSmoother, frame_at
-from dagan.io import MediaError, open_image_as_video, open_video, open_writer, read_image, set_pixel_limit
+from dagan.inference import KeypointSmoother, frame_at
+from dagan.io import open_image_as_video, open_video, open_writer, read_image, set_pixel_limit
 from dagan.io.images import pixel_limit
 from dagan.runtime.backends import BACKEND_VARIABLE, BACKENDS, BackendError, default_backend
-from dagan.runtime.export import ExportError
 from dagan.training.distributed import launch_share
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -227,16 +223,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("interrupted; no output was written", file=sys.stderr)
         return 130
     except Exception as error:  # one clear line per known problem; tracebacks only with --debug
-        if args.debug:
-            traceback.print_exc()
-        known = (MediaError, CheckpointError, ConfigError, InferenceError, BackendError, ExportError, ImportError,
-                 ValueError)
+        message = error_line(error, args.debug)
         if is_out_of_memory(error):
             batch = args.batch_size or "default"
             message = f"out of memory with --batch_size {batch}; try a smaller --batch_size (e.g. 1)"
-        elif isinstance(error, known):
-            message = str(error)
-        else:
-            message = f"{type(error).__name__}: {error} (rerun with --debug for the traceback)"
         print(f"error: {message}", file=sys.stderr)
         return 1

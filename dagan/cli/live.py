@@ -5,24 +5,20 @@ import argparse
 import contextlib
 import os
 import sys
-import traceback
 from typing import Optional
 
-from dagan.checkpoint import CheckpointError
-from dagan.cli.pipeline import add_restore_arguments, load_pipeline, restore_options
-from dagan.config import ConfigError
+from dagan.cli.pipeline import KNOWN_ERRORS, add_restore_arguments, error_line, load_pipeline, restore_options
 from dagan.faces.alignment import Framing
 from dagan.faces.animation import FaceOptions, FaceSession, MotionOptions, fit_picture
 from dagan.faces.detection import MissingFaceBackend, get_face_analyzer
 from dagan.faces.restore import FaceRestorer
-from dagan.inference import MIN_INT8_PSNR, InferenceError, KeypointSmoother, int8_pipeline
-from dagan.io import MediaError, check_result_path, open_video, read_image_uint8
+from dagan.inference import MIN_INT8_PSNR, KeypointSmoother, int8_pipeline
+from dagan.io import check_result_path, open_video, read_image_uint8
 from dagan.live import (CaptureThread, FaceTracker, LiveAnimator, LiveError, LiveLoop, WholeFrameTracker, open_camera,
                         open_file_source)
 from dagan.live.capture import DEFAULT_WAIT_S, open_stream
 from dagan.live.sinks import RecordSink, VirtualCameraSink, WindowSink
 from dagan.runtime.backends import BACKEND_VARIABLE, BACKENDS, BackendError, default_backend
-from dagan.runtime.export import ExportError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "vox-adv-256.yaml")
@@ -332,11 +328,5 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # one clear line per known problem; tracebacks only with --debug
-        if args.debug:
-            traceback.print_exc()
-        known = (LiveError, MediaError, CheckpointError, ConfigError, InferenceError, BackendError, ExportError,
-                 ImportError, ValueError)
-        message = str(error) if isinstance(error, known) else \
-            f"{type(error).__name__}: {error} (rerun with --debug for the traceback)"
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error_line(error, args.debug, (LiveError, *KNOWN_ERRORS))}", file=sys.stderr)
         return 1

@@ -6,23 +6,39 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from typing import Optional
 
 import numpy as np
 import torch
 
 from dagan.checkpoint import CheckpointError, is_our_checkpoint
-from dagan.config import load_config
+from dagan.config import ConfigError, load_config
 from dagan.faces.alignment import Framing
 from dagan.faces.animation import FaceOptions, MotionOptions, fit_picture
 from dagan.faces.restore import RESTORE_MODELS, RestoreOptions
-from dagan.inference import DaGANPipeline, autotune, exported_pipeline, exported_pipeline_or_none, resolve_device
-from dagan.io import check_result_path, read_image_uint8
+from dagan.inference import DaGANPipeline, InferenceError, autotune, exported_pipeline, exported_pipeline_or_none, resolve_device
+from dagan.io import MediaError, check_result_path, read_image_uint8
 from dagan.io.files import guard_output
 from dagan.model import load_checkpoint_or_official
 from dagan.motion import ANIMATE, MotionControl, parse_region_scales, parse_still
 from dagan.runtime.backends import BackendError, choose_backend, is_installed
-from dagan.runtime.export import is_export_folder
+from dagan.runtime.export import ExportError, is_export_folder
+
+
+# The problems a user can cause and fix: the commands print their message alone (one line, no traceback).
+KNOWN_ERRORS = (MediaError, CheckpointError, ConfigError, InferenceError, BackendError, ExportError, ImportError,
+                ValueError)
+
+
+def error_line(error: BaseException, debug: bool, known: tuple = KNOWN_ERRORS) -> str:
+    """The one line a command prints for ``error``: its message for a known problem, else its type and a pointer
+    to ``--debug`` (which prints the traceback too)."""
+    if debug:
+        traceback.print_exc()
+    if isinstance(error, known):
+        return str(error)
+    return f"{type(error).__name__}: {error} (rerun with --debug for the traceback)"
 
 
 def load_pipeline(args: argparse.Namespace) -> DaGANPipeline:

@@ -16,13 +16,12 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 import torch
 
-from dagan.geometry import Keypoints
+from dagan.geometry import Keypoints, pixels_to_keypoint_coordinates
 from dagan.inference import AnimatedFrame, DaGANPipeline, SourceState, to_uint8_batch
 from dagan.motion.control import MotionControl, MotionEditor
 from dagan.motion.files import Motion
 from dagan.motion.openness import OpennessResult, solve_openness
-from dagan.motion.regions import (REGIONS, assign_regions, describe_regions, opening, openness,
-                                  pixels_to_keypoint_coordinates, region_colors)
+from dagan.motion.regions import REGIONS, assign_regions, describe_regions, opening, openness, region_colors
 
 NEEDS_ANALYZER = ("region scales, --still and openness targets find the source's 68 landmarks: install the [faces] "
                   "extra (pip install -e '.[faces]')")

@@ -24,7 +24,7 @@ hinge; 0 leaves it as it is. The Jacobians of the moved keypoints are stretched 
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -174,22 +174,3 @@ def opening(keypoints: np.ndarray, landmarks: np.ndarray, regions: np.ndarray, a
 def _nearest_eye(point: np.ndarray, landmarks: np.ndarray) -> int:
     left, right = landmarks[list(LEFT_EYE)].mean(0), landmarks[list(RIGHT_EYE)].mean(0)
     return 0 if np.linalg.norm(point - left) <= np.linalg.norm(point - right) else 1
-
-
-def pixels_to_keypoint_coordinates(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pixel coordinates (N, 2) (x, y) of an image of the model's size -> keypoint coordinates in [-1, 1] (the
-    keypoint grid's convention: pixel j at 2 j / (W - 1) - 1)."""
-    points = np.asarray(points, dtype=np.float64)
-    return np.stack([2 * points[:, 0] / (width - 1) - 1, 2 * points[:, 1] / (height - 1) - 1], axis=1)
-
-
-def keypoint_to_pixel_coordinates(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Inverse of :func:`pixels_to_keypoint_coordinates`."""
-    points = np.asarray(points, dtype=np.float64)
-    return np.stack([(points[:, 0] + 1) / 2 * (width - 1), (points[:, 1] + 1) / 2 * (height - 1)], axis=1)
-
-
-def landmarks_or_none(analyzer, image: np.ndarray) -> Optional[np.ndarray]:
-    """The 68 landmarks (68, 2) pixels of the largest face in ``image`` (uint8), or None when none is found."""
-    points = analyzer.landmarks(image)
-    return None if points is None else np.asarray(points, dtype=np.float64)

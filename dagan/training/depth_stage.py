@@ -38,8 +38,8 @@ from dagan.networks.depth import MIN_UNCERTAINTY, NUM_SCALES, PoseNetwork, dispa
 from dagan.training import distributed
 from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable
 from dagan.training.run import (CheckpointManager, DataWaitInterrupted, RunLogger, StopRequest, TrainingError, adam,
-                                apply_learning_rates, check_finite, reconcile_resumed_config,
-                                per_rank_batch, rng_state, seed_everything, set_rng_state)
+                                apply_learning_rates, check_finite, per_rank_batch, reconcile_resumed_config, rng_state,
+                                seed_everything, set_rng_state, stop_while_waiting_for_data)
 from dagan.visualization import disparity_image, to_image
 
 
@@ -270,9 +270,7 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
                 if stop_now:
                     logger.message(f"stopped at step {step}; resume with --resume auto")
                     break
-        except DataWaitInterrupted:  # a stop request while the data stalled: save the last finished step now
-            if not context.is_distributed:  # (ranks may be inside collectives: they resume from the last save)
-                save(step, step_rng)
-            logger.message(f"stopped at step {step} while waiting for data; resume with --resume auto")
+        except DataWaitInterrupted:  # a stop request while the data stalled
+            stop_while_waiting_for_data(step, save, step_rng, context.is_distributed, logger)
     logger.close()
     return {"step": step, "stopped_by": stop.signal_number, **stats}

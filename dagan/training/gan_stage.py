@@ -29,8 +29,8 @@ from dagan.networks.backbones import VGG19, load_vgg19_weights
 from dagan.training import distributed
 from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable
 from dagan.training.run import (CheckpointManager, DataWaitInterrupted, RunLogger, StopRequest, TrainingError, adam,
-                                apply_learning_rates, check_finite, per_rank_batch, reconcile_resumed_config,
-                                rng_state, seed_everything, set_rng_state, steps_per_epoch)
+                                apply_learning_rates, check_finite, per_rank_batch, reconcile_resumed_config, rng_state,
+                                seed_everything, set_rng_state, steps_per_epoch, stop_while_waiting_for_data)
 from dagan.visualization import training_grid
 
 # Each optimizer's learning rate in the config (a changed rate reaches the optimizer on resume).
@@ -351,10 +351,8 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
                 if stop_now:
                     logger.message(f"stopped at step {step}; resume with --resume auto")
                     break
-        except DataWaitInterrupted:  # a stop request while the data stalled: save the last finished step now
-            if not context.is_distributed:  # (ranks may be inside collectives: they resume from the last save)
-                save(step, step_rng)
-            logger.message(f"stopped at step {step} while waiting for data; resume with --resume auto")
+        except DataWaitInterrupted:  # a stop request while the data stalled
+            stop_while_waiting_for_data(step, save, step_rng, context.is_distributed, logger)
     logger.close()
     skipped = getattr(dataset, "skipped", [])
     if skipped and context.is_main:

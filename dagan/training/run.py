@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -54,6 +54,16 @@ def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
 
 class DataWaitInterrupted(Exception):
     """A stop request arrived while the training loop waited for a batch (see ``StopRequest.next_batch``)."""
+
+
+def stop_while_waiting_for_data(step: int, save: Callable[[int, Optional[dict]], None], rng: Optional[dict],
+                                distributed: bool, logger: "RunLogger") -> None:
+    """A stop request abandoned the wait for a batch (:class:`DataWaitInterrupted`): a single process saves its last
+    finished step with that step's random state; ranks of a distributed run may be inside collective calls, so they
+    save nothing and resume from their last checkpoint."""
+    if not distributed:
+        save(step, rng)
+    logger.message(f"stopped at step {step} while waiting for data; resume with --resume auto")
 
 
 class StopRequest:
