@@ -77,6 +77,11 @@ def personalize(w):
     return ["--video", w["driving"], "--checkpoint", w["checkpoint"], "--steps", "1", "--device", "cpu"]
 
 
+def live(w):
+    return ["--checkpoint", w["checkpoint"], "--source_image", w["portrait"], "--driving_video", w["driving"],
+            "--backend", "torch"]
+
+
 def batch_folder(w) -> Path:
     folder = w["user"] / "faces"
     folder.mkdir(exist_ok=True)
@@ -229,6 +234,9 @@ CASES = [
                                              w["config"])),
     (train, "--log_dir", "foreign", lambda w: (["--config", w["config"], "--log_dir", user_file(w, "run")],
                                                w["user"] / "run")),
+    (script("live"), "--record", "input", lambda w: (live(w) + ["--record", w["driving"]], w["driving"])),
+    (script("live"), "--record", "foreign", lambda w: (live(w) + ["--record", user_file(w, "live.mp4")],
+                                                      w["user"] / "live.mp4")),
 ]
 
 
