@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from dagan.audio.decode import SAMPLE_RATE, Audio
-from dagan.audio.features import frame_times, log_mel, num_video_frames
+from dagan.audio.features import frame_energy_db, frame_times, log_mel, num_video_frames
 from dagan.audio.model import AudioDrivenModel
-from dagan.audio.streaming import StreamingMotion
+from dagan.audio.streaming import NOISE_BLOCK, SILENCE_DBFS, StreamingMotion
 from dagan.config import load_config
 
 FPS = 25.0
@@ -58,6 +58,56 @@ def test_streaming_equals_offline_where_windows_coincide(audio_model, chunk_fram
     assert [motion.index for motion in frames] == list(range(total))
     torch.testing.assert_close(torch.stack([motion.local for motion in frames]), offline.local, rtol=0, atol=1e-5)
     torch.testing.assert_close(torch.stack([motion.pose for motion in frames]), offline.pose, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("total_known", [True, False])  # a file; a microphone
+def test_streaming_equals_offline_after_old_audio_is_dropped(audio_model, total_known):
+    """An 8 s clip at the live windows: the stream drops the audio behind it (its retained samples start seconds
+    into the clip), and its motion and silence flags still equal the offline ones computed on the whole clip."""
+    samples = speech_like(8.0, silent_from=5.0, silent_to=6.0)
+    total = num_video_frames(len(samples) / SAMPLE_RATE, FPS)
+    times = frame_times(total, FPS)
+    offline = audio_model.predict(log_mel(Audio(samples, SAMPLE_RATE), audio_model.params.num_mels), times,
+                                  seed=3, chunk_frames=5, overlap=10)
+    silent = frame_energy_db(Audio(samples, SAMPLE_RATE), times, 1.0 / FPS) < SILENCE_DBFS
+    stream = StreamingMotion(audio_model, FPS, total_frames=total if total_known else None, seed=3)
+    offsets = []
+    frames = []
+    piece = int(0.04 * SAMPLE_RATE)
+    for begin in range(0, len(samples), piece):
+        frames += stream.push(samples[begin:begin + piece])
+        offsets.append(stream.offset)
+    frames += stream.end()
+    assert [motion.index for motion in frames] == list(range(total))
+    assert offsets[-1] / SAMPLE_RATE > 6.0 and len(stream.samples) / SAMPLE_RATE < 2.0  # the start was dropped
+    assert sum(silent) > 20 and [motion.silent for motion in frames] == list(silent)
+    expected_local = torch.where(torch.from_numpy(silent)[:, None], torch.zeros_like(offline.local), offline.local)
+    coinciding = total if total_known else total - 15  # a microphone's last windows reach past the unknown end
+    local = torch.stack([motion.local for motion in frames])
+    torch.testing.assert_close(local[:coinciding], expected_local[:coinciding], rtol=0, atol=1e-5)
+    if total_known:  # a microphone draws its pose noise a block at a time
+        torch.testing.assert_close(torch.stack([motion.pose for motion in frames]), offline.pose, rtol=0, atol=1e-5)
+
+
+def test_a_long_microphone_session_keeps_bounded_audio():
+    """200 s at the microphone (40 ms pieces, a tiny model; past the first block of pose noise): the audio and the
+    pose noise kept stay under a bound that does not grow with the session, and every frame's motion comes out."""
+    config = load_config(None)
+    config.audio_params.num_mels, config.audio_params.audio_channels = 8, 4
+    config.audio_params.hidden_channels = config.audio_params.pose_hidden_channels = 4
+    torch.manual_seed(0)
+    stream = StreamingMotion(AudioDrivenModel(config, num_kp=2).eval(), FPS)
+    noise = (0.1 * np.random.default_rng(0).standard_normal(int(0.04 * SAMPLE_RATE))).astype(np.float32)
+    kept, noise_frames, count = [], [], 0
+    for _ in range(int(200 / 0.04)):
+        count += sum(1 for _ in stream.push(noise))
+        kept.append(len(stream.samples) / SAMPLE_RATE)
+        noise_frames.append(stream.noise.shape[1] if stream.noise is not None else 0)
+    assert stream.received == 200 * SAMPLE_RATE
+    assert count >= 200 * FPS - stream.look_ahead * FPS - stream.chunk_frames  # all but the look-ahead
+    bound = 2 * stream.look_ahead  # seconds: the look-back (overlap, mel context) and the audio not used yet
+    assert max(kept) < bound and max(kept[-1500:]) == pytest.approx(max(kept[:1500]), abs=0.05)
+    assert max(noise_frames) <= 2 * NOISE_BLOCK
 
 
 def test_frames_come_out_within_the_look_ahead(audio_model):
