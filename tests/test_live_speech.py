@@ -2,6 +2,8 @@
 bounded look-ahead, and silence keeping the mouth closed and still."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -168,6 +170,92 @@ def test_live_speech_renders_the_offline_frames_and_records_with_audio(audio_mod
                  str(audio_checkpoint), "--record", str(out)]) == 0
     video = open_video(out)
     assert video.has_audio and total - 2 <= video.num_frames <= total  # one frame per video frame (the last may lag)
+
+
+class FakeMicrophone:
+    """A stand-in for the sounddevice module: its InputStream plays ``samples``, then silence, to the callback in
+    real time, ``blocksize`` samples at a time, as a microphone would."""
+
+    PortAudioError = RuntimeError
+
+    def __init__(self, samples: np.ndarray):
+        self.samples = samples
+
+    def query_devices(self, device=None, kind=None) -> dict:
+        return {"name": "fake microphone", "max_input_channels": 1}
+
+    def InputStream(self, samplerate, channels, dtype, device, blocksize, callback):
+        import contextlib
+        import threading
+        import time
+
+        samples, stop = self.samples, threading.Event()
+
+        def play() -> None:
+            start = time.perf_counter()
+            for count in itertools.count(1):
+                block = samples[(count - 1) * blocksize:count * blocksize]
+                block = np.concatenate([block, np.zeros(blocksize - len(block), np.float32)])
+                if stop.wait(max(0.0, start + count * blocksize / samplerate - time.perf_counter())):
+                    return
+                callback(block[:, None], blocksize, None, None)
+
+        @contextlib.contextmanager
+        def stream():
+            thread = threading.Thread(target=play, daemon=True)
+            thread.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                thread.join()
+        return stream()
+
+
+def test_a_microphone_session_is_recorded_with_what_it_heard(audio_model, tiny_checkpoint, tmp_path, monkeypatch):
+    """scripts/live.py --driving_audio mic --record: the recording's audio track is what the microphone heard, from
+    the first sample on (the time of frame 0), and lasts as long as the video."""
+    import sys
+
+    from conftest import REPO_ROOT
+
+    from dagan.audio.decode import load_audio
+    from dagan.cli.live import main
+    from dagan.io import open_video
+
+    speech = speech_like(1.2)
+    monkeypatch.setitem(sys.modules, "sounddevice", FakeMicrophone(speech))
+    audio_checkpoint, out = tmp_path / "audio.pt", tmp_path / "mic.mp4"
+    audio_model.save(audio_checkpoint)
+    assert main(["--source_image", str(REPO_ROOT / "data" / "samples" / "source.png"), "--checkpoint",
+                 tiny_checkpoint, "--backend", "torch", "--driving_audio", "mic", "--audio_checkpoint",
+                 str(audio_checkpoint), "--record", str(out), "--max_frames", "40"]) == 0
+    video = open_video(out)
+    heard = load_audio(out).samples
+    assert video.has_audio and video.num_frames >= 40
+    assert abs(len(heard) / SAMPLE_RATE - video.num_frames / FPS) <= 1 / FPS  # as long as the video
+    expected = np.concatenate([speech, np.zeros(max(0, len(heard) - len(speech)), np.float32)])[:len(heard)]
+    lags = range(-400, 401, 4)  # +-25 ms
+    correlation = [float(np.corrcoef(np.roll(heard, lag), expected)[0, 1]) for lag in lags]
+    best = int(np.argmax(correlation))
+    assert correlation[best] > 0.9 and abs(list(lags)[best]) <= 16  # the same sound, from the same start
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["audio.pt", "mic.mp4"]  # no temporary left
+
+
+def test_a_failed_microphone_recording_leaves_nothing(tmp_path):
+    """On an error the recording, its video alone and the heard audio's temporary file are all removed."""
+    from dagan.live.loop import ShownFrame
+    from dagan.live.sinks import RecordSink
+    from dagan.live.slot import CapturedFrame
+
+    record = RecordSink(str(tmp_path / "mic.mp4"), FPS, by_index=True, heard=True)
+    list(record.audio_track.record(iter([speech_like(0.5)])))
+    image = np.zeros((64, 64, 3), np.uint8)
+    for index in range(3):
+        record.show(ShownFrame(image, image, CapturedFrame(image, 0.0, index), True))
+    assert any(tmp_path.iterdir())  # the heard audio so far
+    record.__exit__(RuntimeError, RuntimeError("the model failed"), None)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_microphone_support_is_one_line(monkeypatch):
