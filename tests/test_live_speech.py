@@ -3,6 +3,7 @@ bounded look-ahead, and silence keeping the mouth closed and still."""
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -242,6 +243,28 @@ def test_a_microphone_session_is_recorded_with_what_it_heard(audio_model, tiny_c
     assert sorted(path.name for path in tmp_path.iterdir()) == ["audio.pt", "mic.mp4"]  # no temporary left
 
 
+def test_a_speech_recording_stopped_early_keeps_the_audio_of_its_frames(tmp_path):
+    """A speech file's recording stopped after 10 frames (Ctrl-C): its audio is the file's first 0.4 s, not more."""
+    from dagan.audio.decode import load_audio, write_wav
+    from dagan.io import open_video
+    from dagan.live.loop import ShownFrame
+    from dagan.live.sinks import RecordSink
+    from dagan.live.slot import CapturedFrame
+
+    speech = tmp_path / "speech.wav"
+    write_wav(speech, Audio(speech_like(1.2), SAMPLE_RATE))
+    record = RecordSink(str(tmp_path / "talking.mp4"), FPS, protected_paths=[str(speech)], audio_from=str(speech),
+                        by_index=True)
+    image = np.zeros((64, 64, 3), np.uint8)
+    for index in range(10):
+        record.show(ShownFrame(image, image, CapturedFrame(image, 0.0, index), True))
+    record.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+    heard = load_audio(tmp_path / "talking.mp4").samples
+    assert open_video(tmp_path / "talking.mp4").num_frames == 10 and len(heard) == 0.4 * SAMPLE_RATE
+    assert np.corrcoef(heard, speech_like(0.4))[0, 1] > 0.99
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["speech.wav", "talking.mp4"]
+
+
 def test_a_failed_microphone_recording_leaves_nothing(tmp_path):
     """On an error the recording, its video alone and the heard audio's temporary file are all removed."""
     from dagan.live.loop import ShownFrame
@@ -256,6 +279,25 @@ def test_a_failed_microphone_recording_leaves_nothing(tmp_path):
     assert any(tmp_path.iterdir())  # the heard audio so far
     record.__exit__(RuntimeError, RuntimeError("the model failed"), None)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "getpgid"), reason="process groups are POSIX")
+def test_ctrl_c_in_a_terminal_does_not_reach_the_recording_encoder(tmp_path):
+    """A terminal's Ctrl-C goes to its whole foreground process group: the encoder is outside it, so the
+    recording is finished by this program (kept on Ctrl-C) rather than cut by ffmpeg's own exit."""
+    from dagan.live.loop import ShownFrame
+    from dagan.live.sinks import RecordSink
+    from dagan.live.slot import CapturedFrame
+
+    record = RecordSink(str(tmp_path / "live.mp4"), FPS)
+    image = np.zeros((64, 64, 3), np.uint8)
+    for index in range(3):
+        record.show(ShownFrame(image, image, CapturedFrame(image, 0.0, index), True))
+        record.writer.write(image)  # the encoder starts with the first frame written
+    try:
+        assert os.getpgid(record.writer._process.pid) != os.getpgid(0)
+    finally:
+        record.abort()
 
 
 def test_missing_microphone_support_is_one_line(monkeypatch):

@@ -24,6 +24,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "vox-adv-256.yaml")
 DEFAULT_CALIBRATION = os.path.join(REPO_ROOT, "data", "samples", "driving.mp4")
 CALIBRATION_FRAMES = 24
+CAPTURE_JOIN_S = 10.0  # how long the speech capture may take to finish its step when stopped
 
 EXAMPLE = """\
 examples:
@@ -270,6 +271,7 @@ def run_speech(args: argparse.Namespace) -> int:
         capture = SpeechCapture(stream, pieces, picture, realtime=args.driving_audio != "mic")
         loop = LiveLoop(capture.slot, None, animator, sinks, overlay=args.overlay)
         capture.start()
+        stack.callback(capture.join, CAPTURE_JOIN_S)  # no model step left running when the program exits
         stack.callback(capture.stop)
         stats = run_loop(args, loop)
     return report(args, stats)

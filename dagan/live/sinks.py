@@ -187,10 +187,10 @@ class RecordSink:
     """Records exactly what is shown, in real time: the output video runs at ``fps`` and each shown frame fills
     the time until the next one (a frame held longer is repeated), so the recording plays as the session went.
     ``by_index``: frame i of the recording is shown frame i (or the last one before it): speech, with the speech
-    as its audio track, from a file (``audio_from``) or as it was heard (``heard``: an :class:`AudioTrack`, filled
-    by the caller and muxed in when the recording closes, cut or padded to the video's length). Written atomically
-    (:func:`~dagan.io.open_writer`, then with ``heard`` the video and the track muxed into a temporary file renamed
-    over ``path``); an input is never replaced."""
+    as its audio track, from a file (``audio_from``) or as it was heard (``heard``: an :class:`AudioTrack` that the
+    caller fills as the model hears it). The video is written alone, then muxed with the speech cut or padded to
+    exactly its length (a session stopped early keeps only the audio of its frames) into a temporary file renamed
+    over ``path``. Written atomically (:func:`~dagan.io.open_writer`); an input is never replaced."""
 
     def __init__(self, path: str, fps: float, protected_paths=(), audio_from: Optional[str] = None,
                  by_index: bool = False, heard: bool = False):
@@ -199,10 +199,12 @@ class RecordSink:
 
         self.fps, self.path, self.by_index = fps, path, by_index
         self.audio_track: Optional[AudioTrack] = None
-        if heard and not (is_frame_directory_path(path) or is_image_path(path)):  # a video: it takes the sound
-            check_result_path(path, protected_paths)
-            self.audio_track = AudioTrack(path)
-            self.writer = open_writer(temporary_sibling(Path(path)), fps)  # the video alone, muxed at close
+        self.audio: Optional[Path] = None  # the speech muxed in at close
+        if by_index and (heard or audio_from) and not (is_frame_directory_path(path) or is_image_path(path)):
+            check_result_path(path, [audio_from, *protected_paths])
+            self.audio_track = AudioTrack(path) if heard else None
+            self.audio = self.audio_track.path if heard else Path(audio_from)
+            self.writer = open_writer(temporary_sibling(Path(path)), fps)  # the video alone
         else:
             self.writer = open_writer(path, fps, audio_from=audio_from, protected_paths=protected_paths)
         self.start: Optional[float] = None
@@ -230,38 +232,41 @@ class RecordSink:
             self.writer.write(self.pending)
             self.written += 1
             self.writer.close()
-            if self.audio_track is not None:
-                self._add_heard_audio()
+            if self.audio is not None:
+                self._add_audio()
         except BaseException:
             self.abort()
             raise
 
     def abort(self) -> None:
         self.writer.abort()
+        if self.audio is not None:
+            remove_quietly(self.writer.path)  # the video alone, when it was finished
         if self.audio_track is not None:
             self.audio_track.discard()
-            remove_quietly(self.writer.path)
 
-    def _add_heard_audio(self) -> None:
-        """Mux the video written so far (``self.writer.path``) and the heard audio, cut or padded to exactly the
-        video's length, into a temporary file, then rename it to ``path``."""
+    def _add_audio(self) -> None:
+        """Mux the video written alone (``self.writer.path``) and the speech, cut or padded to exactly the video's
+        length, into a temporary file, then rename it to ``path``."""
         from dagan.io import MediaError, ffmpeg_executable
         from dagan.io.files import fsync_directory, record_written
-        from dagan.io.writers import check_video_path
+        from dagan.io.writers import OWN_PROCESS_GROUP, check_video_path
 
-        track, video, path = self.audio_track, Path(self.writer.path), Path(self.path)
-        track.close()
-        length = round(self.written * track.sample_rate / self.fps)  # samples the video lasts
+        video, path = Path(self.writer.path), Path(self.path)
+        if self.audio_track is not None:
+            self.audio_track.close()
+        seconds = f"{self.written / self.fps:.6f}"
         temporary = temporary_sibling(path)
         command = [ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-y", "-i", f"file:{video.resolve()}",
-                   "-i", f"file:{track.path.resolve()}", "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
-                   "-c:a", "aac", "-b:a", "128k", "-af", f"apad=whole_len={length},atrim=end_sample={length}",
+                   "-i", f"file:{self.audio.resolve()}", "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+                   "-c:a", "aac", "-b:a", "128k", "-af", f"apad=whole_dur={seconds},atrim=end={seconds}",
                    "-movflags", "+faststart", "-f", check_video_path(path, []), f"file:{temporary.resolve()}"]
         try:
-            result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+            result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+                                    **OWN_PROCESS_GROUP)
             if result.returncode != 0:
                 lines = result.stderr.strip().splitlines() or [f"ffmpeg exit status {result.returncode}"]
-                raise MediaError(f"ffmpeg failed to add the heard audio to '{path}' ({lines[-1]})")
+                raise MediaError(f"ffmpeg failed to add the speech to '{path}' ({lines[-1]})")
             with open(temporary, "rb") as stream:
                 os.fsync(stream.fileno())
             os.replace(temporary, path)
@@ -270,7 +275,8 @@ class RecordSink:
         finally:
             for leftover in (temporary, video):
                 remove_quietly(leftover)
-            track.discard()
+            if self.audio_track is not None:
+                self.audio_track.discard()
 
     def __exit__(self, exc_type, exc, traceback) -> bool:
         """Keep the recording when the run ended normally or by Ctrl-C, remove it on an error."""
