@@ -7,7 +7,7 @@ there. It runs :meth:`~dagan.audio.model.AudioDrivenModel.predict_chunk`, the sa
 ``predict``, on chunks of ``chunk_frames`` video frames with ``overlap`` frames of context on each side for the
 bidirectional local network, so a frame waits for ``chunk_frames + overlap`` frames of audio after it, plus the
 mel window's context (``audio_params.context_seconds``) and half an STFT window: :attr:`StreamingMotion.look_ahead`
-seconds (0.94 s at 25 fps with the defaults 5 + 10 frames and 0.2 s of context). The head pose is generated online
+seconds (0.83 s at 25 fps with the defaults 5 + 10 frames and 0.2 s of context). The head pose is generated online
 (the pose generator's state carries from chunk to chunk) with the personalised style.
 
 Where the windows coincide with the offline ones (the same ``chunk_frames`` and ``overlap``, and the clip's length
