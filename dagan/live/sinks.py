@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from dagan.audio.decode import SAMPLE_RATE
 from dagan.io.files import remove_quietly, temporary_sibling
 from dagan.live.capture import LiveError
 from dagan.live.loop import ShownFrame
@@ -144,10 +145,9 @@ class AudioTrack:
     error, or by a later run after a kill), so memory does not grow with the session. Sample 0 is the first sample
     the streaming model heard, the time of video frame 0. Thread-safe: the capture thread writes, the loop closes."""
 
-    def __init__(self, beside: str, sample_rate: int = 16000):
+    def __init__(self, beside: str, sample_rate: int = SAMPLE_RATE):
         self.path = temporary_sibling(Path(beside).with_suffix(".wav"))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.sample_rate, self.num_samples = sample_rate, 0
         self._lock = threading.Lock()
         self._wave: Optional[wave.Wave_write] = wave.open(str(self.path), "wb")
         self._wave.setnchannels(1)
@@ -160,7 +160,6 @@ class AudioTrack:
         with self._lock:
             if self._wave is not None:
                 self._wave.writeframesraw(pcm.tobytes())
-                self.num_samples += len(pcm)
 
     def record(self, pieces: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         """``pieces``, each written to the track before it is passed on (closing this closes ``pieces``)."""
@@ -179,6 +178,7 @@ class AudioTrack:
                 self._wave = None
 
     def discard(self) -> None:
+        """Close and delete the file."""
         self.close()
         remove_quietly(self.path)
 
