@@ -12,6 +12,11 @@ included): on a shared machine it tells what an idle one would do.
     python scripts/benchmark_live.py --threads 2                     # tiny and full-size, torch and OpenVINO
     python scripts/benchmark_live.py --configs vox-adv-256.yaml --backends torch openvino openvino-int8 --seconds 20
     python scripts/benchmark_live.py --device cuda --backends torch --precision fp16 --compile
+    python scripts/benchmark_live.py --threads 1 --speech_minutes 30   # live speech: cost per chunk over a session
+
+--speech_minutes streams that many minutes of noise through the streaming speech model (the default audio model,
+random weights, 40 ms pieces as from a microphone) instead, and reports the CPU time per chunk in the first and the
+last minute and the most audio it kept: a long session should cost what a short one does.
 """
 from __future__ import annotations
 
@@ -88,6 +93,39 @@ def measure(checkpoint: str, backend: str, args: argparse.Namespace) -> dict:
     return summary
 
 
+def measure_speech(minutes: float) -> dict:
+    """``minutes`` of noise through StreamingMotion as a microphone: CPU ms per chunk (median) in the first and the
+    last minute, the most audio kept (seconds), and the wall time."""
+    import statistics
+
+    import numpy as np
+    import torch
+
+    from dagan.audio.decode import SAMPLE_RATE
+    from dagan.audio.model import AudioDrivenModel
+    from dagan.audio.streaming import StreamingMotion
+    from dagan.config import load_config
+
+    torch.manual_seed(0)
+    config = load_config(os.path.join(REPO_ROOT, "configs", "vox-adv-256.yaml"))
+    stream = StreamingMotion(AudioDrivenModel(config, config.model_params.common_params.num_kp).eval())
+    random, piece = np.random.default_rng(0), int(0.04 * SAMPLE_RATE)
+    per_minute: dict[int, list[float]] = {}
+    kept, started = 0, time.perf_counter()
+    while stream.received < minutes * 60 * SAMPLE_RATE:
+        samples = (0.1 * random.standard_normal(piece)).astype(np.float32)
+        begin = time.process_time()
+        chunks = len(list(stream.push(samples))) / stream.chunk_frames
+        if chunks:
+            minute = int(stream.received / SAMPLE_RATE // 60)
+            per_minute.setdefault(minute, []).append((time.process_time() - begin) / chunks)
+        kept = max(kept, len(stream.samples))
+    first, last = per_minute[min(per_minute)], per_minute[max(per_minute)]
+    return {"minutes": minutes, "first_minute_ms_per_chunk": 1000 * statistics.median(first),
+            "last_minute_ms_per_chunk": 1000 * statistics.median(last), "kept_seconds": kept / SAMPLE_RATE,
+            "wall_s": time.perf_counter() - started}
+
+
 def calibration_frames(video: str) -> tuple[list, list]:
     """scripts/live.py's INT8 calibration split of a clip: even frames calibrate, odd ones are held out."""
     from dagan.cli.live import CALIBRATION_FRAMES
@@ -131,6 +169,9 @@ def main(argv=None) -> int:
                         "(e.g. 30, to see whether a model keeps up with more than 25 fps)")
     parser.add_argument("--driving_crop", default="track", choices=["track", "none"],
                         help="track (default): follow the face as live.py does")
+    parser.add_argument("--speech_minutes", type=float, default=None, metavar="MINUTES", help="instead: stream "
+                        "this many minutes of audio through the streaming speech model and report its cost per chunk "
+                        "in the first and the last minute")
     parser.add_argument("--output", default="benchmark_live.json", help="where the figures are written (JSON)")
     args = parser.parse_args(argv)
 
@@ -140,6 +181,13 @@ def main(argv=None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.speech_minutes is not None:
+        row = measure_speech(args.speech_minutes)
+        atomic_write_text(args.output, json.dumps({"threads": torch.get_num_threads(), "speech": row}, indent=2))
+        print(f"speech, {args.speech_minutes:g} min: {row['first_minute_ms_per_chunk']:.1f} ms per chunk in the first "
+              f"minute, {row['last_minute_ms_per_chunk']:.1f} ms in the last; at most {row['kept_seconds']:.2f} s of "
+              f"audio kept ({row['wall_s']:.0f} s wall, CPU times); written to {args.output}")
+        return 0
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for config_name in args.configs:

@@ -2,14 +2,17 @@
 bounded look-ahead, and silence keeping the mouth closed and still."""
 from __future__ import annotations
 
+import itertools
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from dagan.audio.decode import SAMPLE_RATE, Audio
-from dagan.audio.features import frame_times, log_mel, num_video_frames
+from dagan.audio.features import frame_energy_db, frame_times, log_mel, num_video_frames
 from dagan.audio.model import AudioDrivenModel
-from dagan.audio.streaming import StreamingMotion
+from dagan.audio.streaming import NOISE_BLOCK, SILENCE_DBFS, StreamingMotion
 from dagan.config import load_config
 
 FPS = 25.0
@@ -58,6 +61,56 @@ def test_streaming_equals_offline_where_windows_coincide(audio_model, chunk_fram
     assert [motion.index for motion in frames] == list(range(total))
     torch.testing.assert_close(torch.stack([motion.local for motion in frames]), offline.local, rtol=0, atol=1e-5)
     torch.testing.assert_close(torch.stack([motion.pose for motion in frames]), offline.pose, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("total_known", [True, False])  # a file; a microphone
+def test_streaming_equals_offline_after_old_audio_is_dropped(audio_model, total_known):
+    """An 8 s clip at the live windows: the stream drops the audio behind it (its retained samples start seconds
+    into the clip), and its motion and silence flags still equal the offline ones computed on the whole clip."""
+    samples = speech_like(8.0, silent_from=5.0, silent_to=6.0)
+    total = num_video_frames(len(samples) / SAMPLE_RATE, FPS)
+    times = frame_times(total, FPS)
+    offline = audio_model.predict(log_mel(Audio(samples, SAMPLE_RATE), audio_model.params.num_mels), times,
+                                  seed=3, chunk_frames=5, overlap=10)
+    silent = frame_energy_db(Audio(samples, SAMPLE_RATE), times, 1.0 / FPS) < SILENCE_DBFS
+    stream = StreamingMotion(audio_model, FPS, total_frames=total if total_known else None, seed=3)
+    offsets = []
+    frames = []
+    piece = int(0.04 * SAMPLE_RATE)
+    for begin in range(0, len(samples), piece):
+        frames += stream.push(samples[begin:begin + piece])
+        offsets.append(stream.offset)
+    frames += stream.end()
+    assert [motion.index for motion in frames] == list(range(total))
+    assert offsets[-1] / SAMPLE_RATE > 6.0 and len(stream.samples) / SAMPLE_RATE < 2.0  # the start was dropped
+    assert sum(silent) > 20 and [motion.silent for motion in frames] == list(silent)
+    expected_local = torch.where(torch.from_numpy(silent)[:, None], torch.zeros_like(offline.local), offline.local)
+    coinciding = total if total_known else total - 15  # a microphone's last windows reach past the unknown end
+    local = torch.stack([motion.local for motion in frames])
+    torch.testing.assert_close(local[:coinciding], expected_local[:coinciding], rtol=0, atol=1e-5)
+    if total_known:  # a microphone draws its pose noise a block at a time
+        torch.testing.assert_close(torch.stack([motion.pose for motion in frames]), offline.pose, rtol=0, atol=1e-5)
+
+
+def test_a_long_microphone_session_keeps_bounded_audio():
+    """200 s at the microphone (40 ms pieces, a tiny model; past the first block of pose noise): the audio and the
+    pose noise kept stay under a bound that does not grow with the session, and every frame's motion comes out."""
+    config = load_config(None)
+    config.audio_params.num_mels, config.audio_params.audio_channels = 8, 4
+    config.audio_params.hidden_channels = config.audio_params.pose_hidden_channels = 4
+    torch.manual_seed(0)
+    stream = StreamingMotion(AudioDrivenModel(config, num_kp=2).eval(), FPS)
+    noise = (0.1 * np.random.default_rng(0).standard_normal(int(0.04 * SAMPLE_RATE))).astype(np.float32)
+    kept, noise_frames, count = [], [], 0
+    for _ in range(int(200 / 0.04)):
+        count += sum(1 for _ in stream.push(noise))
+        kept.append(len(stream.samples) / SAMPLE_RATE)
+        noise_frames.append(stream.noise.shape[1] if stream.noise is not None else 0)
+    assert stream.received == 200 * SAMPLE_RATE
+    assert count >= 200 * FPS - stream.look_ahead * FPS - stream.chunk_frames  # all but the look-ahead
+    bound = 2 * stream.look_ahead  # seconds: the look-back (overlap, mel context) and the audio not used yet
+    assert max(kept) < bound and max(kept[-1500:]) == pytest.approx(max(kept[:1500]), abs=0.05)
+    assert max(noise_frames) <= 2 * NOISE_BLOCK
 
 
 def test_frames_come_out_within_the_look_ahead(audio_model):
@@ -118,6 +171,133 @@ def test_live_speech_renders_the_offline_frames_and_records_with_audio(audio_mod
                  str(audio_checkpoint), "--record", str(out)]) == 0
     video = open_video(out)
     assert video.has_audio and total - 2 <= video.num_frames <= total  # one frame per video frame (the last may lag)
+
+
+class FakeMicrophone:
+    """A stand-in for the sounddevice module: its InputStream plays ``samples``, then silence, to the callback in
+    real time, ``blocksize`` samples at a time, as a microphone would."""
+
+    PortAudioError = RuntimeError
+
+    def __init__(self, samples: np.ndarray):
+        self.samples = samples
+
+    def query_devices(self, device=None, kind=None) -> dict:
+        return {"name": "fake microphone", "max_input_channels": 1}
+
+    def InputStream(self, samplerate, channels, dtype, device, blocksize, callback):
+        import contextlib
+        import threading
+        import time
+
+        samples, stop = self.samples, threading.Event()
+
+        def play() -> None:
+            start = time.perf_counter()
+            for count in itertools.count(1):
+                block = samples[(count - 1) * blocksize:count * blocksize]
+                block = np.concatenate([block, np.zeros(blocksize - len(block), np.float32)])
+                if stop.wait(max(0.0, start + count * blocksize / samplerate - time.perf_counter())):
+                    return
+                callback(block[:, None], blocksize, None, None)
+
+        @contextlib.contextmanager
+        def stream():
+            thread = threading.Thread(target=play, daemon=True)
+            thread.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                thread.join()
+        return stream()
+
+
+def test_a_microphone_session_is_recorded_with_what_it_heard(audio_model, tiny_checkpoint, tmp_path, monkeypatch):
+    """scripts/live.py --driving_audio mic --record: the recording's audio track is what the microphone heard, from
+    the first sample on (the time of frame 0), and lasts as long as the video."""
+    import sys
+
+    from conftest import REPO_ROOT
+
+    from dagan.audio.decode import load_audio
+    from dagan.cli.live import main
+    from dagan.io import open_video
+
+    speech = speech_like(1.2)
+    monkeypatch.setitem(sys.modules, "sounddevice", FakeMicrophone(speech))
+    audio_checkpoint, out = tmp_path / "audio.pt", tmp_path / "mic.mp4"
+    audio_model.save(audio_checkpoint)
+    assert main(["--source_image", str(REPO_ROOT / "data" / "samples" / "source.png"), "--checkpoint",
+                 tiny_checkpoint, "--backend", "torch", "--driving_audio", "mic", "--audio_checkpoint",
+                 str(audio_checkpoint), "--record", str(out), "--max_frames", "40"]) == 0
+    video = open_video(out)
+    heard = load_audio(out).samples
+    assert video.has_audio and video.num_frames >= 40
+    assert abs(len(heard) / SAMPLE_RATE - video.num_frames / FPS) <= 1 / FPS  # as long as the video
+    expected = np.concatenate([speech, np.zeros(max(0, len(heard) - len(speech)), np.float32)])[:len(heard)]
+    lags = range(-400, 401, 4)  # +-25 ms
+    correlation = [float(np.corrcoef(np.roll(heard, lag), expected)[0, 1]) for lag in lags]
+    best = int(np.argmax(correlation))
+    assert correlation[best] > 0.9 and abs(list(lags)[best]) <= 16  # the same sound, from the same start
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["audio.pt", "mic.mp4"]  # no temporary left
+
+
+def test_a_speech_recording_stopped_early_keeps_the_audio_of_its_frames(tmp_path):
+    """A speech file's recording stopped after 10 frames (Ctrl-C): its audio is the file's first 0.4 s, not more."""
+    from dagan.audio.decode import load_audio, write_wav
+    from dagan.io import open_video
+    from dagan.live.loop import ShownFrame
+    from dagan.live.sinks import RecordSink
+    from dagan.live.slot import CapturedFrame
+
+    speech = tmp_path / "speech.wav"
+    write_wav(speech, Audio(speech_like(1.2), SAMPLE_RATE))
+    record = RecordSink(str(tmp_path / "talking.mp4"), FPS, protected_paths=[str(speech)], audio_from=str(speech),
+                        by_index=True)
+    image = np.zeros((64, 64, 3), np.uint8)
+    for index in range(10):
+        record.show(ShownFrame(image, image, CapturedFrame(image, 0.0, index), True))
+    record.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+    heard = load_audio(tmp_path / "talking.mp4").samples
+    assert open_video(tmp_path / "talking.mp4").num_frames == 10 and len(heard) == 0.4 * SAMPLE_RATE
+    assert np.corrcoef(heard, speech_like(0.4))[0, 1] > 0.99
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["speech.wav", "talking.mp4"]
+
+
+def test_a_failed_microphone_recording_leaves_nothing(tmp_path):
+    """On an error the recording, its video alone and the heard audio's temporary file are all removed."""
+    from dagan.live.loop import ShownFrame
+    from dagan.live.sinks import RecordSink
+    from dagan.live.slot import CapturedFrame
+
+    record = RecordSink(str(tmp_path / "mic.mp4"), FPS, by_index=True, heard=True)
+    list(record.audio_track.record(iter([speech_like(0.5)])))
+    image = np.zeros((64, 64, 3), np.uint8)
+    for index in range(3):
+        record.show(ShownFrame(image, image, CapturedFrame(image, 0.0, index), True))
+    assert any(tmp_path.iterdir())  # the heard audio so far
+    record.__exit__(RuntimeError, RuntimeError("the model failed"), None)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "getpgid"), reason="process groups are POSIX")
+def test_ctrl_c_in_a_terminal_does_not_reach_the_recording_encoder(tmp_path):
+    """A terminal's Ctrl-C goes to its whole foreground process group: the encoder is outside it, so the
+    recording is finished by this program (kept on Ctrl-C) rather than cut by ffmpeg's own exit."""
+    from dagan.live.loop import ShownFrame
+    from dagan.live.sinks import RecordSink
+    from dagan.live.slot import CapturedFrame
+
+    record = RecordSink(str(tmp_path / "live.mp4"), FPS)
+    image = np.zeros((64, 64, 3), np.uint8)
+    for index in range(3):
+        record.show(ShownFrame(image, image, CapturedFrame(image, 0.0, index), True))
+        record.writer.write(image)  # the encoder starts with the first frame written
+    try:
+        assert os.getpgid(record.writer._process.pid) != os.getpgid(0)
+    finally:
+        record.abort()
 
 
 def test_missing_microphone_support_is_one_line(monkeypatch):

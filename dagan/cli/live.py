@@ -24,6 +24,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "vox-adv-256.yaml")
 DEFAULT_CALIBRATION = os.path.join(REPO_ROOT, "data", "samples", "driving.mp4")
 CALIBRATION_FRAMES = 24
+CAPTURE_JOIN_S = 10.0  # how long the speech capture may take to finish its step when stopped
 
 EXAMPLE = """\
 examples:
@@ -220,9 +221,10 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 
 def open_sinks(args: argparse.Namespace, stack: contextlib.ExitStack, animator, fps: float,
-               audio_from: Optional[str] = None) -> list:
+               audio_from: Optional[str] = None, heard: bool = False) -> list:
     """The outputs the flags ask for (the window when none is named), closed by ``stack``; ``audio_from``: speech,
-    recorded frame by frame with that file as its audio track."""
+    recorded frame by frame with that file as its audio track; ``heard``: speech recorded with the audio as it is
+    heard (a microphone: the recording's ``audio_track`` is filled by the caller)."""
     sinks = []
     if args.window or not (args.virtual_camera or args.record):
         sinks.append(WindowSink(animator.picture))
@@ -234,7 +236,7 @@ def open_sinks(args: argparse.Namespace, stack: contextlib.ExitStack, animator, 
     if args.record:
         record = RecordSink(args.record, fps, protected_paths=[args.source_image, args.driving_video, args.checkpoint,
                                                               args.driving_audio, args.audio_checkpoint],
-                            audio_from=audio_from, by_index=args.driving_audio is not None)
+                            audio_from=audio_from, by_index=args.driving_audio is not None, heard=heard)
         sinks.append(record)
         stack.push(record.__exit__)  # kept on success or Ctrl-C, removed on an error
     return sinks
@@ -260,11 +262,16 @@ def run_speech(args: argparse.Namespace) -> int:
     fps = args.fps or 25.0
     stream = speech_stream(audio_model, fps, total)
     print(f"live speech: the audio model looks {stream.look_ahead:.2f} s ahead", file=sys.stderr)
-    capture = SpeechCapture(stream, pieces, picture, realtime=args.driving_audio != "mic")
     with contextlib.ExitStack() as stack:
-        sinks = open_sinks(args, stack, animator, fps, audio_from=None if total is None else args.driving_audio)
+        sinks = open_sinks(args, stack, animator, fps, audio_from=None if total is None else args.driving_audio,
+                           heard=total is None)
+        recording = next((sink for sink in sinks if isinstance(sink, RecordSink)), None)
+        if recording is not None and recording.audio_track is not None:  # the microphone, kept as the model hears it
+            pieces = recording.audio_track.record(pieces)
+        capture = SpeechCapture(stream, pieces, picture, realtime=args.driving_audio != "mic")
         loop = LiveLoop(capture.slot, None, animator, sinks, overlay=args.overlay)
         capture.start()
+        stack.callback(capture.join, CAPTURE_JOIN_S)  # no model step left running when the program exits
         stack.callback(capture.stop)
         stats = run_loop(args, loop)
     return report(args, stats)

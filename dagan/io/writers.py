@@ -29,6 +29,10 @@ from dagan.io.video import Size, _ffmpeg_url, _read_log, _reason, _stop_process,
 CONTAINER_BY_SUFFIX = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}
 STILL_FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}  # one-frame results (a driving image)
 FRAME_FILE_NAME = re.compile(r"^\d{6,}\.png$")
+# Encoders run in their own process group: Ctrl-C in a terminal (sent to the whole foreground group) stops this
+# program, which then finishes the file (a live recording is kept on Ctrl-C) or discards it, not ffmpeg halfway.
+OWN_PROCESS_GROUP = ({"start_new_session": True} if os.name == "posix"
+                     else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP})
 
 
 
@@ -182,7 +186,7 @@ class VideoWriter(_AtomicFrameWriter):
     def _start(self) -> None:
         self._log = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
-            self._command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log
+            self._command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log, **OWN_PROCESS_GROUP
         )
         self._finalizer = weakref.finalize(self, _discard_encoder, self._process, self._temporary)
 

@@ -8,16 +8,23 @@ virtual-camera backend) raises :class:`~dagan.live.capture.LiveError` with one l
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import threading
 import time
-from typing import Optional
+import wave
+from pathlib import Path
+from typing import Iterator, Optional
 
 import numpy as np
 
+from dagan.audio.decode import SAMPLE_RATE
+from dagan.io.files import remove_quietly, temporary_sibling
 from dagan.live.capture import LiveError
 from dagan.live.loop import ShownFrame
 
-__all__ = ["CollectSink", "WindowSink", "VirtualCameraSink", "RecordSink", "VIRTUAL_CAMERA_HINT", "side_by_side"]
+__all__ = ["AudioTrack", "CollectSink", "WindowSink", "VirtualCameraSink", "RecordSink", "VIRTUAL_CAMERA_HINT",
+           "side_by_side"]
 
 VIRTUAL_CAMERA_HINT = {
     "linux": "install and load v4l2loopback (sudo apt install v4l2loopback-dkms && sudo modprobe v4l2loopback "
@@ -132,19 +139,74 @@ def _platform_hint() -> str:
     return VIRTUAL_CAMERA_HINT.get(key, VIRTUAL_CAMERA_HINT["linux"])
 
 
+class AudioTrack:
+    """The audio heard during a live session (a microphone), kept for its recording: pieces of 16 kHz mono float32
+    are appended, as they arrive, to a temporary 16-bit WAV file beside the recording (hidden, removed with it on an
+    error, or by a later run after a kill), so memory does not grow with the session. Sample 0 is the first sample
+    the streaming model heard, the time of video frame 0. Thread-safe: the capture thread writes, the loop closes."""
+
+    def __init__(self, beside: str, sample_rate: int = SAMPLE_RATE):
+        self.path = temporary_sibling(Path(beside).with_suffix(".wav"))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._wave: Optional[wave.Wave_write] = wave.open(str(self.path), "wb")
+        self._wave.setnchannels(1)
+        self._wave.setsampwidth(2)
+        self._wave.setframerate(sample_rate)
+
+    def write(self, samples: np.ndarray) -> None:
+        """Append (N,) float32 samples in [-1, 1]; ignored once closed."""
+        pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
+        with self._lock:
+            if self._wave is not None:
+                self._wave.writeframesraw(pcm.tobytes())
+
+    def record(self, pieces: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """``pieces``, each written to the track before it is passed on (closing this closes ``pieces``)."""
+        try:
+            for piece in pieces:
+                self.write(piece)
+                yield piece
+        finally:
+            getattr(pieces, "close", lambda: None)()
+
+    def close(self) -> None:
+        """Finish the WAV file (its header); later writes are ignored."""
+        with self._lock:
+            if self._wave is not None:
+                self._wave.close()
+                self._wave = None
+
+    def discard(self) -> None:
+        """Close and delete the file."""
+        self.close()
+        remove_quietly(self.path)
+
+
 class RecordSink:
     """Records exactly what is shown, in real time: the output video runs at ``fps`` and each shown frame fills
     the time until the next one (a frame held longer is repeated), so the recording plays as the session went.
     ``by_index``: frame i of the recording is shown frame i (or the last one before it): speech, with the speech
-    as its audio track (``audio_from``). Written atomically by :func:`~dagan.io.open_writer` (an input is never
-    replaced)."""
+    as its audio track, from a file (``audio_from``) or as it was heard (``heard``: an :class:`AudioTrack` that the
+    caller fills as the model hears it). The video is written alone, then muxed with the speech cut or padded to
+    exactly its length (a session stopped early keeps only the audio of its frames) into a temporary file renamed
+    over ``path``. Written atomically (:func:`~dagan.io.open_writer`); an input is never replaced."""
 
     def __init__(self, path: str, fps: float, protected_paths=(), audio_from: Optional[str] = None,
-                 by_index: bool = False):
+                 by_index: bool = False, heard: bool = False):
         from dagan.io import open_writer
+        from dagan.io.writers import check_result_path, is_frame_directory_path, is_image_path
 
-        self.writer = open_writer(path, fps, audio_from=audio_from, protected_paths=protected_paths)
         self.fps, self.path, self.by_index = fps, path, by_index
+        self.audio_track: Optional[AudioTrack] = None
+        self.audio: Optional[Path] = None  # the speech muxed in at close
+        if by_index and (heard or audio_from) and not (is_frame_directory_path(path) or is_image_path(path)):
+            check_result_path(path, [audio_from, *protected_paths])
+            self.audio_track = AudioTrack(path) if heard else None
+            self.audio = self.audio_track.path if heard else Path(audio_from)
+            self.writer = open_writer(temporary_sibling(Path(path)), fps)  # the video alone
+        else:
+            self.writer = open_writer(path, fps, audio_from=audio_from, protected_paths=protected_paths)
         self.start: Optional[float] = None
         self.written = 0
         self.pending: Optional[np.ndarray] = None
@@ -164,14 +226,57 @@ class RecordSink:
     def close(self) -> None:
         """Write the last frame and finish the file (nothing shown: no file)."""
         if self.pending is None:
-            self.writer.abort()
+            self.abort()
             return
-        self.writer.write(self.pending)
-        self.written += 1
-        self.writer.close()
+        try:
+            self.writer.write(self.pending)
+            self.written += 1
+            self.writer.close()
+            if self.audio is not None:
+                self._add_audio()
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         self.writer.abort()
+        if self.audio is not None:
+            remove_quietly(self.writer.path)  # the video alone, when it was finished
+        if self.audio_track is not None:
+            self.audio_track.discard()
+
+    def _add_audio(self) -> None:
+        """Mux the video written alone (``self.writer.path``) and the speech, cut or padded to exactly the video's
+        length, into a temporary file, then rename it to ``path``."""
+        from dagan.io import MediaError, ffmpeg_executable
+        from dagan.io.files import fsync_directory, record_written
+        from dagan.io.writers import OWN_PROCESS_GROUP, check_video_path
+
+        video, path = Path(self.writer.path), Path(self.path)
+        if self.audio_track is not None:
+            self.audio_track.close()
+        seconds = f"{self.written / self.fps:.6f}"
+        temporary = temporary_sibling(path)
+        command = [ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-y", "-i", f"file:{video.resolve()}",
+                   "-i", f"file:{self.audio.resolve()}", "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+                   "-c:a", "aac", "-b:a", "128k", "-af", f"apad=whole_dur={seconds},atrim=end={seconds}",
+                   "-movflags", "+faststart", "-f", check_video_path(path, []), f"file:{temporary.resolve()}"]
+        try:
+            result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+                                    **OWN_PROCESS_GROUP)
+            if result.returncode != 0:
+                lines = result.stderr.strip().splitlines() or [f"ffmpeg exit status {result.returncode}"]
+                raise MediaError(f"ffmpeg failed to add the speech to '{path}' ({lines[-1]})")
+            with open(temporary, "rb") as stream:
+                os.fsync(stream.fileno())
+            os.replace(temporary, path)
+            fsync_directory(path.parent)
+            record_written(path)
+        finally:
+            for leftover in (temporary, video):
+                remove_quietly(leftover)
+            if self.audio_track is not None:
+                self.audio_track.discard()
 
     def __exit__(self, exc_type, exc, traceback) -> bool:
         """Keep the recording when the run ended normally or by Ctrl-C, remove it on an error."""

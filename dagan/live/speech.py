@@ -117,7 +117,8 @@ class SpeechCapture(threading.Thread):
                     self._sleep_until(self.start_time + heard / SAMPLE_RATE)
                 self.pending += self.stream.push(piece)
                 self._release(time.perf_counter())
-            self.pending += self.stream.end()
+            if not self._stop_event.is_set():  # stopped: the rest of the audio is not wanted
+                self.pending += self.stream.end()
             while self.pending and not self._stop_event.is_set():
                 self._sleep_until(self.due(self.pending[0].index))
                 self._release(time.perf_counter())
