@@ -19,6 +19,11 @@ the true source (the tiny generator renders soft images). One unit of ``alpha`` 
 brows, nose) by :func:`pose_pixels` (9.8 px), so pose errors are stated in pixels. The measurer is checked on
 ground-truth renders first (the first test).
 
+How robust the fixture is: training is deterministic on one machine, but another CPU or torch build trains a
+slightly different model. With training seeds 0 (this file), 1 and 2, every test passed with seeds 0 and 1; with
+seed 2 the generator did not render the mouth open from expression-only keypoints (the edited keypoints were right:
+lower lip 4.1 px and chin 5.7 px down), so the expression-only and region-scale tests failed there.
+
 Eye openness cannot be tested on these heads: they have no eyelids (the eyes are texture in shallow sockets), so
 nothing in a render opens or closes an eye. Mouth openness is tested end to end, in the units of
 :func:`dagan.motion.regions.openness` (the inner-lip gap over the mouth width).
@@ -41,7 +46,8 @@ pytestmark = pytest.mark.slow  # the module's fixture trains a model (about a mi
 
 SIZE = 64
 NUM_KP = 10  # talking.LANDMARKS[:10]: 0 lower lip, 1 chin, 2 upper lip, 3-4 mouth corners, 5 nose, 6-7 eyes, 8-9 brows
-KEYPOINT_REGIONS = np.array([REGIONS.index(name) for name in ("mouth",) * 5 + ("rest", "eyes", "eyes", "brows", "brows")])
+KEYPOINT_REGIONS = np.array([REGIONS.index(name)
+                             for name in ("mouth",) * 5 + ("rest", "eyes", "eyes", "brows", "brows")])
 RIGID = [5, 6, 7, 8, 9]
 DRIVER_POSE = np.array([15.0, 8.0, 5.0, 0.03, 0.0])  # yaw, pitch, roll (degrees), x and y shift (scene units)
 SOURCE_JAW, DRIVER_JAW = 0.2, 1.0  # the portrait's lips parted a little; the driver's mouth wide open
