@@ -21,7 +21,8 @@ MAX_STEPS = 8
 
 class OpennessResult(NamedTuple):
     """amounts: the chosen opening per region; achieved: the openness measured with them; start: the openness
-    without opening (the source as the model renders it); reached: within tolerance; steps: renders made."""
+    without opening (the source as the model renders it); reached: within tolerance; steps: renders made;
+    tolerance: the tolerance each region was held to (None: :data:`TOLERANCE`)."""
 
     targets: dict[str, float]
     amounts: dict[str, float]
@@ -29,14 +30,16 @@ class OpennessResult(NamedTuple):
     start: dict[str, float]
     reached: dict[str, bool]
     steps: int
+    tolerance: Optional[dict[str, float]] = None
 
     def describe(self) -> str:
         parts = []
         for name, target in self.targets.items():
             achieved = self.achieved.get(name, float("nan"))
             state = "reached" if self.reached.get(name) else "NOT reached"
+            tolerance = (self.tolerance or TOLERANCE)[name]
             parts.append(f"{name} openness target {target:.3f}: {achieved:.3f} measured on the output's landmarks "
-                         f"({state}, tolerance {TOLERANCE[name]:g}; {self.start.get(name, float('nan')):.3f} "
+                         f"({state}, tolerance {tolerance:g}; {self.start.get(name, float('nan')):.3f} "
                          f"without, opening {self.amounts.get(name, 0.0):+.2f})")
         return "; ".join(parts)
 
@@ -85,7 +88,8 @@ def solve_openness(measure: Callable[[dict[str, float]], Optional[dict[str, floa
         steps += 1
         achieved = measured if measured is not None else {name: float("nan") for name in names}
     reached = {name: abs(achieved[name] - targets[name]) <= tolerance[name] for name in names}
-    return OpennessResult(dict(targets), amounts, dict(achieved), dict(start), reached, steps)
+    return OpennessResult(dict(targets), amounts, dict(achieved), dict(start), reached, steps,
+                          {name: tolerance[name] for name in names})
 
 
 def _next_amount(history: list[tuple[float, float]], target: float) -> Optional[float]:
