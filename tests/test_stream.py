@@ -2,6 +2,7 @@
 chunks, object stores on loopback (moto's S3 server, a plain HTTP server), unreachable stores, old tar shards."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -253,9 +254,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def s3_store(stream_root, tmp_path_factory):
-    """moto's S3 server on 127.0.0.1 holding the dataset under s3://dagan-test/vox; stopped after the module."""
+@contextlib.contextmanager
+def moto_s3(folders: dict[str, Path]):
+    """moto's S3 server on 127.0.0.1 (its address in ``AWS_ENDPOINT_URL`` and test credentials in the environment
+    meanwhile) holding each folder of ``{"s3://bucket/prefix": folder}``; stopped on exit."""
     pytest.importorskip("moto")
     import boto3
 
@@ -276,16 +278,26 @@ def s3_store(stream_root, tmp_path_factory):
                 assert time.time() < deadline, "moto server did not start"
                 time.sleep(0.1)
         client = boto3.client("s3")
-        client.create_bucket(Bucket="dagan-test")
-        for path in stream_root.rglob("*"):
-            if path.is_file():
-                client.upload_file(str(path), "dagan-test", f"vox/{path.relative_to(stream_root)}")
-        yield "s3://dagan-test/vox"
+        for url, folder in folders.items():
+            bucket, prefix = url.removeprefix("s3://").split("/", 1)
+            if bucket not in [entry["Name"] for entry in client.list_buckets().get("Buckets", [])]:
+                client.create_bucket(Bucket=bucket)
+            for path in Path(folder).rglob("*"):
+                if path.is_file():
+                    client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder)}")
+        yield port
     finally:
         server.terminate()
         server.wait(timeout=10)
         for name, value in saved.items():
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+
+
+@pytest.fixture(scope="module")
+def s3_store(stream_root):
+    """moto's S3 server on 127.0.0.1 holding the dataset under s3://dagan-test/vox; stopped after the module."""
+    with moto_s3({"s3://dagan-test/vox": stream_root}):
+        yield "s3://dagan-test/vox"
 
 
 def test_s3_samples_match_the_local_dataset_and_verify(s3_store, stream_root, tmp_path):
