@@ -437,6 +437,101 @@ def test_sigterm_while_the_store_stalls_saves_and_exits_at_once(stream_root, tmp
     assert (tmp_path / "run" / "checkpoints" / "00000000.pt").exists()
 
 
+class RankStallingHandler(RangeHandler):
+    """Serves everything; a ranged read that holds one of the server's ``stall_frames`` (the frames of one rank's
+    second batch) waits for ``release`` (at most 60 s), and one that holds a ``progress_frames`` frame (the other
+    rank's fourth batch, which its DataLoader worker fetches once step 0 is over on both ranks) sets ``progressed``."""
+
+    def send_head(self):
+        header = self.headers.get("Range")
+        if header and "/chunk-" in self.path:
+            start, end = (int(value) for value in header.removeprefix("bytes=").split("-"))
+            data = Path(self.translate_path(self.path)).read_bytes()[start:end + 1]
+            if any(frame in data for frame in self.server.progress_frames):
+                self.server.progressed.set()
+            if any(frame in data for frame in self.server.stall_frames):
+                self.server.release.wait(60)
+        return super().send_head()
+
+
+def rank_frames(root: Path, overrides: list[str], rank: int, steps: int) -> list[set[bytes]]:
+    """The stored frames that rank ``rank`` of 2 reads at each of the GAN stage's first ``steps`` steps (a batch
+    of 1 per rank)."""
+    from dagan.data import DatasetRepeater
+    from dagan.training.gan_stage import pair_dataset
+
+    config = load_config(config_path("tiny.yaml"), [*overrides, f"dataset_params.root_dir={root}"])
+    pairs = pair_dataset(config)
+    dataset = DatasetRepeater(pairs, config.train_params.num_repeats)
+    keys = [key for key, _ in zip(make_sampler(dataset, config.train_params.seed, rank, 2, block_size=1),
+                                  range(steps))]
+    frames, fetch = [], pairs.store.fetch
+
+    def recording(index, label):
+        data = fetch(index, label)
+        frames[-1].add(data)
+        return data
+    pairs.store.fetch = recording
+    for key in keys:
+        frames.append(set())
+        dataset.sample(key)
+    return frames
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stalled_rank", [0, 1])
+def test_sigterm_while_one_of_two_ranks_stalls_saves_the_last_step(stream_root, tmp_path, stalled_rank):
+    """Two gloo ranks under torchrun (GAN stage); the store stalls the second batch of one rank, so that rank waits
+    for data while the other waits in the gradient all-reduce. SIGTERM to torchrun (which passes it on to both
+    ranks): the ranks stop and rank 0 saves step 1 (the last finished one) well within torchrun's 30 s before
+    SIGKILL; the checkpoint resumes."""
+    import test_training as training
+    from dagan.checkpoint import export_official_depth
+    from dagan.model import DaGAN
+
+    torch.manual_seed(0)
+    export_official_depth(DaGAN(load_config(config_path("tiny.yaml"))), tmp_path / "depth")
+    base = [*training.gan_overrides(str(tmp_path / "depth"), 6, "train_params.checkpoint_every=100", NO_VGG,
+                                    "train_params.image_every=100", "train_params.num_workers=1"),
+            "dataset_params.format=stream"]
+    stalled, other = (rank_frames(stream_root, base, rank, 5) for rank in (stalled_rank, 1 - stalled_rank))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RankStallingHandler, directory=str(stream_root)))
+    server.stall_frames = stalled[1] - stalled[0] - set().union(*other)
+    server.progress_frames = other[3] - stalled[0] - stalled[1] - other[0] - other[1] - other[2]
+    assert server.stall_frames and server.progress_frames, "the batches share all their frames: change the seed"
+    server.progressed, server.release = threading.Event(), threading.Event()
+    server.handle_error = lambda *args: None  # the ranks hang up on the stalled reads when they stop
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    overrides = [*base, f"dataset_params.stream_cache_dir={tmp_path / 'cache'}",
+                 f"dataset_params.root_dir=http://127.0.0.1:{server.server_address[1]}"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_backend=c10d", str(REPO_ROOT / "train.py"),
+               "--config", config_path("tiny.yaml"), "--log_dir", str(tmp_path / "run")]
+    command += [item for override in overrides for item in ("--set", override)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+    try:
+        assert server.progressed.wait(120), "the run never finished step 0"
+        time.sleep(3.0)  # the other rank reaches the all-reduce of step 1 and waits there
+        began = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        output, error = process.communicate(timeout=60)
+        elapsed = time.monotonic() - began
+    finally:
+        server.release.set()
+        process.kill() if process.poll() is None else None
+        server.shutdown()
+    print(f"stopped {elapsed:.1f} s after SIGTERM")
+    assert elapsed < 25, f"took {elapsed:.1f} s to stop"
+    assert "while waiting for data" in output + error
+    checkpoint = tmp_path / "run" / "checkpoints" / "00000001.pt"
+    assert sorted(path.name for path in checkpoint.parent.glob("*.pt")) == [checkpoint.name], error[-3000:]
+    from dagan.training.run import load_training_state
+
+    state = load_training_state(str(checkpoint))
+    assert state["step"] == 1 and state["training"]["stage"] == "gan"
+
+
 def write_old_tar_shards(root: Path, output: Path) -> Path:
     """A dataset in last round's format (tar shards, ``index.json`` of byte ranges), written as it was."""
     output.mkdir()
