@@ -3,6 +3,7 @@ chunks, object stores on loopback (moto's S3 server, a plain HTTP server), unrea
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import json
 import os
@@ -324,6 +325,94 @@ def test_missing_credentials_and_unreachable_stores_give_one_line(s3_store, monk
     with pytest.raises(StreamError, match="AWS_ACCESS_KEY_ID") as error:
         StreamStore(s3_store, "train")
     assert "\n" not in str(error.value)
+
+
+def test_oversized_metadata_is_refused_before_it_is_read(s3_store, stream_root, monkeypatch):
+    """The size of dataset.json, clips.json and litdata's index.json comes from the store's metadata (HEAD) first:
+    one over the limit is refused in one line and never downloaded."""
+    from dagan.data import stream
+
+    sizes = {name: (stream_root / "train" / name).stat().st_size for name in ("clips.json", "index.json")}
+    assert sizes["index.json"] > sizes["clips.json"]
+    monkeypatch.setattr(stream, "MAX_METADATA_BYTES", sizes["clips.json"])  # index.json is the one too large
+    downloaded, read_remote = [], stream._read_remote
+    monkeypatch.setattr(stream, "_read_remote", lambda folder, name, cache: downloaded.append(name) or
+                        read_remote(folder, name, cache))
+    with pytest.raises(StreamError) as error:
+        StreamStore(s3_store, "train")
+    assert f"'{s3_store}/train/index.json' is {sizes['index.json']} bytes" in str(error.value)
+    assert "it was not read" in str(error.value) and "\n" not in str(error.value)
+    assert downloaded == ["dataset.json", "clips.json"]
+
+
+def test_an_index_that_would_unpickle_is_refused(stream_root, tmp_path):
+    root = tmp_path / "vox"
+    shutil.copytree(stream_root, root)
+    index = json.loads((root / "train" / "index.json").read_text())
+    index["config"]["data_format"] = ["pickle", "bytes"]
+    (root / "train" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(StreamError, match="pickle, which could run code"):
+        StreamStore(root, "train")
+
+
+class StallingS3Proxy(SimpleHTTPRequestHandler):
+    """Passes requests on to moto (``server.moto_port``), except ranged reads of chunks, which it never answers
+    (it counts them in ``server.stalls`` and waits for ``server.release``)."""
+
+    def do_GET(self):
+        self.forward()
+
+    def do_HEAD(self):
+        self.forward()
+
+    def forward(self):
+        if "/chunk-" in self.path and self.headers.get("Range"):
+            self.server.stalls.append(time.monotonic())
+            self.server.release.wait(30)
+            return
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.moto_port, timeout=10)
+        connection.request(self.command, self.path, headers=dict(self.headers))
+        response = connection.getresponse()
+        body = response.read()
+        self.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "server", "date"):
+                self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_stalled_s3_store_fails_within_the_bound(stream_root, monkeypatch):
+    """A store that accepts a frame's ranged GET and never answers: with DAGAN_STREAM_TIMEOUT=1 and
+    DAGAN_STREAM_RETRIES=1 the read is tried twice and gives one line within a few seconds (litdata's own client
+    would wait 60 s a try, up to 1,000 tries)."""
+    with moto_s3({"s3://dagan-stall/vox": stream_root}) as moto_port:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), StallingS3Proxy)
+        server.moto_port, server.stalls, server.release = moto_port, [], threading.Event()
+        server.handle_error = lambda *args: None
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        for name, value in (("DAGAN_STREAM_TIMEOUT", "1"), ("DAGAN_STREAM_CONNECT_TIMEOUT", "1"),
+                            ("DAGAN_STREAM_RETRIES", "1")):
+            monkeypatch.setenv(name, value)
+        try:
+            store = StreamStore("s3://dagan-stall/vox", "train", (SIZE, SIZE))
+            began = time.monotonic()
+            with pytest.raises(StreamError) as error:
+                store.fetch(store.items[0].first, "frame")
+            elapsed = time.monotonic() - began
+        finally:
+            server.release.set()
+            server.shutdown()
+    assert len(server.stalls) == 2 and elapsed < 6, (server.stalls, elapsed)  # two tries of 1 s, one backoff
+    assert "timeout" in str(error.value).lower() and "\n" not in str(error.value)
+    monkeypatch.setenv("DAGAN_STREAM_RETRIES", "many")
+    with pytest.raises(StreamError, match="DAGAN_STREAM_RETRIES='many' is not a number"):
+        StreamStore("s3://dagan-stall/vox", "train")
 
 
 @pytest.mark.slow

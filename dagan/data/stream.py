@@ -681,10 +681,21 @@ def read_record(engine, index: int, location: str, label: str) -> dict:
     """litdata item ``index``; MediaError for a broken item, StreamError for a store that cannot be read."""
     try:
         return engine[int(index)]
-    except (OSError, ValueError, KeyError, IndexError) as error:
-        raise MediaError(f"{label}: {type(error).__name__}: {error}") from error
-    except Exception as error:  # the store itself (credentials, endpoint): not a broken sample
+    except Exception as error:
+        if _is_store_failure(error):  # the store itself (credentials, endpoint, timeouts): not a broken sample
+            raise store_error(location, error) from error
+        if isinstance(error, (OSError, ValueError, KeyError, IndexError)):
+            raise MediaError(f"{label}: {type(error).__name__}: {error}") from error
         raise store_error(location, error) from error
+
+
+def _is_store_failure(error: BaseException) -> bool:
+    """Timeouts and failed connections (after the retries of :class:`Timeouts`) and errors of the store's client,
+    as opposed to a broken item: a run stops on them rather than skip clips while the store is down."""
+    if isinstance(error, (TimeoutError, ConnectionError, urllib.error.URLError)):
+        return True
+    module = type(error).__module__.split(".")[0]
+    return module in ("botocore", "boto3", "urllib3", "requests", "google", "azure", "obstore")
 
 
 def read_speech_item(engine, index: int, location: str, label: str):
