@@ -515,6 +515,21 @@ def _register_http() -> None:
     if "https://" in downloader._DOWNLOADERS:
         return
 
+    class BoundedGCSDownloader(downloader.GCPDownloader):
+        """litdata's gs:// backend, its ranged reads bounded by :class:`Timeouts` (google-cloud-storage's own
+        defaults: 60 s a request, retried for up to 120 s)."""
+
+        def download_bytes(self, remote_filepath: str, offset: int, length: int, local_chunkpath: str) -> bytes:
+            from google.cloud.storage.retry import DEFAULT_RETRY
+
+            parsed = urllib.parse.urlparse(remote_filepath)
+            timeouts = Timeouts.from_environment()
+            blob = self._get_client().bucket(parsed.netloc).blob(parsed.path.lstrip("/"))
+            retry = DEFAULT_RETRY.with_timeout((timeouts.retries + 1) * (timeouts.connect + timeouts.read))
+            return blob.download_as_bytes(start=offset, end=offset + length - 1, timeout=_gcs_timeout(), retry=retry)
+
+    downloader.register_downloader("gs://", BoundedGCSDownloader, overwrite=True)
+
     class HTTPDownloader(downloader.Downloader):
         def __init__(self, remote_dir, cache_dir, chunks, storage_options=None, **kwargs):
             super().__init__(remote_dir, cache_dir, chunks, storage_options)
