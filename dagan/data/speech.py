@@ -9,12 +9,17 @@ counted in ``skipped``, as a corrupt frame skips its clip.
 """
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import warnings
-from typing import Optional
+from pathlib import Path
+from typing import Iterator, Optional, Union
 
 from dagan.audio.data import AVItem, item_paths, load_item
-from dagan.data.stream import (CLIPS_NAME, DEFAULT_CACHE_SIZE, StreamError, check_index, join, open_description,
-                               open_engine, read_metadata, read_speech_item)
+from dagan.data.stream import (CLIPS_NAME, DEFAULT_CACHE_SIZE, INDEX_NAME, StreamError, check_index, chunk_fetcher,
+                               is_remote, join, open_description, open_engine, read_metadata, read_speech_item,
+                               store_error)
 from dagan.io import MediaError
 
 
@@ -53,6 +58,46 @@ class SpeechStore:
         return item
 
 
+    def read_all(self) -> Iterator[tuple[int, Union[AVItem, MediaError]]]:
+        """Every item as ``(number, item or the MediaError of a corrupt one)``, in storage order. From a remote
+        store the chunks are fetched whole, one at a time, into a scratch folder under ``cache_dir`` (one GET per
+        chunk instead of one per item, as reading the whole corpus wants) and removed once read."""
+        by_first = {first: number for number, first in enumerate(self.first)}
+        if not is_remote(self.split_dir):
+            for first in sorted(by_first):
+                yield self._checked(by_first[first], lambda: self.item(by_first[first]))
+            return
+        index = read_metadata(self.split_dir, INDEX_NAME, self.cache_dir)
+        fetch = chunk_fetcher(self.split_dir, self.cache_dir)
+        if self.cache_dir:
+            os.makedirs(self.cache_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir) as scratch:
+            Path(scratch, INDEX_NAME).write_text(json.dumps(index))
+            local, start = None, 0
+            for chunk in index["chunks"]:
+                wanted = [first for first in range(start, start + chunk["chunk_size"]) if first in by_first]
+                start += chunk["chunk_size"]
+                if not wanted:
+                    continue
+                path = Path(scratch, chunk["filename"])
+                try:
+                    fetch(join(self.split_dir, chunk["filename"]), path)
+                except Exception as error:  # the backends raise their own types
+                    raise store_error(join(self.split_dir, chunk["filename"]), error) from error
+                local = local or open_engine(scratch, None, self.max_cache_size)
+                for first in wanted:
+                    number = by_first[first]
+                    yield self._checked(number, lambda: read_speech_item(local, first, self.split_dir,
+                                                                         self.label(number))[0])
+                path.unlink()
+
+    def _checked(self, number: int, read) -> tuple[int, Union[AVItem, MediaError]]:
+        try:
+            return number, read()
+        except MediaError as error:
+            return number, error
+
+
 def speech_items(location: str, format: str = "folders", cache_dir: str = "",
                  cache_size: str = DEFAULT_CACHE_SIZE) -> tuple[list[str], list[AVItem], list[tuple[str, str]]]:
     """``(labels, items, skipped)`` of a speech corpus: ``format`` folders (``location`` = a folder of .npz
@@ -62,14 +107,13 @@ def speech_items(location: str, format: str = "folders", cache_dir: str = "",
         paths = item_paths(location)
         return [str(path) for path in paths], [load_item(path) for path in paths], []
     store = SpeechStore(location, cache_dir or None, cache_size)
-    labels, items, skipped = [], [], []
-    for number in range(len(store)):
-        try:
-            items.append(store.item(number))
-            labels.append(store.label(number))
-        except MediaError as error:
-            skipped.append((store.names[number], str(error)))
-            warnings.warn(f"skipping speech item '{store.names[number]}': {error}", stacklevel=2)
+    read, skipped = dict(store.read_all()), []
+    for number, result in sorted(read.items()):
+        if isinstance(result, MediaError):
+            skipped.append((store.names[number], str(result)))
+            warnings.warn(f"skipping speech item '{store.names[number]}': {result}", stacklevel=2)
+    labels = [store.label(number) for number in sorted(read) if not isinstance(read[number], MediaError)]
+    items = [read[number] for number in sorted(read) if not isinstance(read[number], MediaError)]
     if not items:
         raise StreamError(f"no speech item of '{location}' could be read ({len(skipped)} corrupt); check it with "
                           "make_shards.py --verify")

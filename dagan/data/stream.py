@@ -697,14 +697,14 @@ def read_record(engine, index: int, location: str, label: str) -> dict:
     try:
         return engine[int(index)]
     except Exception as error:
-        if _is_store_failure(error):  # the store itself (credentials, endpoint, timeouts): not a broken sample
+        if is_store_failure(error):  # the store itself (credentials, endpoint, timeouts): not a broken sample
             raise store_error(location, error) from error
         if isinstance(error, (OSError, ValueError, KeyError, IndexError)):
             raise MediaError(f"{label}: {type(error).__name__}: {error}") from error
         raise store_error(location, error) from error
 
 
-def _is_store_failure(error: BaseException) -> bool:
+def is_store_failure(error: BaseException) -> bool:
     """Timeouts and failed connections (after the retries of :class:`Timeouts`) and errors of the store's client,
     as opposed to a broken item: a run stops on them rather than skip clips while the store is down."""
     if isinstance(error, (TimeoutError, ConnectionError, urllib.error.URLError)):
@@ -716,9 +716,13 @@ def _is_store_failure(error: BaseException) -> bool:
 def read_speech_item(engine, index: int, location: str, label: str):
     """``(AVItem, bytes read)`` of the speech item stored as litdata item ``index``: checked against its digest
     (MediaError: a damaged chunk) and then against the item schema (ValueError), as a prepared file is."""
+    return speech_item_from_record(read_record(engine, index, location, label), location, label)
+
+
+def speech_item_from_record(record: dict, location: str, label: str):
+    """``(AVItem, bytes)`` of a speech item's litdata record (see :func:`read_speech_item`)."""
     from dagan.audio.data import AVItem, checked_item
 
-    record = read_record(engine, index, location, label)
     size = sum(np.asarray(record[name]).nbytes for name in SPEECH_ARRAYS) + 16 + DIGEST_BYTES
     if speech_digest(record) != bytes(record["digest"]):
         raise MediaError(f"{label} is corrupt (its digest differs: a damaged chunk of '{location}'); check the "
@@ -858,7 +862,7 @@ def verify_stream(root: str, decode: str = "ends", cache_dir: Optional[str] = No
     for split in description.get("splits", []):
         folder = join(str(root), split)
         table = read_metadata(folder, CLIPS_NAME, cache_dir)
-        fetch = _chunk_fetcher(folder, cache_dir)
+        fetch = chunk_fetcher(folder, cache_dir)
         for name, expected in table["sha256"].items():
             report.chunks += 1
             problem = _check_chunk(folder, name, expected, fetch)
@@ -873,14 +877,14 @@ def verify_stream(root: str, decode: str = "ends", cache_dir: Optional[str] = No
     return report
 
 
-def _chunk_fetcher(folder: str, cache_dir: Optional[str]) -> Callable[[str, Path], None]:
+def chunk_fetcher(folder: str, cache_dir: Optional[str]) -> Callable[[str, Path], None]:
     """``fetch(location, local_path)``: one litdata backend per split (one client, reused for every chunk)."""
     if not is_remote(folder):
         return lambda location, local: shutil.copyfile(location, local)
     _register_http()
     from litdata.streaming.downloader import get_downloader
 
-    downloader = get_downloader(folder, cache_dir or tempfile.gettempdir(), [])
+    downloader = get_downloader(folder, cache_dir or tempfile.gettempdir(), [], storage_options(folder))
     return lambda location, local: downloader.download_file(location, str(local))
 
 
