@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -53,9 +54,7 @@ class SpeechStore:
         """Item ``number``, checked against its digest and the item schema (MediaError otherwise)."""
         if self._engine is None:
             self._engine = open_engine(self.split_dir, self.cache_dir, self.max_cache_size)
-        item, size = read_speech_item(self._engine, self.first[number], self.split_dir, self.label(number))
-        self.bytes_read += size
-        return item
+        return self._read_from(self._engine, number)
 
 
     def read_all(self) -> Iterator[tuple[int, Union[AVItem, MediaError]]]:
@@ -65,7 +64,7 @@ class SpeechStore:
         by_first = {first: number for number, first in enumerate(self.first)}
         if not is_remote(self.split_dir):
             for first in sorted(by_first):
-                yield self._checked(by_first[first], lambda: self.item(by_first[first]))
+                yield by_first[first], self._item_or_error(self.item, by_first[first])
             return
         index = read_metadata(self.split_dir, INDEX_NAME, self.cache_dir)
         fetch = chunk_fetcher(self.split_dir, self.cache_dir)
@@ -86,16 +85,20 @@ class SpeechStore:
                     raise store_error(join(self.split_dir, chunk["filename"]), error) from error
                 local = local or open_engine(scratch, None, self.max_cache_size)
                 for first in wanted:
-                    number = by_first[first]
-                    yield self._checked(number, lambda: read_speech_item(local, first, self.split_dir,
-                                                                         self.label(number))[0])
+                    yield by_first[first], self._item_or_error(partial(self._read_from, local), by_first[first])
                 path.unlink()
 
-    def _checked(self, number: int, read) -> tuple[int, Union[AVItem, MediaError]]:
+    def _read_from(self, engine, number: int) -> AVItem:
+        item, size = read_speech_item(engine, self.first[number], self.split_dir, self.label(number))
+        self.bytes_read += size
+        return item
+
+    @staticmethod
+    def _item_or_error(read, number: int) -> Union[AVItem, MediaError]:
         try:
-            return number, read()
+            return read(number)
         except MediaError as error:
-            return number, error
+            return error
 
 
 def speech_items(location: str, format: str = "folders", cache_dir: str = "",
