@@ -445,7 +445,7 @@ def test_a_stalled_s3_store_fails_within_the_bound(stream_root, monkeypatch):
         server.moto_port, server.stalls, server.release = moto_port, [], threading.Event()
         server.handle_error = lambda *args: None
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{server.server_address[1]}"  # moto_s3 restores it
         for name, value in (("DAGAN_STREAM_TIMEOUT", "1"), ("DAGAN_STREAM_CONNECT_TIMEOUT", "1"),
                             ("DAGAN_STREAM_RETRIES", "1")):
             monkeypatch.setenv(name, value)
