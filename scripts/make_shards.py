@@ -26,7 +26,8 @@ layout:
   digest; with --encoding mp4 one item per video file), litdata's index.json and clips.json (name, frame count,
   fps, first item of every clip; SHA-256 of every chunk). Run the same command again to resume: finished parts
   are kept. --speech ITEMS: the <clip>.npz items of scripts/prepare_av.py, one item of plain arrays each
-  (keypoints, jacobians, mel, silence, fps, offset and a digest), for the speech stage. Copy OUT as it is to a bucket (aws s3 sync OUT s3://bucket/vox) to train from there.
+  (keypoints, jacobians, mel, silence, fps, offset and a digest), for the speech stage. Copy OUT as it is
+  to a bucket (aws s3 sync OUT s3://bucket/vox) to train from there.
 
 examples:
   python scripts/make_shards.py --root data/vox --out data/vox-stream --workers 8

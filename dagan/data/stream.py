@@ -6,7 +6,9 @@ A dataset root (see :mod:`dagan.data.frames`) becomes a folder (local, or copied
     plan.json                  which clips go into which part (what makes an interrupted run resumable)
     train/index.json           litdata's index of the chunks (written by litdata's BinaryWriter)
     train/chunk-<part>-<n>.bin litdata chunks: one item per frame, {"frame": the encoded PNG/JPEG bytes,
-                               "digest": BLAKE2b-8 of those bytes}; with ``encoding: mp4`` one item per clip (the file)
+                               "digest": BLAKE2b-8 of those bytes}; with ``encoding: mp4`` one item per clip (the file);
+                               with ``encoding: speech`` (layout flat) one item per prepared speech item: its
+                               arrays and numbers and their digest (:func:`speech_record`, read by dagan.data.speech)
     train/clips.json           per clip: [name, num_frames, fps, first item]; the SHA-256 of every chunk
     train/part-<part>.json     the record of a finished part (a worker's unit of work)
     test/...                   the same for the test split
@@ -19,7 +21,9 @@ today. ``verify_stream`` checks the chunks' SHA-256 whole, for local and remote 
 Roots: a local folder, ``s3://bucket/prefix`` (credentials and ``AWS_ENDPOINT_URL`` from the environment, through
 boto3), ``gs://`` (``GOOGLE_APPLICATION_CREDENTIALS``), ``azure://`` and ``https://`` (a read-only downloader
 registered with litdata's ``register_downloader``). Remote chunks and files are cached under ``cache_dir``, bounded
-by ``max_cache_size`` (litdata evicts the oldest chunks).
+by ``max_cache_size`` (litdata evicts the oldest chunks). Every request is bounded by :class:`Timeouts`
+(``DAGAN_STREAM_CONNECT_TIMEOUT``, ``DAGAN_STREAM_TIMEOUT``, ``DAGAN_STREAM_RETRIES``); metadata sizes are checked
+before the files are read, and a litdata index that would unpickle a field is refused (:func:`check_index`).
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 
@@ -87,8 +91,9 @@ def frame_digest(data: bytes) -> bytes:
 @dataclass(frozen=True)
 class StreamSettings:
     """How clips are stored: ``encoding`` png (lossless; PNG files copied byte for byte) | jpeg (at
-    ``jpeg_quality``) | mp4 (video files as they are) | speech (prepared .npz items as plain arrays); litdata chunks of ``chunk_bytes``; parts (one worker job,
-    the unit of resumption) of about ``part_bytes``; clips shuffled into parts by ``seed``."""
+    ``jpeg_quality``) | mp4 (video files as they are) | speech (prepared .npz items as plain arrays); litdata
+    chunks of ``chunk_bytes``; parts (one worker job, the unit of resumption) of about ``part_bytes``; clips
+    shuffled into parts by ``seed``."""
 
     encoding: Encoding = "png"
     jpeg_quality: int = 95
