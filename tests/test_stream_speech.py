@@ -164,3 +164,14 @@ def test_make_shards_writes_and_verifies_speech_items(items_dir, tmp_path, capsy
     assert SpeechStore(str(tmp_path / "out")).names == sorted(path.name for path in items_dir.glob("*.npz"))
     assert script.main(["--speech", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "--no_progress"]) == 2
     assert "holds no .npz items" in capsys.readouterr().err
+
+
+def test_benchmark_measures_speech_items(items_dir, speech_root):
+    script = load_script("benchmark_data")
+    folder, stream = (script.measure_speech(location, 8) for location in (str(items_dir), f"stream:{speech_root}"))
+    files = sorted(items_dir.glob("*.npz"))  # all 8: the stream reads them in storage order
+    assert folder["bytes_per_sample"] == sum(path.stat().st_size for path in files) / 8
+    arrays = [load_item(path) for path in files]
+    assert stream["bytes_per_sample"] == sum(item.keypoints.nbytes + item.jacobians.nbytes + item.mel.nbytes +
+                                             item.silence.nbytes + 24 for item in arrays) / 8
+    assert all(result[name] > 0 for result in (folder, stream) for name in ("decoded_per_cpu_s", "augmented_per_cpu_s"))
