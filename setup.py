@@ -6,10 +6,11 @@ EXTRAS = {
     # dagan's MFCC against it (the runtime never needs it). import-linter: the import contract (.importlinter,
     # tests/test_layout.py). espeakng-loader: espeak-ng's library and data as a wheel, for the speech-learning tests'
     # synthetic speech where Debian's espeak-ng cannot be installed (no root); its wheels are Linux x86_64 only.
-    # moto[server]: an S3-compatible store on 127.0.0.1 for the streaming tests (tests/test_stream.py).
+    # moto[server]: an S3-compatible store on 127.0.0.1 for the streaming tests (tests/test_stream.py);
+    # gcp-storage-emulator and google-cloud-storage (litdata's gs:// backend): the same for gs://.
     "dev": ["pytest>=8", "pytest-xdist>=3.5", "python_speech_features==0.6", "import-linter>=2.1,<3",
             'espeakng-loader>=0.2.4; platform_system == "Linux" and platform_machine == "x86_64"',
-            "moto[server]>=5.1,<6"],
+            "moto[server]>=5.1,<6", "gcp-storage-emulator>=2024.8", "google-cloud-storage>=2.18,<4"],
     # TensorBoard event files during training (stats.jsonl is always written).
     "train": ["tensorboard>=2.14"],
     # Face crops, ONNX export and OpenVINO where they are not core (platforms without the WHEELS marker's wheels;

@@ -10,6 +10,12 @@ By default the clips are copies of a 256x256 video (VoxCeleb's crop size) under 
     python scripts/benchmark_data.py --video my_clip.mp4 --clips 16 --samples 64 --output data_bench.json
     python scripts/benchmark_data.py --root data/vox --stream data/vox-stream   # your own data
     python scripts/benchmark_data.py --root data/vox --stream s3://bucket/vox-stream   # straight from a bucket
+    python scripts/benchmark_data.py --speech                         # the speech stage's items: folder vs stream
+    python scripts/benchmark_data.py --speech --root data/av --stream s3://bucket/av-stream
+
+With --speech a sample is one prepared speech item (scripts/prepare_av.py): read and checked ("decoded"), then
+also put in its training form (feature windows and split motion: "augmented"); by default --clips synthetic items
+of VoxCeleb2's average length (8 s: 200 frames of 15 keypoints, 800 log-mel rows of 80 bands).
 
 Bytes per sample are counted while reading (frame files, video files, or the litdata items a sample fetched); peak
 memory is the peak resident size of a fresh process that builds the dataset and reads the samples.
@@ -62,6 +68,69 @@ def build_roots(video: Path, clips: int, work: Path) -> dict[str, str]:
     return roots
 
 
+SPEECH_FRAMES, SPEECH_KEYPOINTS, SPEECH_MELS = 200, 15, 80
+
+
+def build_speech_roots(clips: int, work: Path) -> dict[str, str]:
+    """``clips`` synthetic speech items (.npz, as scripts/prepare_av.py writes them) and their streaming dataset."""
+    from dagan.audio.data import AVItem, save_item
+    from dagan.data.stream import make_speech_stream
+
+    items = work / "speech-items"
+    for clip in range(clips):
+        rng = np.random.default_rng(clip)
+        keypoints = rng.uniform(-0.5, 0.5, (1, SPEECH_KEYPOINTS, 2)) + np.cumsum(
+            rng.normal(0, 0.01, (SPEECH_FRAMES, SPEECH_KEYPOINTS, 2)), axis=0)
+        jacobians = np.eye(2) + rng.normal(0, 0.02, (SPEECH_FRAMES, SPEECH_KEYPOINTS, 2, 2))
+        save_item(items / f"id{clip:05d}_{clip:06d}.npz",
+                  AVItem(keypoints.astype(np.float32), jacobians.astype(np.float32),
+                         rng.normal(0, 1, (4 * SPEECH_FRAMES, SPEECH_MELS)).astype(np.float32),
+                         rng.random(SPEECH_FRAMES) < 0.3, 25.0, 0))
+    make_speech_stream(items, work / "speech-stream", StreamSettings("speech"))
+    return {"speech-folder": str(items), "speech-stream": "stream:" + str(work / "speech-stream")}
+
+
+def measure_speech(location: str, samples: int) -> dict:
+    """Items per CPU / wall second of one single-threaded process: read and checked, then also in training form
+    (``motion_clip``, as the speech stage prepares every item); bytes read per item; peak memory."""
+    from dagan.audio.data import item_paths, load_item, motion_clip
+    from dagan.data.speech import SpeechStore
+
+    torch.set_num_threads(1)
+    if location.startswith("stream:"):  # as the speech stage reads its corpus: whole chunks, in storage order
+        store = SpeechStore(location.removeprefix("stream:"), cache_dir=tempfile.mkdtemp(prefix="dagan-speech-"))
+        store.item(0)  # warm-up (imports, engine)
+
+        def read_items():
+            store._engine = None  # a fresh engine: chunks fetched again (its cache is per engine and folder)
+            shutil.rmtree(store.cache_dir, ignore_errors=True)
+            for _, (_, item) in zip(range(samples), store.read_all()):
+                yield item
+    else:
+        paths = item_paths(location)
+        store = None
+        load_item(paths[0])
+
+        def read_items():
+            for number in range(samples):
+                yield load_item(paths[number % len(paths)])
+    samples = min(samples, len(store)) if store else samples
+    result, before = {}, store.bytes_read if store else 0
+    for prepare in (False, True):
+        started, cpu_started = time.perf_counter(), cpu_seconds()
+        for item in read_items():
+            if prepare:
+                motion_clip(item, 0.2, "affine")
+        cpu, wall = cpu_seconds() - cpu_started, time.perf_counter() - started
+        prefix = "augmented" if prepare else "decoded"
+        result.update({f"{prefix}_per_cpu_s": samples / cpu, f"{prefix}_per_wall_s": samples / wall})
+        if not prepare:
+            result["bytes_per_sample"] = (store.bytes_read - before if store else sum(
+                paths[number % len(paths)].stat().st_size for number in range(samples))) / samples
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
 def open_dataset(location: str, kind: str, frame_size: int, augment: bool):
     dataset_class = FramesDataset if kind == "pairs" else DepthTripletDataset
     stream = location.startswith("stream:")
@@ -92,6 +161,8 @@ def measure(location: str, kind: str, frame_size: int, samples: int) -> dict:
     gives each worker one thread) reading distinct keys (ffmpeg's decoding time, in a child process, is counted),
     without and with augmentation; bytes read per sample, and the process's peak resident memory. Run in a fresh
     process (see ``measure_in_fresh_process``)."""
+    if kind == "speech":
+        return measure_speech(location, samples)
     torch.set_num_threads(1)
     result = {}
     for augment in (False, True):
@@ -121,7 +192,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                      "included).", epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--video", type=Path, default=VIDEO, help="clip copied --clips times (default: the sample)")
     parser.add_argument("--clips", type=int, default=8, help="number of clips built from --video")
-    parser.add_argument("--root", type=Path, help="measure this dataset root instead (frame folders or videos)")
+    parser.add_argument("--root", type=Path, help="measure this dataset root instead (frame folders or videos; with "
+                        "--speech a folder of prepared .npz items)")
+    parser.add_argument("--speech", action="store_true", help="measure the speech stage's items instead of frames")
     parser.add_argument("--stream", action="append", default=[],
                         help="and these streaming datasets (folder or s3://, gs://, https:// URL; repeatable)")
     parser.add_argument("--frame_size", type=int, default=256, help="frame_shape height and width")
@@ -159,13 +232,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.root:
             roots = {"root": str(args.root), **{f"stream{number}": f"stream:{location}"
                                                  for number, location in enumerate(args.stream)}}
+        elif args.speech:
+            roots = build_speech_roots(args.clips, Path(work))
         else:
             roots = build_roots(args.video, args.clips, Path(work))
+        kinds = ["speech"] if args.speech else args.kinds.split(",")
         results = []
         print("samples/s of one worker: per CPU second (wall clock in brackets); peak memory of the process")
         print(f"{'format':<13} {'kind':<9} {'kB/sample':>9} {'decoded':>15} {'augmented':>15} {'peak MB':>8}")
         for name, location in roots.items():  # one fresh process per measurement: its own peak memory
-            for kind in args.kinds.split(","):
+            for kind in kinds:
                 row = {"format": name, "kind": kind,
                        **measure_in_fresh_process(location, kind, args.frame_size, args.samples)}
                 results.append(row)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from dagan.data.frames import DatasetError  # noqa: E402
 from dagan.io.files import guard_output  # noqa: E402
 from dagan.data.stream import (CLIPS_NAME, DATASET_NAME, StreamSettings, convert_tar_shards, join,  # noqa: E402
-                               make_stream, read_metadata, verify_stream)
+                               make_speech_stream, make_stream, read_metadata, verify_stream)
 
 EXAMPLE = """\
 layout:
@@ -25,7 +25,9 @@ layout:
   -> OUT/dataset.json, OUT/train/ and OUT/test/: litdata chunks (one item per frame: its PNG/JPEG bytes and a
   digest; with --encoding mp4 one item per video file), litdata's index.json and clips.json (name, frame count,
   fps, first item of every clip; SHA-256 of every chunk). Run the same command again to resume: finished parts
-  are kept. Copy OUT as it is to a bucket (aws s3 sync OUT s3://bucket/vox) to train from there.
+  are kept. --speech ITEMS: the <clip>.npz items of scripts/prepare_av.py, one item of plain arrays each
+  (keypoints, jacobians, mel, silence, fps, offset and a digest), for the speech stage. Copy OUT as it is
+  to a bucket (aws s3 sync OUT s3://bucket/vox) to train from there.
 
 examples:
   python scripts/make_shards.py --root data/vox --out data/vox-stream --workers 8
@@ -33,6 +35,7 @@ examples:
   python scripts/make_shards.py --verify data/vox-stream --decode all
   python scripts/make_shards.py --verify s3://bucket/vox-stream
   python scripts/make_shards.py --convert data/vox-shards/index.json --out data/vox-stream
+  python scripts/make_shards.py --speech data/av --out data/av-stream     (then audio_train_params.data_dir)
   then train with dataset_params.format: stream and dataset_params.root_dir: data/vox-stream (or the s3:// URL)
 """
 UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "m": 10 ** 6, "mb": 10 ** 6, "g": 10 ** 9, "gb": 10 ** 9,
@@ -65,6 +68,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the order of clips across parts")
     parser.add_argument("--convert", metavar="INDEX",
                         help="write the dataset of this old tar-shard index.json (format dagan-shards) to --out")
+    parser.add_argument("--speech", metavar="ITEMS",
+                        help="write the prepared speech items of this folder (scripts/prepare_av.py) to --out")
     parser.add_argument("--verify", metavar="DATASET",
                         help="only verify this dataset (a folder or an s3://, gs://, azure://, https:// URL)")
     parser.add_argument("--decode", choices=("none", "ends", "all"), default="ends",
@@ -72,8 +77,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--no_verify", action="store_true", help="skip the verification pass after writing")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if not args.verify and not ((args.root or args.convert) and args.out):
-        parser.error("give --root and --out, --convert INDEX and --out, or --verify DATASET")
+    if not args.verify and not (sum(map(bool, (args.root, args.convert, args.speech))) == 1 and args.out):
+        parser.error("give --root and --out, --convert INDEX and --out, --speech ITEMS and --out, or --verify DATASET")
     return args
 
 
@@ -100,10 +105,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.verify:
             return verify(args.verify, args.decode, args.no_progress)
-        guard_output(args.out, [args.root, args.convert], "--out", "dataset folder", folder=True)
-        guard_output(Path(args.out) / DATASET_NAME, [args.root, args.convert], "--out", "dataset index")
+        inputs = [args.root, args.convert, args.speech]
+        guard_output(args.out, inputs, "--out", "dataset folder", folder=True)
+        guard_output(Path(args.out) / DATASET_NAME, inputs, "--out", "dataset index")
         with progress_bar(None, "clip", args.no_progress) as bar:
-            if args.convert:
+            if args.speech:
+                settings = StreamSettings("speech", chunk_bytes=args.chunk_size, part_bytes=args.part_size,
+                                          seed=args.seed)
+                result = make_speech_stream(args.speech, args.out, settings, args.workers, progress=bar.update)
+            elif args.convert:
                 result = convert_tar_shards(args.convert, args.out, args.workers, args.chunk_size, bar.update)
             else:
                 settings = StreamSettings(args.encoding, args.quality, args.chunk_size, args.part_size, args.seed)

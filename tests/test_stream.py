@@ -2,6 +2,8 @@
 chunks, object stores on loopback (moto's S3 server, a plain HTTP server), unreachable stores, old tar shards."""
 from __future__ import annotations
 
+import contextlib
+import http.client
 import io
 import json
 import os
@@ -253,9 +255,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def s3_store(stream_root, tmp_path_factory):
-    """moto's S3 server on 127.0.0.1 holding the dataset under s3://dagan-test/vox; stopped after the module."""
+@contextlib.contextmanager
+def moto_s3(folders: dict[str, Path]):
+    """moto's S3 server on 127.0.0.1 (its address in ``AWS_ENDPOINT_URL`` and test credentials in the environment
+    meanwhile) holding each folder of ``{"s3://bucket/prefix": folder}``; stopped on exit."""
     pytest.importorskip("moto")
     import boto3
 
@@ -276,16 +279,26 @@ def s3_store(stream_root, tmp_path_factory):
                 assert time.time() < deadline, "moto server did not start"
                 time.sleep(0.1)
         client = boto3.client("s3")
-        client.create_bucket(Bucket="dagan-test")
-        for path in stream_root.rglob("*"):
-            if path.is_file():
-                client.upload_file(str(path), "dagan-test", f"vox/{path.relative_to(stream_root)}")
-        yield "s3://dagan-test/vox"
+        for url, folder in folders.items():
+            bucket, prefix = url.removeprefix("s3://").split("/", 1)
+            if bucket not in [entry["Name"] for entry in client.list_buckets().get("Buckets", [])]:
+                client.create_bucket(Bucket=bucket)
+            for path in Path(folder).rglob("*"):
+                if path.is_file():
+                    client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder)}")
+        yield port
     finally:
         server.terminate()
         server.wait(timeout=10)
         for name, value in saved.items():
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+
+
+@pytest.fixture(scope="module")
+def s3_store(stream_root):
+    """moto's S3 server on 127.0.0.1 holding the dataset under s3://dagan-test/vox; stopped after the module."""
+    with moto_s3({"s3://dagan-test/vox": stream_root}):
+        yield "s3://dagan-test/vox"
 
 
 def test_s3_samples_match_the_local_dataset_and_verify(s3_store, stream_root, tmp_path):
@@ -297,6 +310,56 @@ def test_s3_samples_match_the_local_dataset_and_verify(s3_store, stream_root, tm
     assert report.errors == [] and report.chunks == len(json.loads(
         (stream_root / "train" / "clips.json").read_text())["sha256"]) + len(json.loads(
             (stream_root / "test" / "clips.json").read_text())["sha256"])
+
+
+@pytest.fixture(scope="module")
+def gcs_store(stream_root):
+    """gcp-storage-emulator on 127.0.0.1 (``STORAGE_EMULATOR_HOST``, which google-cloud-storage, litdata's gs://
+    backend, honours) holding the dataset under gs://dagan-gcs/vox; stopped after the module."""
+    pytest.importorskip("gcp_storage_emulator")
+    storage = pytest.importorskip("google.cloud.storage")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+                               "--port", str(port), "--in-memory"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "gcp-storage-emulator did not start"
+                time.sleep(0.1)
+        bucket = storage.Client(project="test").create_bucket("dagan-gcs")
+        for path in stream_root.rglob("*"):
+            if path.is_file():
+                bucket.blob(f"vox/{path.relative_to(stream_root)}").upload_from_filename(str(path))
+        yield "gs://dagan-gcs/vox"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        os.environ.pop("STORAGE_EMULATOR_HOST") if saved is None else os.environ.__setitem__(
+            "STORAGE_EMULATOR_HOST", saved)
+
+
+def test_gcs_samples_match_the_local_dataset_and_verify(gcs_store, stream_root, tmp_path, monkeypatch):
+    """gs:// through litdata's GCS backend (ranged reads bounded by DAGAN_STREAM_TIMEOUT) against the emulator:
+    the same samples as the local dataset, frames read alone, every chunk verified; the metadata size check asks
+    the object's metadata first."""
+    cache = str(tmp_path / "cache")
+    remote = pairs(gcs_store, "stream", stream_cache_dir=cache)
+    assert_same_samples(pairs(stream_root, "stream"), remote, range(4))
+    assert not any(Path(cache).rglob("chunk-*.bin"))
+    report = verify_stream(gcs_store, decode="ends", cache_dir=cache)
+    assert report.errors == [] and report.chunks > 3 and report.frames_decoded > 0
+    from dagan.data import stream
+
+    monkeypatch.setattr(stream, "MAX_METADATA_BYTES", 10)
+    with pytest.raises(StreamError, match="dataset.json' is [0-9]+ bytes, over the 10 allowed"):
+        StreamStore(gcs_store, "train")
 
 
 def test_missing_credentials_and_unreachable_stores_give_one_line(s3_store, monkeypatch):
@@ -312,6 +375,94 @@ def test_missing_credentials_and_unreachable_stores_give_one_line(s3_store, monk
     with pytest.raises(StreamError, match="AWS_ACCESS_KEY_ID") as error:
         StreamStore(s3_store, "train")
     assert "\n" not in str(error.value)
+
+
+def test_oversized_metadata_is_refused_before_it_is_read(s3_store, stream_root, monkeypatch):
+    """The size of dataset.json, clips.json and litdata's index.json comes from the store's metadata (HEAD) first:
+    one over the limit is refused in one line and never downloaded."""
+    from dagan.data import stream
+
+    sizes = {name: (stream_root / "train" / name).stat().st_size for name in ("clips.json", "index.json")}
+    assert sizes["index.json"] > sizes["clips.json"]
+    monkeypatch.setattr(stream, "MAX_METADATA_BYTES", sizes["clips.json"])  # index.json is the one too large
+    downloaded, read_remote = [], stream._read_remote
+    monkeypatch.setattr(stream, "_read_remote", lambda folder, name, cache: downloaded.append(name) or
+                        read_remote(folder, name, cache))
+    with pytest.raises(StreamError) as error:
+        StreamStore(s3_store, "train")
+    assert f"'{s3_store}/train/index.json' is {sizes['index.json']} bytes" in str(error.value)
+    assert "it was not read" in str(error.value) and "\n" not in str(error.value)
+    assert downloaded == ["dataset.json", "clips.json"]
+
+
+def test_an_index_that_would_unpickle_is_refused(stream_root, tmp_path):
+    root = tmp_path / "vox"
+    shutil.copytree(stream_root, root)
+    index = json.loads((root / "train" / "index.json").read_text())
+    index["config"]["data_format"] = ["pickle", "bytes"]
+    (root / "train" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(StreamError, match="pickle, which could run code"):
+        StreamStore(root, "train")
+
+
+class StallingS3Proxy(SimpleHTTPRequestHandler):
+    """Passes requests on to moto (``server.moto_port``), except ranged reads of chunks, which it never answers
+    (it counts them in ``server.stalls`` and waits for ``server.release``)."""
+
+    def do_GET(self):
+        self.forward()
+
+    def do_HEAD(self):
+        self.forward()
+
+    def forward(self):
+        if "/chunk-" in self.path and self.headers.get("Range"):
+            self.server.stalls.append(time.monotonic())
+            self.server.release.wait(30)
+            return
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.moto_port, timeout=10)
+        connection.request(self.command, self.path, headers=dict(self.headers))
+        response = connection.getresponse()
+        body = response.read()
+        self.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "server", "date"):
+                self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_stalled_s3_store_fails_within_the_bound(stream_root, monkeypatch):
+    """A store that accepts a frame's ranged GET and never answers: with DAGAN_STREAM_TIMEOUT=1 and
+    DAGAN_STREAM_RETRIES=1 the read is tried twice and gives one line within a few seconds (litdata's own client
+    would wait 60 s a try, up to 1,000 tries)."""
+    with moto_s3({"s3://dagan-stall/vox": stream_root}) as moto_port:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), StallingS3Proxy)
+        server.moto_port, server.stalls, server.release = moto_port, [], threading.Event()
+        server.handle_error = lambda *args: None
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{server.server_address[1]}"  # moto_s3 restores it
+        for name, value in (("DAGAN_STREAM_TIMEOUT", "1"), ("DAGAN_STREAM_CONNECT_TIMEOUT", "1"),
+                            ("DAGAN_STREAM_RETRIES", "1")):
+            monkeypatch.setenv(name, value)
+        try:
+            store = StreamStore("s3://dagan-stall/vox", "train", (SIZE, SIZE))
+            began = time.monotonic()
+            with pytest.raises(StreamError) as error:
+                store.fetch(store.items[0].first, "frame")
+            elapsed = time.monotonic() - began
+        finally:
+            server.release.set()
+            server.shutdown()
+    assert len(server.stalls) == 2 and elapsed < 6, (server.stalls, elapsed)  # two tries of 1 s, one backoff
+    assert "timeout" in str(error.value).lower() and "\n" not in str(error.value)
+    monkeypatch.setenv("DAGAN_STREAM_RETRIES", "many")
+    with pytest.raises(StreamError, match="DAGAN_STREAM_RETRIES='many' is not a number"):
+        StreamStore("s3://dagan-stall/vox", "train")
 
 
 @pytest.mark.slow
@@ -423,6 +574,101 @@ def test_sigterm_while_the_store_stalls_saves_and_exits_at_once(stream_root, tmp
     assert elapsed < 20, f"took {elapsed:.1f} s to stop"
     assert "while waiting for data" in output + error
     assert (tmp_path / "run" / "checkpoints" / "00000000.pt").exists()
+
+
+class RankStallingHandler(RangeHandler):
+    """Serves everything; a ranged read that holds one of the server's ``stall_frames`` (the frames of one rank's
+    second batch) waits for ``release`` (at most 60 s), and one that holds a ``progress_frames`` frame (the other
+    rank's fourth batch, which its DataLoader worker fetches once step 0 is over on both ranks) sets ``progressed``."""
+
+    def send_head(self):
+        header = self.headers.get("Range")
+        if header and "/chunk-" in self.path:
+            start, end = (int(value) for value in header.removeprefix("bytes=").split("-"))
+            data = Path(self.translate_path(self.path)).read_bytes()[start:end + 1]
+            if any(frame in data for frame in self.server.progress_frames):
+                self.server.progressed.set()
+            if any(frame in data for frame in self.server.stall_frames):
+                self.server.release.wait(60)
+        return super().send_head()
+
+
+def rank_frames(root: Path, overrides: list[str], rank: int, steps: int) -> list[set[bytes]]:
+    """The stored frames that rank ``rank`` of 2 reads at each of the GAN stage's first ``steps`` steps (a batch
+    of 1 per rank)."""
+    from dagan.data import DatasetRepeater
+    from dagan.training.gan_stage import pair_dataset
+
+    config = load_config(config_path("tiny.yaml"), [*overrides, f"dataset_params.root_dir={root}"])
+    pairs = pair_dataset(config)
+    dataset = DatasetRepeater(pairs, config.train_params.num_repeats)
+    keys = [key for key, _ in zip(make_sampler(dataset, config.train_params.seed, rank, 2, block_size=1),
+                                  range(steps))]
+    frames, fetch = [], pairs.store.fetch
+
+    def recording(index, label):
+        data = fetch(index, label)
+        frames[-1].add(data)
+        return data
+    pairs.store.fetch = recording
+    for key in keys:
+        frames.append(set())
+        dataset.sample(key)
+    return frames
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stalled_rank", [0, 1])
+def test_sigterm_while_one_of_two_ranks_stalls_saves_the_last_step(stream_root, tmp_path, stalled_rank):
+    """Two gloo ranks under torchrun (GAN stage); the store stalls the second batch of one rank, so that rank waits
+    for data while the other waits in the gradient all-reduce. SIGTERM to torchrun (which passes it on to both
+    ranks): the ranks stop and rank 0 saves step 1 (the last finished one) well within torchrun's 30 s before
+    SIGKILL; the checkpoint resumes."""
+    import test_training as training
+    from dagan.checkpoint import export_official_depth
+    from dagan.model import DaGAN
+
+    torch.manual_seed(0)
+    export_official_depth(DaGAN(load_config(config_path("tiny.yaml"))), tmp_path / "depth")
+    base = [*training.gan_overrides(str(tmp_path / "depth"), 6, "train_params.checkpoint_every=100", NO_VGG,
+                                    "train_params.image_every=100", "train_params.num_workers=1"),
+            "dataset_params.format=stream"]
+    stalled, other = (rank_frames(stream_root, base, rank, 5) for rank in (stalled_rank, 1 - stalled_rank))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RankStallingHandler, directory=str(stream_root)))
+    server.stall_frames = stalled[1] - stalled[0] - set().union(*other)
+    server.progress_frames = other[3] - stalled[0] - stalled[1] - other[0] - other[1] - other[2]
+    assert server.stall_frames and server.progress_frames, "the batches share all their frames: change the seed"
+    server.progressed, server.release = threading.Event(), threading.Event()
+    server.handle_error = lambda *args: None  # the ranks hang up on the stalled reads when they stop
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    overrides = [*base, f"dataset_params.stream_cache_dir={tmp_path / 'cache'}",
+                 f"dataset_params.root_dir=http://127.0.0.1:{server.server_address[1]}"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_backend=c10d", str(REPO_ROOT / "train.py"),
+               "--config", config_path("tiny.yaml"), "--log_dir", str(tmp_path / "run")]
+    command += [item for override in overrides for item in ("--set", override)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+    try:
+        assert server.progressed.wait(120), "the run never finished step 0"
+        time.sleep(3.0)  # the other rank reaches the all-reduce of step 1 and waits there
+        began = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        output, error = process.communicate(timeout=60)
+        elapsed = time.monotonic() - began
+    finally:
+        server.release.set()
+        process.kill() if process.poll() is None else None
+        server.shutdown()
+    print(f"stopped {elapsed:.1f} s after SIGTERM")
+    assert elapsed < 25, f"took {elapsed:.1f} s to stop"
+    assert "while waiting for data" in output + error
+    checkpoint = tmp_path / "run" / "checkpoints" / "00000001.pt"
+    assert sorted(path.name for path in checkpoint.parent.glob("*.pt")) == [checkpoint.name], error[-3000:]
+    from dagan.training.run import load_training_state
+
+    state = load_training_state(str(checkpoint))
+    assert state["step"] == 1 and state["training"]["stage"] == "gan"
 
 
 def write_old_tar_shards(root: Path, output: Path) -> Path:

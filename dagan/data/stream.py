@@ -6,7 +6,9 @@ A dataset root (see :mod:`dagan.data.frames`) becomes a folder (local, or copied
     plan.json                  which clips go into which part (what makes an interrupted run resumable)
     train/index.json           litdata's index of the chunks (written by litdata's BinaryWriter)
     train/chunk-<part>-<n>.bin litdata chunks: one item per frame, {"frame": the encoded PNG/JPEG bytes,
-                               "digest": BLAKE2b-8 of those bytes}; with ``encoding: mp4`` one item per clip (the file)
+                               "digest": BLAKE2b-8 of those bytes}; with ``encoding: mp4`` one item per clip (the file);
+                               with ``encoding: speech`` (layout flat) one item per prepared speech item: its
+                               arrays and numbers and their digest (:func:`speech_record`, read by dagan.data.speech)
     train/clips.json           per clip: [name, num_frames, fps, first item]; the SHA-256 of every chunk
     train/part-<part>.json     the record of a finished part (a worker's unit of work)
     test/...                   the same for the test split
@@ -19,7 +21,9 @@ today. ``verify_stream`` checks the chunks' SHA-256 whole, for local and remote 
 Roots: a local folder, ``s3://bucket/prefix`` (credentials and ``AWS_ENDPOINT_URL`` from the environment, through
 boto3), ``gs://`` (``GOOGLE_APPLICATION_CREDENTIALS``), ``azure://`` and ``https://`` (a read-only downloader
 registered with litdata's ``register_downloader``). Remote chunks and files are cached under ``cache_dir``, bounded
-by ``max_cache_size`` (litdata evicts the oldest chunks).
+by ``max_cache_size`` (litdata evicts the oldest chunks). Every request is bounded by :class:`Timeouts`
+(``DAGAN_STREAM_CONNECT_TIMEOUT``, ``DAGAN_STREAM_TIMEOUT``, ``DAGAN_STREAM_RETRIES``); metadata sizes are checked
+before the files are read, and a litdata index that would unpickle a field is refused (:func:`check_index`).
 """
 from __future__ import annotations
 
@@ -30,13 +34,15 @@ import json
 import os
 import shutil
 import tempfile
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 
@@ -45,8 +51,8 @@ from dagan.data.frames import (DEFAULT_CACHE_BYTES, Clip, DatasetError, PathLike
 from dagan.io import MediaError, decode_image_uint8, encode_image, natural_sort_key, open_video, probe, read_image_uint8
 from dagan.io.files import atomic_write_text
 
-Encoding = Literal["png", "jpeg", "mp4"]
-ENCODINGS = ("png", "jpeg", "mp4")
+Encoding = Literal["png", "jpeg", "mp4", "speech"]
+ENCODINGS = ("png", "jpeg", "mp4", "speech")  # speech: prepared audio-video items (dagan.audio.data), one per clip
 FORMAT = "dagan-stream"
 VERSION = 1
 DATASET_NAME = "dataset.json"
@@ -85,8 +91,9 @@ def frame_digest(data: bytes) -> bytes:
 @dataclass(frozen=True)
 class StreamSettings:
     """How clips are stored: ``encoding`` png (lossless; PNG files copied byte for byte) | jpeg (at
-    ``jpeg_quality``) | mp4 (video files as they are); litdata chunks of ``chunk_bytes``; parts (one worker job,
-    the unit of resumption) of about ``part_bytes``; clips shuffled into parts by ``seed``."""
+    ``jpeg_quality``) | mp4 (video files as they are) | speech (prepared .npz items as plain arrays); litdata
+    chunks of ``chunk_bytes``; parts (one worker job, the unit of resumption) of about ``part_bytes``; clips
+    shuffled into parts by ``seed``."""
 
     encoding: Encoding = "png"
     jpeg_quality: int = 95
@@ -105,8 +112,9 @@ class StreamSettings:
 
 @dataclass(frozen=True)
 class ClipSource:
-    """A clip to write: a frame folder or video file (``kind`` frames | video), or a clip of an old tar-shard
-    dataset (``kind`` tar-frames | tar-video: the byte range ``offset``, ``size`` of ``path``)."""
+    """A clip to write: a frame folder or video file (``kind`` frames | video), a prepared speech item (``kind``
+    speech: an .npz of scripts/prepare_av.py), or a clip of an old tar-shard dataset (``kind`` tar-frames |
+    tar-video: the byte range ``offset``, ``size`` of ``path``)."""
 
     name: str
     path: str
@@ -143,6 +151,49 @@ def clip_frames(clip: ClipSource, settings: StreamSettings) -> tuple[list[bytes]
     return [encode_image(frame, settings.encoding, settings.jpeg_quality) for frame in video], video.fps
 
 
+def clip_records(clip: ClipSource, settings: StreamSettings) -> tuple[list[dict], float, int]:
+    """``(litdata items, fps, frame count)`` of a clip: one item per stored frame ({"frame", "digest"}), or for a
+    speech item one item of plain arrays (see :func:`speech_record`)."""
+    if clip.kind == "speech":
+        record, fps, num_frames = speech_record(clip.path)
+        return [record], fps, num_frames
+    frames, fps = clip_frames(clip, settings)
+    if not frames:
+        raise MediaError(f"'{clip.path}' has no frames")
+    num_frames = clip.num_frames if settings.encoding == "mp4" or clip.kind == "tar-video" else len(frames)
+    return [{"frame": data, "digest": frame_digest(data)} for data in frames], fps, int(num_frames or 0)
+
+
+SPEECH_ARRAYS = ("keypoints", "jacobians", "mel", "silence")  # stored as numpy arrays; fps and offset as numbers
+
+
+def speech_record(path: str) -> tuple[dict, float, int]:
+    """A prepared speech item (.npz, checked as the speech stage checks it) as one litdata item of plain arrays:
+    keypoints (T, K, 2) float32, jacobians (T, K, 2, 2) float32, mel (N, M) float32, silence (T,) bool, fps
+    float, offset_frames int, and the BLAKE2b-8 ``digest`` of them all (:func:`speech_digest`)."""
+    from dagan.audio.data import load_item
+
+    try:
+        item = load_item(path)
+    except ValueError as error:
+        raise MediaError(str(error)) from None
+    record = {name: np.ascontiguousarray(getattr(item, name)) for name in SPEECH_ARRAYS}
+    record.update(fps=float(item.fps), offset_frames=int(item.offset_frames))
+    record["digest"] = speech_digest(record)
+    return record, float(item.fps), item.num_frames
+
+
+def speech_digest(record: dict) -> bytes:
+    """BLAKE2b-8 of a speech item's arrays (dtype, shape and bytes of each, in order) and numbers."""
+    digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    for name in SPEECH_ARRAYS:
+        array = np.ascontiguousarray(record[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    digest.update(np.float64(record["fps"]).tobytes() + np.int64(record["offset_frames"]).tobytes())
+    return digest.digest()
+
+
 def _frame_file_bytes(path: Path, settings: StreamSettings) -> bytes:
     if settings.encoding == "png" and path.suffix.lower() == ".png":
         return path.read_bytes()
@@ -164,18 +215,15 @@ def write_part(split_dir: Path, part: int, clips: Sequence[ClipSource], settings
         rows, skipped, count = [], [], 0
         for clip in clips:
             try:
-                frames, fps = clip_frames(clip, settings)
-                if not frames:
-                    raise MediaError(f"'{clip.path}' has no frames")
+                records, fps, num_frames = clip_records(clip, settings)
             except (MediaError, OSError, ValueError) as error:
                 skipped.append([clip.name, str(error) or type(error).__name__])
                 warnings.warn(f"skipping clip '{clip.name}': {error}", stacklevel=2)
                 continue
-            num_frames = clip.num_frames if settings.encoding == "mp4" or clip.kind == "tar-video" else len(frames)
-            rows.append([clip.name, int(num_frames or 0), float(fps), count])
-            for data in frames:
+            rows.append([clip.name, num_frames, float(fps), count])
+            for record in records:
                 with contextlib.redirect_stdout(io.StringIO()):
-                    writer.add_item(count, {"frame": data, "digest": frame_digest(data)})
+                    writer.add_item(count, record)
                 count += 1
         writer.done()
     finally:
@@ -232,7 +280,7 @@ def plan_parts(clips: Sequence[ClipSource], sizes: Sequence[float], settings: St
 
 def estimate_sizes(clips: Sequence[ClipSource], settings: StreamSettings, samples: int = 4) -> list[float]:
     """Rough stored size of every clip (the file size for mp4 and old shards, else frames x a sampled frame size)."""
-    if settings.encoding == "mp4" or (clips and clips[0].kind.startswith("tar")):
+    if settings.encoding in ("mp4", "speech") or (clips and clips[0].kind.startswith("tar")):
         return [float(max(clip.size, 1) if clip.kind.startswith("tar") else Path(clip.path).stat().st_size)
                 for clip in clips]
     chosen = [clip for clip in clips[:: max(1, len(clips) // samples)][:samples] if clip.kind == "frames"]
@@ -255,6 +303,25 @@ def make_stream(root_dir: PathLike, output_dir: PathLike, settings: StreamSettin
                        for item in VideoStore(root, split).items] for split in splits}
     return write_stream(sources, layout, output_dir, settings, workers, progress,
                         {"root": str(root.resolve()), "settings": settings.__dict__})
+
+
+def make_speech_stream(items_dir: PathLike, output_dir: PathLike, settings: StreamSettings, workers: int = 1,
+                       progress: Optional[Callable[[int], None]] = None) -> dict:
+    """Write the prepared speech items of ``items_dir`` (``<clip>.npz`` of scripts/prepare_av.py) as a streaming
+    dataset (encoding speech, layout flat): one litdata item of plain arrays per clip, named by its file name;
+    parallel and resumable as :func:`make_stream`. An item that fails the speech stage's checks is skipped."""
+    from dagan.audio.data import item_paths
+
+    if settings.encoding != "speech":
+        settings = StreamSettings("speech", chunk_bytes=settings.chunk_bytes, part_bytes=settings.part_bytes,
+                                  seed=settings.seed)
+    try:
+        paths = item_paths(items_dir)
+    except ValueError as error:
+        raise StreamError(str(error)) from None
+    sources = {"train": [ClipSource(path.name, str(path.resolve()), "speech") for path in paths]}
+    return write_stream(sources, "flat", output_dir, settings, workers, progress,
+                        {"speech": str(Path(items_dir).resolve()), "settings": settings.__dict__})
 
 
 def write_stream(sources: dict[str, list[ClipSource]], layout: str, output_dir: PathLike, settings: StreamSettings,
@@ -379,7 +446,63 @@ def convert_tar_shards(index_path: PathLike, output_dir: PathLike, workers: int 
 # Reading.
 
 
-READ_TIMEOUT_S = float(os.environ.get("DAGAN_STREAM_TIMEOUT", "60"))  # per request of the https backend
+@dataclass(frozen=True)
+class Timeouts:
+    """Bounds on every request to a store, from the environment (read when a store is opened):
+    ``DAGAN_STREAM_CONNECT_TIMEOUT`` (seconds, default 10), ``DAGAN_STREAM_TIMEOUT`` (seconds a request may wait
+    for data, default 60) and ``DAGAN_STREAM_RETRIES`` (retries after a failed or timed-out request, default 3).
+    A stalled store therefore fails a read after about (retries + 1) x (connect + read timeout) plus backoff."""
+
+    connect: float
+    read: float
+    retries: int
+
+    @staticmethod
+    def from_environment() -> "Timeouts":
+        values = {}
+        for name, variable, default, kind in (("connect", "DAGAN_STREAM_CONNECT_TIMEOUT", "10", float),
+                                              ("read", "DAGAN_STREAM_TIMEOUT", "60", float),
+                                              ("retries", "DAGAN_STREAM_RETRIES", "3", int)):
+            text = os.environ.get(variable, default)
+            try:
+                values[name] = kind(text)
+            except ValueError:
+                raise StreamError(f"{variable}={text!r} is not a number; set it to e.g. {default}") from None
+            if values[name] < 0 or (name != "retries" and values[name] == 0):
+                raise StreamError(f"{variable}={text!r} must be {'>= 0' if name == 'retries' else '> 0'}")
+        return Timeouts(**values)
+
+
+def storage_options(root: str) -> dict:
+    """litdata's ``storage_options`` for a root: for s3://, a botocore config with the bounded timeouts and retries
+    of :class:`Timeouts` (litdata's own default retries an S3 request up to 1,000 times)."""
+    if urllib.parse.urlparse(str(root)).scheme != "s3":
+        return {}
+    return {"config": _botocore_config(Timeouts.from_environment())}
+
+
+def _botocore_config(timeouts: Timeouts):
+    import botocore.config
+
+    return botocore.config.Config(connect_timeout=timeouts.connect, read_timeout=timeouts.read,
+                                  retries={"total_max_attempts": timeouts.retries + 1, "mode": "standard"})
+
+
+_S3_CLIENTS: dict = {}
+
+
+def _s3_client():
+    """A boto3 S3 client with the bounded timeouts (credentials and ``AWS_ENDPOINT_URL`` from the environment),
+    made once per process and setting (making one takes about 0.5 s)."""
+    import boto3
+
+    timeouts = Timeouts.from_environment()
+    key = (os.getpid(), timeouts, *(os.environ.get(name) for name in (
+        "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE", "AWS_DEFAULT_REGION")))
+    if key not in _S3_CLIENTS:
+        _S3_CLIENTS[key] = boto3.session.Session().client("s3", config=_botocore_config(timeouts))
+    return _S3_CLIENTS[key]
 
 
 def _register_http() -> None:
@@ -388,12 +511,29 @@ def _register_http() -> None:
     backend for ``http(s)://`` roots (litdata has s3/gs/azure backends, none for plain HTTP)."""
     from litdata.streaming import downloader
 
-    options = {**downloader._OBSTORE_CLIENT_OPTIONS, "timeout": f"{int(READ_TIMEOUT_S)}s"}
+    timeouts = Timeouts.from_environment()
+    options = {**downloader._OBSTORE_CLIENT_OPTIONS, "timeout": f"{timeouts.read:g}s",
+               "connect_timeout": f"{timeouts.connect:g}s"}
     if os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://"):
         options["allow_http"] = "true"
     downloader._OBSTORE_CLIENT_OPTIONS = options
     if "https://" in downloader._DOWNLOADERS:
         return
+
+    class BoundedGCSDownloader(downloader.GCPDownloader):
+        """litdata's gs:// backend, its ranged reads bounded by :class:`Timeouts` (google-cloud-storage's own
+        defaults: 60 s a request, retried for up to 120 s)."""
+
+        def download_bytes(self, remote_filepath: str, offset: int, length: int, local_chunkpath: str) -> bytes:
+            from google.cloud.storage.retry import DEFAULT_RETRY
+
+            parsed = urllib.parse.urlparse(remote_filepath)
+            timeouts = Timeouts.from_environment()
+            blob = self._get_client().bucket(parsed.netloc).blob(parsed.path.lstrip("/"))
+            retry = DEFAULT_RETRY.with_timeout((timeouts.retries + 1) * (timeouts.connect + timeouts.read))
+            return blob.download_as_bytes(start=offset, end=offset + length - 1, timeout=_gcs_timeout(), retry=retry)
+
+    downloader.register_downloader("gs://", BoundedGCSDownloader, overwrite=True)
 
     class HTTPDownloader(downloader.Downloader):
         def __init__(self, remote_dir, cache_dir, chunks, storage_options=None, **kwargs):
@@ -403,8 +543,7 @@ def _register_http() -> None:
             if os.path.exists(local_filepath):
                 return
             Path(local_filepath).parent.mkdir(parents=True, exist_ok=True)
-            with urllib.request.urlopen(remote_filepath, timeout=READ_TIMEOUT_S) as response:
-                data = response.read()
+            data = _http_get(urllib.request.Request(remote_filepath))
             temporary = f"{local_filepath}.{os.getpid()}.partial"
             Path(temporary).write_bytes(data)
             os.replace(temporary, local_filepath)
@@ -412,8 +551,7 @@ def _register_http() -> None:
         def download_bytes(self, remote_filepath: str, offset: int, length: int, local_chunkpath: str) -> bytes:
             byte_range = f"bytes={offset}-{offset + length - 1}"
             request = urllib.request.Request(remote_filepath, headers={"Range": byte_range})
-            with urllib.request.urlopen(request, timeout=READ_TIMEOUT_S) as response:
-                data = response.read() if response.status == 206 else response.read(offset + length)[offset:]
+            data = _http_get(request, offset, length)
             if len(data) != length:
                 raise OSError(f"'{remote_filepath}' is truncated: {len(data)} of {length} bytes at offset {offset}")
             return data
@@ -422,47 +560,197 @@ def _register_http() -> None:
         downloader.register_downloader(prefix, HTTPDownloader, overwrite=True)
 
 
+def _http_get(request: urllib.request.Request, offset: int = 0, length: Optional[int] = None) -> bytes:
+    """The body of a GET (a range when ``length`` is given), each try bounded by :class:`Timeouts`."""
+    timeouts = Timeouts.from_environment()
+    for attempt in range(timeouts.retries + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=timeouts.connect + timeouts.read) as response:
+                if length is None or response.status == 206:
+                    return response.read()
+                return response.read(offset + length)[offset:]
+        except (TimeoutError, ConnectionError, urllib.error.URLError) as error:
+            if isinstance(error, urllib.error.HTTPError) and error.code < 500 or attempt == timeouts.retries:
+                raise
+            time.sleep(min(2.0, 0.1 * 2 ** attempt))
+    raise AssertionError("unreachable")
+
+
 def store_error(location: str, error: BaseException) -> StreamError:
     """One line for a store that cannot be reached or read, naming the likely fix."""
     text = f"{type(error).__name__}: {error}".splitlines()[0][:300]
     scheme = urllib.parse.urlparse(location).scheme
     hint = {"s3": "check the bucket and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (AWS_ENDPOINT_URL for MinIO and "
                   "other S3-compatible stores)",
-            "gs": "check the bucket and GOOGLE_APPLICATION_CREDENTIALS",
+            "gs": "check the bucket and GOOGLE_APPLICATION_CREDENTIALS (STORAGE_EMULATOR_HOST for an emulator)",
             "azure": "check the container and AZURE_STORAGE_CONNECTION_STRING"}.get(
         scheme, "check the path or URL (a dataset written by scripts/make_shards.py)")
     return StreamError(f"cannot read '{location}' ({text}); {hint}")
 
 
+def remote_size(location: str) -> Optional[int]:
+    """The size in bytes of a remote file from its metadata (S3 HEAD, GCS object metadata, HTTP HEAD), without
+    reading it; None where the backend has no such probe here (azure://: checked after the download)."""
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme == "s3":
+        return int(_s3_client().head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["ContentLength"])
+    if parsed.scheme == "gs":
+        from google.cloud import storage
+
+        blob = storage.Client().bucket(parsed.netloc).get_blob(parsed.path.lstrip("/"), timeout=_gcs_timeout())
+        if blob is None:
+            raise FileNotFoundError(f"no object '{location}'")
+        return int(blob.size)
+    if parsed.scheme in ("http", "https"):
+        timeouts = Timeouts.from_environment()
+        request = urllib.request.Request(location, method="HEAD")
+        with urllib.request.urlopen(request, timeout=timeouts.connect + timeouts.read) as response:
+            length = response.headers.get("Content-Length")
+        return int(length) if length is not None else None
+    return None
+
+
+def _gcs_timeout() -> tuple[float, float]:
+    timeouts = Timeouts.from_environment()
+    return timeouts.connect, timeouts.read
+
+
+def check_metadata_size(size: Optional[int], location: str) -> None:
+    if size is not None and size > MAX_METADATA_BYTES:
+        raise StreamError(f"'{location}' is {size} bytes, over the {MAX_METADATA_BYTES} allowed for dataset "
+                          "metadata; it was not read (is this the dataset written by scripts/make_shards.py?)")
+
+
 def read_metadata(folder: str, name: str, cache_dir: Optional[str] = None) -> dict:
-    """A JSON file of a streaming dataset (local or through litdata's backends), refused above 512 MiB."""
+    """A JSON file of a streaming dataset (local or through the stores' clients); its size is checked before it
+    is read (a local stat, a remote HEAD or object metadata) and one over MAX_METADATA_BYTES is refused."""
     location = join(folder, name)
     try:
-        if is_remote(folder):
-            _register_http()
-            from litdata.streaming.downloader import get_downloader
-
-            if cache_dir:
-                Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
-                local = Path(scratch) / name
-                get_downloader(folder, scratch, []).download_file(location, str(local))
-                return _parse_metadata(local, location)
-        return _parse_metadata(Path(location), location)
+        if not is_remote(folder):
+            check_metadata_size(Path(location).stat().st_size, location)
+            return _parse_metadata(Path(location).read_bytes(), location)
+        check_metadata_size(remote_size(location), location)
+        data = _read_remote(folder, name, cache_dir)
+        check_metadata_size(len(data), location)  # azure://, whose size is not probed
+        return _parse_metadata(data, location)
     except StreamError:
         raise
     except Exception as error:  # the backends raise their own types (botocore, google, urllib)
         raise store_error(location, error) from error
 
 
-def _parse_metadata(path: Path, location: str) -> dict:
-    size = path.stat().st_size
-    if size > MAX_METADATA_BYTES:
-        raise StreamError(f"'{location}' is {size} bytes, over the {MAX_METADATA_BYTES} allowed for dataset metadata")
+def _read_remote(folder: str, name: str, cache_dir: Optional[str]) -> bytes:
+    """A remote file, whole: S3 through boto3 with the bounded timeouts, the others through litdata's backends."""
+    location = join(folder, name)
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme == "s3":
+        response = _s3_client().get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        with contextlib.closing(response["Body"]) as body:
+            return body.read()
+    _register_http()
+    from litdata.streaming.downloader import get_downloader
+
+    if cache_dir:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
+        local = Path(scratch) / name
+        get_downloader(folder, scratch, []).download_file(location, str(local))
+        return local.read_bytes()
+
+
+def _parse_metadata(data: bytes, location: str) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(data)
     except ValueError as error:
         raise StreamError(f"'{location}' is not valid JSON ({error}); write the dataset again") from error
+
+
+INDEX_NAME = "index.json"
+SAFE_FORMATS = ("bytes", "numpy", "no_header_numpy", "int", "float", "bool", "str")  # no pickle
+
+
+def check_index(split_dir: str, cache_dir: Optional[str] = None) -> None:
+    """litdata's ``index.json`` of a split, checked before litdata opens it: its size (as for all metadata) and
+    that every stored field is of a plain type (bytes, arrays, numbers): litdata unpickles a field whose index
+    says "pickle", so a tampered index could run code; such an index is refused."""
+    index = read_metadata(split_dir, INDEX_NAME, cache_dir)
+    formats = index.get("config", {}).get("data_format", []) if isinstance(index, dict) else None
+    if not isinstance(formats, list) or not formats:
+        raise StreamError(f"'{join(split_dir, INDEX_NAME)}' is not a litdata index; write the dataset again")
+    unsafe = sorted({str(kind) for kind in formats if str(kind).split(":")[0] not in SAFE_FORMATS})
+    if unsafe:
+        raise StreamError(f"'{join(split_dir, INDEX_NAME)}' stores fields as {', '.join(unsafe)}, which could run code "
+                          "when read; refusing it (write the dataset with scripts/make_shards.py)")
+
+
+def open_engine(split_dir: str, cache_dir: Optional[str], max_cache_size: str):
+    """litdata's ``StreamingDataset`` of a split (local or remote, the bounded timeouts for S3)."""
+    _register_http()
+    from litdata import StreamingDataset
+    from litdata.streaming.resolver import Dir
+
+    # litdata resolves its own cloud prefixes; an http(s) URL is handed over as a remote Dir.
+    location = Dir(path=None, url=split_dir) if split_dir.startswith("http") else split_dir
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # litdata's advice on cache sizes for large clusters
+        return StreamingDataset(location, cache_dir=cache_dir, max_cache_size=max_cache_size,
+                                storage_options=storage_options(split_dir))
+
+
+def read_record(engine, index: int, location: str, label: str) -> dict:
+    """litdata item ``index``; MediaError for a broken item, StreamError for a store that cannot be read."""
+    try:
+        return engine[int(index)]
+    except Exception as error:
+        if is_store_failure(error):  # the store itself (credentials, endpoint, timeouts): not a broken sample
+            raise store_error(location, error) from error
+        if isinstance(error, (OSError, ValueError, KeyError, IndexError)):
+            raise MediaError(f"{label}: {type(error).__name__}: {error}") from error
+        raise store_error(location, error) from error
+
+
+def is_store_failure(error: BaseException) -> bool:
+    """Timeouts and failed connections (after the retries of :class:`Timeouts`) and errors of the store's client,
+    as opposed to a broken item: a run stops on them rather than skip clips while the store is down."""
+    if isinstance(error, (TimeoutError, ConnectionError, urllib.error.URLError)):
+        return True
+    module = type(error).__module__.split(".")[0]
+    return module in ("botocore", "boto3", "urllib3", "requests", "google", "azure", "obstore")
+
+
+def read_speech_item(engine, index: int, location: str, label: str):
+    """``(AVItem, bytes read)`` of the speech item stored as litdata item ``index``: checked against its digest
+    (MediaError: a damaged chunk) and then against the item schema (ValueError), as a prepared file is."""
+    return speech_item_from_record(read_record(engine, index, location, label), location, label)
+
+
+def speech_item_from_record(record: dict, location: str, label: str):
+    """``(AVItem, bytes)`` of a speech item's litdata record (see :func:`read_speech_item`)."""
+    from dagan.audio.data import AVItem, checked_item
+
+    size = sum(np.asarray(record[name]).nbytes for name in SPEECH_ARRAYS) + 16 + DIGEST_BYTES
+    if speech_digest(record) != bytes(record["digest"]):
+        raise MediaError(f"{label} is corrupt (its digest differs: a damaged chunk of '{location}'); check the "
+                         "dataset with make_shards.py --verify")
+    try:
+        item = checked_item(label, AVItem(*(record[name] for name in SPEECH_ARRAYS), record["fps"],
+                                          record["offset_frames"]))
+    except ValueError as error:
+        raise MediaError(str(error)) from None
+    return item, size
+
+
+def open_description(root: str, cache_dir: Optional[str], encodings: Sequence[str]) -> dict:
+    """``dataset.json`` of a streaming dataset, whose encoding must be one of ``encodings``."""
+    description = read_metadata(root, DATASET_NAME, cache_dir)
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        raise StreamError(f"'{join(root, DATASET_NAME)}' is not a dagan streaming dataset; write one with "
+                          "scripts/make_shards.py")
+    if description.get("encoding") not in encodings:
+        kind = "speech items (make_shards.py --speech)" if "speech" in encodings else "frames or videos"
+        raise StreamError(f"'{root}' holds {description.get('encoding')} data, not {kind}; give the dataset written "
+                          "for this stage")
+    return description
 
 
 @dataclass(frozen=True)
@@ -492,10 +780,7 @@ class StreamStore(VideoStore):
         self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
         self.min_frames = max(1, int(min_frames))
         self.cache_dir, self.max_cache_size = cache_dir or None, max_cache_size
-        description = read_metadata(self.root, DATASET_NAME, self.cache_dir)
-        if description.get("format") != FORMAT:
-            raise StreamError(f"'{join(self.root, DATASET_NAME)}' is not a dagan streaming dataset; write one with "
-                              "scripts/make_shards.py")
+        description = open_description(self.root, self.cache_dir, ("png", "jpeg", "mp4"))
         stored = "train" if description["layout"] == "flat" else split
         if stored not in description["splits"]:
             raise StreamError(f"'{self.root}' has no '{split}' split; write the dataset from a root with {split}/")
@@ -507,6 +792,7 @@ class StreamStore(VideoStore):
         self._engine = None
         self._video_file: Optional[str] = None
         self.items = self._stream_items(read_metadata(self.split_dir, CLIPS_NAME, self.cache_dir))
+        check_index(self.split_dir, self.cache_dir)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_engine": None, "_video_file": None}  # each DataLoader worker opens its own
@@ -525,25 +811,12 @@ class StreamStore(VideoStore):
     def engine(self):
         """litdata's ``StreamingDataset`` of the split, opened once per process."""
         if self._engine is None:
-            _register_http()
-            from litdata import StreamingDataset
-            from litdata.streaming.resolver import Dir
-
-            # litdata resolves its own cloud prefixes; an http(s) URL is handed over as a remote Dir.
-            location = Dir(path=None, url=self.split_dir) if self.split_dir.startswith("http") else self.split_dir
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # litdata's advice on cache sizes for large clusters
-                self._engine = StreamingDataset(location, cache_dir=self.cache_dir, max_cache_size=self.max_cache_size)
+            self._engine = open_engine(self.split_dir, self.cache_dir, self.max_cache_size)
         return self._engine
 
     def fetch(self, index: int, label: str) -> bytes:
         """The stored bytes of litdata item ``index``, checked against its digest."""
-        try:
-            record = self.engine()[int(index)]
-        except (OSError, ValueError, KeyError, IndexError) as error:
-            raise MediaError(f"{label}: {type(error).__name__}: {error}") from error
-        except Exception as error:  # the store itself (credentials, endpoint): not a broken sample
-            raise store_error(self.split_dir, error) from error
+        record = read_record(self.engine(), index, self.split_dir, label)
         data = bytes(record["frame"])
         self.bytes_read += len(data) + DIGEST_BYTES
         if frame_digest(data) != bytes(record["digest"]):
@@ -594,7 +867,7 @@ def verify_stream(root: str, decode: str = "ends", cache_dir: Optional[str] = No
     for split in description.get("splits", []):
         folder = join(str(root), split)
         table = read_metadata(folder, CLIPS_NAME, cache_dir)
-        fetch = _chunk_fetcher(folder, cache_dir)
+        fetch = chunk_fetcher(folder, cache_dir)
         for name, expected in table["sha256"].items():
             report.chunks += 1
             problem = _check_chunk(folder, name, expected, fetch)
@@ -602,19 +875,21 @@ def verify_stream(root: str, decode: str = "ends", cache_dir: Optional[str] = No
                 report.errors.append(problem)
             if progress:
                 progress(1)
-        if decode != "none":
+        if decode != "none" and description.get("encoding") == "speech":
+            _check_speech_items(folder, table, cache_dir, report)
+        elif decode != "none":
             _check_frames(StreamStore(root, split, cache_dir=cache_dir), decode, report)
     return report
 
 
-def _chunk_fetcher(folder: str, cache_dir: Optional[str]) -> Callable[[str, Path], None]:
+def chunk_fetcher(folder: str, cache_dir: Optional[str]) -> Callable[[str, Path], None]:
     """``fetch(location, local_path)``: one litdata backend per split (one client, reused for every chunk)."""
     if not is_remote(folder):
         return lambda location, local: shutil.copyfile(location, local)
     _register_http()
     from litdata.streaming.downloader import get_downloader
 
-    downloader = get_downloader(folder, cache_dir or tempfile.gettempdir(), [])
+    downloader = get_downloader(folder, cache_dir or tempfile.gettempdir(), [], storage_options(folder))
     return lambda location, local: downloader.download_file(location, str(local))
 
 
@@ -644,3 +919,16 @@ def _check_frames(store: StreamStore, decode: str, report: VerifyReport) -> None
                 report.frames_decoded += 1
         except (MediaError, OSError, ValueError) as error:
             report.errors.append(f"{store.split_dir}: clip '{item.name}': {error}")
+
+
+def _check_speech_items(folder: str, table: dict, cache_dir: Optional[str], report: VerifyReport) -> None:
+    """Every speech item read, checked against its digest and the item schema (``frames_decoded`` counts items)."""
+    check_index(folder, cache_dir)
+    engine = open_engine(folder, cache_dir, DEFAULT_CACHE_SIZE)
+    for name, _, _, first in table["clips"]:
+        report.clips += 1
+        try:
+            read_speech_item(engine, first, folder, join(folder, name))
+            report.frames_decoded += 1
+        except (MediaError, OSError, ValueError) as error:
+            report.errors.append(f"{folder}: item '{name}': {error}")

@@ -21,10 +21,11 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from dagan.audio.data import MotionClip, item_paths, load_item, motion_clip
+from dagan.audio.data import MotionClip, load_item, motion_clip
 from dagan.audio.model import AudioDrivenModel, Normalization
 from dagan.checkpoint import CheckpointError, atomic_save
 from dagan.config import AudioTrainParams, Config, config_to_dict
+from dagan.data.speech import speech_items
 from dagan.training.run import (CheckpointManager, RunLogger, StopRequest, TrainingError, adam,
                                 apply_learning_rates, check_finite, reconcile_resumed_config, rng_state,
                                 seed_everything, set_rng_state)
@@ -96,8 +97,11 @@ def load_training_data(config: Config) -> TrainingData:
     if personalize and not params.target:
         raise TrainingError("train_params.stage=personalize needs audio_train_params.target (the target clip's "
                             "prepared .npz, see scripts/prepare_av.py)")
-    paths = [params.target] if personalize else item_paths(params.data_dir)
-    items = [load_item(path) for path in paths]  # each checked against the item schema, naming its file
+    if personalize:
+        paths, items = [params.target], [load_item(params.target)]  # checked against the item schema
+    else:  # a folder of .npz items, or with dataset_params.format: stream a streaming dataset of them
+        data = config.dataset_params
+        paths, items, _ = speech_items(params.data_dir, data.format, data.stream_cache_dir, data.stream_cache_size)
     for path, item in zip(paths, items):
         if item.mel.shape[1] != audio.num_mels or item.keypoints.shape[1] != items[0].keypoints.shape[1]:
             raise TrainingError(f"{path}: {item.mel.shape[1]} mel bands and {item.keypoints.shape[1]} keypoints, but "

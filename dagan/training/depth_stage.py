@@ -39,7 +39,7 @@ from dagan.training import distributed
 from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable
 from dagan.training.run import (CheckpointManager, DataWaitInterrupted, RunLogger, StopRequest, TrainingError, adam,
                                 apply_learning_rates, check_finite, per_rank_batch, reconcile_resumed_config, rng_state,
-                                seed_everything, set_rng_state, stop_while_waiting_for_data)
+                                peers_stopped, seed_everything, set_rng_state, stop_while_waiting_for_data)
 from dagan.visualization import disparity_image, to_image
 
 
@@ -211,8 +211,10 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
     if run.compile:
         train_module = torch.compile(train_module)
 
-    def save(step: int, rng: Optional[dict] = None) -> None:
-        distributed.check_in_sync(step_module, device)
+    def save(step: int, rng: Optional[dict] = None, alone: bool = False) -> None:
+        """Checkpoint ``step``; ``alone``: without collective calls (a stop while the data stalled)."""
+        if not alone:
+            distributed.check_in_sync(step_module, device)
         state = {"format": "dagan", "version": 1, "config": config_to_dict(config), "step": step,
                  "networks": {name: getattr(model, name).state_dict() for name in ("depth_encoder", "depth_decoder")},
                  "training": {"stage": "depth", "rng": rng or rng_state(), "pose_network": pose_network.state_dict(),
@@ -222,7 +224,8 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
             with stop.saving():
                 checkpoints.save(state, step)
                 export_official_depth(model, os.path.join(log_dir, "depth"))
-        distributed.barrier()
+        if not alone:
+            distributed.barrier()
 
     # Loop.
     stop = StopRequest()
@@ -253,6 +256,7 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 step += 1
+                step_rng = None  # from here the step is finished: a save takes the current random state
 
                 # Maintenance.
                 if step % run.log_every == 0 or step == params.num_steps:
@@ -271,6 +275,10 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
                     logger.message(f"stopped at step {step}; resume with --resume auto")
                     break
         except DataWaitInterrupted:  # a stop request while the data stalled
+            stop_while_waiting_for_data(step, save, step_rng, context.is_distributed, logger)
+        except RuntimeError as error:  # a collective call failed: another rank stopped while its data stalled
+            if not peers_stopped(error, stop, context.is_distributed):
+                raise
             stop_while_waiting_for_data(step, save, step_rng, context.is_distributed, logger)
     logger.close()
     return {"step": step, "stopped_by": stop.signal_number, **stats}

@@ -30,7 +30,8 @@ from dagan.training import distributed
 from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable
 from dagan.training.run import (CheckpointManager, DataWaitInterrupted, RunLogger, StopRequest, TrainingError, adam,
                                 apply_learning_rates, check_finite, per_rank_batch, reconcile_resumed_config, rng_state,
-                                seed_everything, set_rng_state, steps_per_epoch, stop_while_waiting_for_data)
+                                peers_stopped, seed_everything, set_rng_state, steps_per_epoch,
+                                stop_while_waiting_for_data)
 from dagan.visualization import training_grid
 
 # Each optimizer's learning rate in the config (a changed rate reaches the optimizer on resume).
@@ -271,9 +272,11 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
     model.kp_detector.train(), model.generator.train(), model.discriminator.train()
     keep_fixed(frozen)
 
-    def save(step: int, rng: Optional[dict] = None) -> None:
-        for network in (model.generator, model.kp_detector, model.discriminator):
-            distributed.check_in_sync(network, device)
+    def save(step: int, rng: Optional[dict] = None, alone: bool = False) -> None:
+        """Checkpoint ``step``; ``alone``: without collective calls (a stop while the data stalled)."""
+        if not alone:
+            for network in (model.generator, model.kp_detector, model.discriminator):
+                distributed.check_in_sync(network, device)
         state = {"format": "dagan", "version": 1, "config": config_to_dict(config), "step": step,
                  "networks": model.network_state_dicts(),
                  "training": {"stage": "gan", "rng": rng or rng_state(),
@@ -282,7 +285,8 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
         if context.is_main:
             with stop.saving():
                 checkpoints.save(state, step)
-        distributed.barrier()
+        if not alone:
+            distributed.barrier()
 
     # Loop.
     stop = StopRequest()
@@ -329,6 +333,7 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
                 for scheduler in schedulers.values():
                     scheduler.step()
                 step += 1
+                step_rng = None  # from here the step is finished: a save takes the current random state
 
                 # Maintenance.
                 if step % params.log_every == 0 or step == total_steps:
@@ -352,6 +357,10 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
                     logger.message(f"stopped at step {step}; resume with --resume auto")
                     break
         except DataWaitInterrupted:  # a stop request while the data stalled
+            stop_while_waiting_for_data(step, save, step_rng, context.is_distributed, logger)
+        except RuntimeError as error:  # a collective call failed: another rank stopped while its data stalled
+            if not peers_stopped(error, stop, context.is_distributed):
+                raise
             stop_while_waiting_for_data(step, save, step_rng, context.is_distributed, logger)
     logger.close()
     skipped = getattr(dataset, "skipped", [])

@@ -56,14 +56,34 @@ class DataWaitInterrupted(Exception):
     """A stop request arrived while the training loop waited for a batch (see ``StopRequest.next_batch``)."""
 
 
-def stop_while_waiting_for_data(step: int, save: Callable[[int, Optional[dict]], None], rng: Optional[dict],
-                                distributed: bool, logger: "RunLogger") -> None:
-    """A stop request abandoned the wait for a batch (:class:`DataWaitInterrupted`): a single process saves its last
-    finished step with that step's random state; ranks of a distributed run may be inside collective calls, so they
-    save nothing and resume from their last checkpoint."""
-    if not distributed:
-        save(step, rng)
+def stop_while_waiting_for_data(step: int, save: Callable[..., None], rng: Optional[dict], distributed: bool,
+                                logger: "RunLogger") -> None:
+    """A stop request abandoned the wait for a batch (:class:`DataWaitInterrupted`, or :func:`peers_stopped`):
+    save the last finished step with that step's random state, at once.
+
+    Every rank holds that step: a step changes the networks and optimizers only after all of its batches arrived
+    and its gradients were all-reduced, so an abandoned step has changed nothing on any rank. With several ranks,
+    the others may be blocked in a collective call (waiting for this rank) or already gone, so the save makes no
+    collective call (``alone``): rank 0 writes the checkpoint by itself, the other ranks write nothing."""
+    save(step, rng, alone=distributed)
     logger.message(f"stopped at step {step} while waiting for data; resume with --resume auto")
+
+
+def peers_stopped(error: BaseException, stop: "StopRequest", distributed: bool, grace_s: float = 2.0) -> bool:
+    """Whether ``error`` (raised by a collective call: an all-reduce of gradients, a barrier) means that another
+    rank stopped while it waited for data, rather than a fault: this rank was asked to stop as well (torchrun and
+    cluster schedulers send SIGTERM to every rank). The signal handler runs once the failed call has returned, so
+    the request may be seen up to ``grace_s`` later."""
+    if not distributed or not isinstance(error, RuntimeError):
+        return False
+    deadline = time.monotonic() + grace_s
+    while not stop.requested and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return stop.requested
+
+
+def _ignore_signal(number, frame) -> None:
+    """A handler that does nothing (SIG_DFL instead would make a signal already pending raise OSError)."""
 
 
 class StopRequest:
@@ -97,8 +117,20 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested, self.signal_number = True, number
         print(f"\nreceived {signal.Signals(number).name}: saving a checkpoint and stopping", file=sys.stderr)
+        self._quiet_worker_deaths()
         if self.waiting_for_data:
             raise DataWaitInterrupted
+
+    def _quiet_worker_deaths(self) -> None:
+        """After a stop request, the death of a DataLoader worker no longer raises in the loop (torch's SIGCHLD
+        handler would): torchrun sends SIGTERM to each rank's whole process group, workers included, and their
+        exit must not break off the checkpoint being written. A batch that is then missing ends the step as a
+        stalled store does."""
+        if hasattr(signal, "SIGCHLD") and signal.SIGCHLD not in self.previous:
+            try:
+                self.previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _ignore_signal)
+            except ValueError:  # not in the main thread
+                pass
 
     def next_batch(self, batches):
         """``next(batches)``, abandoned with DataWaitInterrupted when a stop request arrives meanwhile (a stalled
