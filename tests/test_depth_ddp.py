@@ -13,28 +13,37 @@ from conftest import REPO_ROOT, config_path
 from dagan.checkpoint import read_file
 from dagan.config import load_config
 from dagan.model import DaGAN
+from dagan.networks.backbones import ResNet
 from dagan.networks.depth import PoseNetwork
 from dagan.training.depth_stage import DepthStep, without_unused_heads
 from dagan.training.finetune import trainable
 from dagan.training.run import adam
 from test_training import COMMON, free_port, run_train, stats
 
-DEPTH = [*COMMON, "train_params.stage=depth", "depth_train_params.num_steps=1", "depth_train_params.batch_size=4",
+DEPTH = [*COMMON, "train_params.stage=depth", "depth_train_params.num_steps=2", "depth_train_params.batch_size=4",
          "train_params.checkpoint_every=1", "train_params.image_every=100"]
 
 
 @pytest.mark.slow
 def test_two_rank_gloo_depth_stage_matches_one_rank(tmp_path):
     """Two CPU ranks with 2 triplets each against one process with the same global batch of 4 in two accumulated
-    micro-batches of 2 (BatchNorm sees the same 2 triplets), one step on the sample clip.
+    micro-batches of 2 (BatchNorm sees the same 2 triplets), on the sample clip (folder data).
 
-    The run checks at its checkpoint that the ranks hold identical parameters (before the fix the ResNets' unused
-    classifier heads kept DDP from averaging any gradient, and this failed with "DDP ranks diverged"). The losses
-    agree, and so do the parameters, except where Adam's first update, lr * sign(gradient), flips for gradients
-    that are zero up to float rounding (a difference of exactly 2 lr).
+    The two ranks run two steps and check at each checkpoint that they hold identical parameters. Before the fix
+    the ResNets' unused classifier heads kept DDP from averaging any gradient: the step-1 check failed with "DDP
+    ranks diverged" (and without it the second forward failed with DDP's "Expected to have finished reduction", as
+    over stream data). The first step's losses agree, and so do the step-1 parameters, except where Adam's first
+    update, lr * sign(gradient), flips for gradients that are zero up to float rounding (a difference of exactly
+    2 lr). Measured with one thread per process: bit-identical; with the auto-mask noise drawn per rank (as
+    before) 0.4% of the values differed, by up to 1.8 lr.
     """
     one = tmp_path / "one"
-    assert run_train(one, [*DEPTH, "train_params.grad_accumulation=2"]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks (OMP_NUM_THREADS=1), so that the float sums run in the same order
+    try:
+        assert run_train(one, [*DEPTH, "train_params.grad_accumulation=2", "depth_train_params.num_steps=1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                str(REPO_ROOT / "train.py"), "--config", config_path("tiny.yaml"), "--log_dir", str(tmp_path / "two")]
     command += [item for override in DEPTH for item in ("--set", override)]
@@ -50,7 +59,7 @@ def test_two_rank_gloo_depth_stage_matches_one_rank(tmp_path):
     differences = torch.cat([(a[net][key] - b[net][key]).abs().flatten() for net in a for key in a[net]
                              if a[net][key].is_floating_point() and "running" not in key])
     learning_rate = load_config(config_path("tiny.yaml")).depth_train_params.lr
-    assert float((differences > 1e-6).float().mean()) < 0.01
+    assert float((differences > 1e-6).float().mean()) < 0.001
     assert float(differences.max()) <= 2 * learning_rate * 1.01
 
 
@@ -60,7 +69,7 @@ def test_depth_optimizer_state_from_before_the_heads_were_frozen_still_loads():
     config = load_config(config_path("tiny.yaml"))
     params = config.depth_train_params
     step_module = DepthStep(DaGAN(config), PoseNetwork(params.pose_num_layers), params)
-    heads = [module.fc for module in step_module.modules() if hasattr(module, "fc") and hasattr(module, "layer4")]
+    heads = [module.fc for module in step_module.modules() if isinstance(module, ResNet)]
     assert len(heads) == 2 and not any(p.requires_grad for head in heads for p in head.parameters())
     for head in heads:  # as the optimizer was built before
         head.requires_grad_(True)

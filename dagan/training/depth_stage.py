@@ -138,8 +138,9 @@ def without_unused_heads(optimizer_state: dict, step_module: nn.Module) -> dict:
     """A depth optimizer state saved while the ResNets' unused classifier heads (``encoder.fc``) still required
     gradients lists them (with no moments: they never had a gradient); drop them so that the indices match
     ``adam(trainable(step_module))`` of today. Any other state is returned as it is."""
+    # A ResNet frozen by train_params.freeze had its head frozen with it, so not listed.
     heads = {id(parameter) for module in step_module.modules() if isinstance(module, ResNet)
-             and module.conv1.weight.requires_grad for parameter in module.fc.parameters()}  # frozen ResNets: not listed
+             and module.conv1.weight.requires_grad for parameter in module.fc.parameters()}
     listed_before = [parameter for parameter in step_module.parameters() if parameter.requires_grad
                      or id(parameter) in heads]
     groups = optimizer_state["param_groups"]
