@@ -81,7 +81,10 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(block, 128, counts[1], stride=2)
         self.layer3 = self._make_layer(block, 256, counts[2], stride=2)
         self.layer4 = self._make_layer(block, 512, counts[3], stride=2)
-        self.fc = nn.Linear(512 * block.expansion, num_classes)  # unused head, kept for torchvision/release keys
+        # torchvision's classifier head: no forward here uses it, but the release's encoder.pth holds its keys. It
+        # never gets a gradient, so it does not require one: DDP (find_unused_parameters=False) would otherwise
+        # wait for it forever and average no gradient at all, and optimizers would carry it for nothing.
+        self.fc = nn.Linear(512 * block.expansion, num_classes).requires_grad_(False)
         self.channels = [64, 64 * block.expansion, 128 * block.expansion, 256 * block.expansion, 512 * block.expansion]
         self._initialize()
 

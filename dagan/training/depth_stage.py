@@ -34,6 +34,7 @@ from dagan.data.synthetic.dataset import SyntheticTripletDataset, is_synthetic_r
 from dagan.geometry import halve, pose_to_matrix, resize, reproject_grid, warp
 from dagan.losses import edge_aware_smoothness, photometric_error
 from dagan.model import DaGAN
+from dagan.networks.backbones import ResNet
 from dagan.networks.depth import MIN_UNCERTAINTY, NUM_SCALES, PoseNetwork, disparity_to_depth
 from dagan.training import distributed
 from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable
@@ -124,9 +125,31 @@ class DepthStep(nn.Module):
                                view_uncertainty if view_uncertainty is not None else uncertainty)
 
 
-def step_noise(seed: int, step: int, micro: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{step}:{micro}".encode()))
+def step_noise(seed: int, step: int, part: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The auto-mask's tie-breaking noise of micro-batch ``part`` of the global batch of ``step``. ``part`` counts
+    slices of the global batch (micro * world_size + rank, the sampler's order), not ranks, so that any split of
+    the same global batch over ranks and accumulation steps draws the same noise for the same samples (at the
+    first steps the pose is near the identity and this noise decides many of the auto-mask's choices)."""
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{step}:{part}".encode()))
     return (1e-5 * torch.randn(shape, generator=generator)).to(device)
+
+
+def without_unused_heads(optimizer_state: dict, step_module: nn.Module) -> dict:
+    """A depth optimizer state saved while the ResNets' unused classifier heads (``encoder.fc``) still required
+    gradients lists them (with no moments: they never had a gradient); drop them so that the indices match
+    ``adam(trainable(step_module))`` of today. Any other state is returned as it is."""
+    # A ResNet frozen by train_params.freeze had its head frozen with it, so not listed.
+    heads = {id(parameter) for module in step_module.modules() if isinstance(module, ResNet)
+             and module.conv1.weight.requires_grad for parameter in module.fc.parameters()}
+    listed_before = [parameter for parameter in step_module.parameters() if parameter.requires_grad
+                     or id(parameter) in heads]
+    groups = optimizer_state["param_groups"]
+    if not heads or len(groups) != 1 or len(groups[0]["params"]) != len(listed_before):
+        return optimizer_state
+    kept = [index for index, parameter in zip(groups[0]["params"], listed_before) if id(parameter) not in heads]
+    renumber = {index: position for position, index in enumerate(kept)}
+    return {"state": {renumber[index]: value for index, value in optimizer_state["state"].items() if index in renumber},
+            "param_groups": [{**groups[0], "params": list(range(len(kept)))}]}
 
 
 def depth_grid(batch: dict, output: DepthStepOutput, rows: int = 4) -> np.ndarray:
@@ -193,7 +216,7 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
         pose_network.load_state_dict(state["training"]["pose_network"])
         if uncertainty is not None:
             uncertainty.load_state_dict(state["training"]["uncertainty"])
-        optimizer.load_state_dict(state["training"]["optimizer"])
+        optimizer.load_state_dict(without_unused_heads(state["training"]["optimizer"], step_module))
         scheduler.load_state_dict(state["training"]["scheduler"])
         for old, new in changed_rates.values():
             apply_learning_rates(optimizer, scheduler, old, new)
@@ -242,7 +265,7 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
                 for micro in range(run.grad_accumulation):
                     batch = stop.next_batch(batches)
                     frames = [batch[name].to(device) for name in ("previous", "target", "next")]
-                    noise = step_noise(run.seed * 7919 + context.rank, step, micro,
+                    noise = step_noise(run.seed * 7919, step, micro * context.world_size + context.rank,
                                        (frames[1].shape[0], 2, *frames[1].shape[2:]), device)
                     synchronise = micro == run.grad_accumulation - 1 or not context.is_distributed
                     with (contextlib.nullcontext() if synchronise else train_module.no_sync()), autocast:
