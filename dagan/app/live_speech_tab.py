@@ -495,11 +495,19 @@ def add_live_speech_tab(animator_app, settings, source, checkpoint, device) -> N
         yield from speak_live(animator_app, state, source_image, checkpoint_path, device_name, model_path,
                               use_paste_back)
 
-    microphone.stream(hear_chunk, [microphone, holder], None, stream_every=STREAM_EVERY, concurrency_limit=None,
+    async def hear(chunk, state):  # on the event loop, not a worker thread: the chunk is taken as soon as it comes
+        hear_chunk(chunk, state)
+
+    async def start(state, count):
+        return start_listening(state, count)
+
+    async def stop(state):
+        stop_listening(state)
+
+    microphone.stream(hear, [microphone, holder], None, stream_every=STREAM_EVERY, concurrency_limit=None,
                       show_progress="hidden", api_name=False)
-    microphone.start_recording(start_listening, [holder, recordings], [recordings], concurrency_limit=None,
+    microphone.start_recording(start, [holder, recordings], [recordings], concurrency_limit=None,
                                show_progress="hidden", api_name=False)
     recordings.change(speak, [holder, source, checkpoint, device, audio_model, paste_back], [output, status],
                       concurrency_limit=None, show_progress="hidden", api_name="live_speech")
-    microphone.stop_recording(stop_listening, [holder], None, concurrency_limit=None, show_progress="hidden",
-                              api_name=False)
+    microphone.stop_recording(stop, [holder], None, concurrency_limit=None, show_progress="hidden", api_name=False)
