@@ -149,9 +149,11 @@ def test_microphone_chunks_give_frames_with_their_audio_and_silence_keeps_the_po
     heard = mono_float(np.concatenate([samples for _, samples in microphone(samples)]))
     np.testing.assert_array_equal(np.concatenate([frame.audio for frame in frames])[:len(heard)], heard)
 
-    expected = StreamingMotion(model, 25.0)  # the whole clip at 16 kHz at once: the same motion
-    motions = list(expected.push(resample_poly(heard.astype(np.float64), 1, 3).astype(np.float32)))
-    motions += list(expected.end())
+    resampled = resample_poly(heard.astype(np.float64), 1, 3).astype(np.float32)
+    expected, motions = StreamingMotion(model, 25.0), []  # the clip resampled whole, pushed 0.1 s at a time
+    for begin in range(0, len(resampled), 1600):
+        motions += expected.push(resampled[begin:begin + 1600])
+    motions += expected.end()
     torch.testing.assert_close(torch.stack([frame.motion.local for frame in frames]),
                                torch.stack([motion.local for motion in motions]), rtol=0, atol=1e-5)
 
