@@ -3,23 +3,28 @@ connection, on localhost like the rest of the app). The source is prepared once 
 (:class:`~dagan.live.animator.LiveAnimator`, batch 1), the face is followed (:class:`~dagan.live.tracking.FaceTracker`
 when a face backend is installed, else the whole frame), and the motion is relative to the first frame with a face
 after the stream starts or after "Re-anchor". The browser sends the next frame only when the last one has come
-back, so frames never queue up."""
+back, so frames never queue up. With "Paste back into the whole portrait" the portrait's face is found and the
+animated face is blended into the whole picture (``LiveAnimator`` with the face's crop plan, as ``scripts/live.py
+--paste_back``); without it the whole picture is the face and the model's square crop comes back."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 import gradio as gr
 import numpy as np
 
-from dagan.app.common import read_portrait
+from dagan.app.common import KNOWN_ERRORS, read_portrait, scrub
 from dagan.faces.animation import MotionOptions
+from dagan.faces.plans import FacePlan
 from dagan.inference import to_uint8
 from dagan.live.animator import LiveAnimator
 from dagan.live.loop import FACE_LOST, draw_text
 from dagan.live.tracking import FaceTracker, WholeFrameTracker
 
 STREAM_EVERY = 0.04  # seconds between camera frames the browser sends (at most 25 per second)
+BROWSER_MAX_SIZE = 1024  # longer side of the pasted-back portrait in the browser (a PNG per frame)
 
 
 @dataclass
@@ -42,16 +47,52 @@ def driving_tracker():
         return WholeFrameTracker()
 
 
+def portrait_face(animator_app, pipeline, picture: np.ndarray, name: str) -> tuple[np.ndarray, FacePlan]:
+    """The portrait shrunk to BROWSER_MAX_SIZE and its largest face, for paste-back (as ``scripts/live.py``)."""
+    from dagan.faces import MissingFaceBackend, NoFaceFound, get_face_analyzer
+    from dagan.faces.animation import PHOTO_DETECT_MAX_SIDE, FaceOptions, FaceSession, fit_picture
+
+    options = FaceOptions(crop="auto", paste_back=True, max_size=BROWSER_MAX_SIZE)
+    picture = fit_picture(picture, options.max_size)
+    try:
+        if animator_app.face_analyzer is None:
+            animator_app.face_analyzer = get_face_analyzer("auto", detect_max_side=PHOTO_DETECT_MAX_SIDE)
+        face = FaceSession(pipeline, options, analyzer=animator_app.face_analyzer).picture_faces(picture, name)[0]
+    except MissingFaceBackend:
+        raise gr.Error("Paste back needs a face backend to find the face in the portrait: pip install -e "
+                       "'.[faces]' (or untick 'Paste back into the whole portrait').", print_exception=False) from None
+    except NoFaceFound as error:
+        raise gr.Error(str(error).replace("--crop none", "untick 'Paste back into the whole portrait'"),
+                       print_exception=False) from None
+    return picture, face
+
+
+def source_animator(animator_app, source_image: str, checkpoint: str, device: str, paste_back: bool) -> LiveAnimator:
+    """The portrait prepared for live driving: with ``paste_back`` its face is cropped and pasted back into the
+    whole picture, else the whole picture is the face."""
+    name = os.path.basename(source_image)
+    try:
+        pipeline, _ = animator_app.cache.get(animator_app.resolve_checkpoint(checkpoint), device)
+        picture = to_uint8(read_portrait(source_image))
+        if not paste_back:
+            return LiveAnimator(pipeline, picture, None, MotionOptions())
+        picture, face = portrait_face(animator_app, pipeline, picture, name)
+        return LiveAnimator(pipeline, picture, face, MotionOptions(), paste_back=True)
+    except gr.Error:
+        raise
+    except KNOWN_ERRORS as error:
+        raise gr.Error(scrub(str(error), {source_image: name}), print_exception=False) from None
+
+
 def live_frame(animator_app, camera: Optional[np.ndarray], source_image: Optional[str], checkpoint: Optional[str],
-               device: str, session: Optional[LiveSession]):
+               device: str, session: Optional[LiveSession], paste_back: bool = False):
     """One camera frame (H, W, 3) uint8 in, the animated portrait out (and the session, kept by the page)."""
     if camera is None or not source_image or not checkpoint:
         return None, session
-    key = (source_image, checkpoint, device)
+    key = (source_image, checkpoint, device, bool(paste_back))
     if session is None or session.key != key:
-        pipeline, _ = animator_app.cache.get(animator_app.resolve_checkpoint(checkpoint), device)
-        picture = to_uint8(read_portrait(source_image))
-        session = LiveSession(key, LiveAnimator(pipeline, picture, None, MotionOptions()), driving_tracker())
+        session = LiveSession(key, source_animator(animator_app, source_image, checkpoint, device, paste_back),
+                              driving_tracker())
     animator = session.animator
     transform = session.tracker(camera, animator.size)
     if transform is None:
@@ -78,12 +119,15 @@ def add_live_tab(animator_app, source, checkpoint, device) -> None:
                               elem_id="live-camera", webcam_options=gr.WebcamOptions(mirror=False))
             output = gr.Image(label="Live portrait", type="numpy", format="png", interactive=False,
                               elem_id="live-output")
-        button = gr.Button("Re-anchor", elem_id="live-reanchor")
+        with gr.Row():
+            button = gr.Button("Re-anchor", elem_id="live-reanchor")
+            paste_back = gr.Checkbox(False, label="Paste back into the whole portrait", elem_id="live-paste-back")
         session = gr.State(None)
 
-    def frame(camera_frame, source_image, checkpoint_path, device_name, state):
-        return live_frame(animator_app, camera_frame, source_image, checkpoint_path, device_name, state)
+    def frame(camera_frame, source_image, checkpoint_path, device_name, state, use_paste_back):
+        return live_frame(animator_app, camera_frame, source_image, checkpoint_path, device_name, state,
+                          use_paste_back)
 
-    camera.stream(frame, [camera, source, checkpoint, device, session], [output, session], stream_every=STREAM_EVERY,
-                  concurrency_limit=1, show_progress="hidden", api_name="live_frame")
+    camera.stream(frame, [camera, source, checkpoint, device, session, paste_back], [output, session],
+                  stream_every=STREAM_EVERY, concurrency_limit=1, show_progress="hidden", api_name="live_frame")
     button.click(reanchor, [session], [session], api_name="live_reanchor")

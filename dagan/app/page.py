@@ -1,6 +1,7 @@
-"""The web app's page: the video tab's controls and the speech tab, wired to one :class:`Animator`, served on
-localhost. Requests are queued one at a time (``default_concurrency_limit=1``): the model and the CPU/GPU are shared,
-so runs never interleave."""
+"""The web app's page: the video tab's controls, the speech tab and the live rooms (camera, microphone), wired to
+one :class:`Animator`, served on localhost. Requests are queued one at a time (``default_concurrency_limit=1``): the
+model and the CPU/GPU are shared, so runs never interleave (the live microphone's events excepted: its chunks and
+its work must run beside each other, see :mod:`dagan.app.live_speech_tab`)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,6 +9,7 @@ from typing import Optional
 import gradio as gr
 
 from dagan.app.common import SAMPLES_DIR, AppSettings, UploadedImage, available_devices, find_checkpoints
+from dagan.app.live_speech_tab import add_live_speech_tab
 from dagan.app.live_tab import add_live_tab
 from dagan.app.speech_tab import add_speech_tab
 from dagan.app.video_tab import AnimationRequest, Animator
@@ -130,6 +132,7 @@ def build_app(settings: AppSettings, animator: Optional[Animator] = None) -> gr.
             control.input(show_preview, settings_inputs + motion_inputs, [preview, status], api_name=False)
         add_speech_tab(animator, settings, source, checkpoint, device, result, status, [crop, paste_back, faces])
         add_live_tab(animator, source, checkpoint, device)
+        add_live_speech_tab(animator, settings, source, checkpoint, device)
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
 
