@@ -23,8 +23,10 @@ EXTRAS = {
     "face-alignment": ["numba>=0.58"],
     # Streaming datasets (dataset_params.format: stream) on litdata: also run `pip install --no-deps litdata==0.2.76`
     # (litdata lists torchvision, which dagan never imports and which would not match the CPU torch build); these are
-    # the dependencies litdata uses: boto3 and obstore for s3://, requests for its clients.
-    "stream": ["lightning-utilities>=0.15", "filelock>=3.12", "boto3>=1.35,<2", "obstore>=0.12,<0.13",
+    # the dependencies litdata uses: boto3 and obstore for s3://, requests for its clients. obstore 0.12 has no
+    # Python 3.10 wheels; 0.11 has (litdata reads s3:// through boto3 alone when obstore is missing).
+    "stream": ["lightning-utilities>=0.15", "filelock>=3.12", "boto3>=1.35,<2",
+               'obstore>=0.12,<0.13; python_version >= "3.11"', 'obstore>=0.11,<0.12; python_version < "3.11"',
                "requests>=2.31", "tifffile>=2024.1"],
     # The local web app (scripts/app.py); its browser test also needs playwright and Debian's chromium.
     "app": ["gradio>=6.31,<7"],
@@ -54,7 +56,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["dagan", "dagan.*"]),
-    python_requires=">=3.11",  # the pinned numpy, scipy and obstore have no Python 3.10 releases
+    python_requires=">=3.10",  # .ci/constraints.txt gives Python 3.10 its own pins where the 3.11+ ones lack wheels
     install_requires=[
         "torch>=2.1",  # CI pins torch==2.13.0 (CPU) through .ci/constraints.txt
         "numpy>=1.24",

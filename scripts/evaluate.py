@@ -11,6 +11,8 @@
 All the work is done by ``dagan.eval``; this script parses arguments and calls it. The protocols keep each finished
 item in OUTPUT/items/ (a rerun resumes) and run under torchrun, each rank taking its share:
     torchrun --nproc_per_node=8 scripts/evaluate.py --checkpoint ... --protocol pairs --pairs pairs.csv --output eval/
+Comparing files shares the same way under torchrun; the ranks keep the finished items beside the JSON summary
+(results.json -> results.items/, a rerun resumes).
 """
 from __future__ import annotations
 
@@ -106,6 +108,12 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Optional[Path]]:
     return Path(args.output) / "results.json", Path(args.csv) if args.csv else Path(args.output) / "per_item.csv"
 
 
+def files_items_folder(json_path: Path) -> Path:
+    """Where torchrun's ranks keep the finished items of the files protocol: beside the JSON summary
+    (``results.json`` -> ``results.items/``)."""
+    return json_path.with_suffix(".items")
+
+
 def check_outputs(args: argparse.Namespace, json_path: Path, csv_path: Optional[Path]) -> None:
     """Refuse, before any work, outputs that would replace an input, each other or a file this project did not
     write (:func:`dagan.io.files.guard_output`)."""
@@ -113,6 +121,8 @@ def check_outputs(args: argparse.Namespace, json_path: Path, csv_path: Optional[
               args.dataset, args.pairs, args.lpips_trunk, args.lpips_head]
     if args.checkpoint is not None:  # the protocols write into a folder (results, generated/)
         guard_output(args.output, inputs, "--output", "output folder", folder=True)
+    elif launch_share()[1] > 1:  # torchrun: the ranks keep the finished items in a folder beside the summary
+        guard_output(files_items_folder(json_path), inputs, "--output", "folder of finished items", folder=True)
     guard_output(json_path, inputs, "--output", "JSON summary")
     guard_output(csv_path, inputs, "--csv", "per-item CSV", others=[("--output", json_path)])
 
@@ -125,13 +135,15 @@ def run(args: argparse.Namespace) -> int:
     metrics, notes = select_metrics(args.metrics, has_source, bool(trunk and head), args.backend)
     scorer = build_scorer(metrics, args.backend, args.lpips_net, trunk, head, device=resolve_device(args.device))
     progress = not args.no_progress
+    rank, world = launch_share()  # under torchrun each rank takes its share of the items
     if args.checkpoint is None:
-        report = evaluate_files(scorer, args.generated, args.reference, args.source, progress)
+        # one process keeps no items; torchrun's ranks keep theirs beside the summary (a rerun resumes)
+        share = Share(rank, world, files_items_folder(json_path)) if world > 1 else Share()
+        report = evaluate_files(scorer, args.generated, args.reference, args.source, progress, share)
     else:
         use_local_gpu()
         pipeline = DaGANPipeline.load(args.checkpoint, args.depth_checkpoint, args.config, device=args.device,
                                       batch_size=args.batch_size)
-        rank, world = launch_share()  # under torchrun each rank takes its share of the items
         stat = os.stat(args.checkpoint)
         share = Share(rank, world, Path(args.output) / "items",  # finished items: a rerun resumes
                       model=f"{os.path.abspath(args.checkpoint)} {stat.st_size} {stat.st_mtime_ns}")
@@ -141,11 +153,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             report = evaluate_pairs(pipeline, scorer, args.pairs, args.dataset, args.output, args.save_videos,
                                     progress, share)
-        if report is None:
-            print(f"rank {rank} of {world}: its items are done; the rank that finds every item done writes the "
-                  "report", file=sys.stderr)
-            return 0
-        report.settings["checkpoint"] = args.checkpoint
+        if report is not None:
+            report.settings["checkpoint"] = args.checkpoint
+    if report is None:
+        print(f"rank {rank} of {world}: its items are done; the rank that finds every item done writes the "
+              "report", file=sys.stderr)
+        return 0
     report.notes = notes + report.notes
     report.write_json(json_path)
     if csv_path:

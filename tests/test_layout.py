@@ -24,8 +24,9 @@ pytestmark = pytest.mark.skipif(not LINT_IMPORTS.is_file(), reason="import-linte
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
     """Run lint-imports on the ``dagan`` package under ``root`` with ``root``'s .importlinter."""
     environment = {**os.environ, "PYTHONPATH": str(root)}  # ahead of the editable install's finder
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache", "--no-logo", str(root / ".importlinter")], cwd=root,
-                          env=environment, capture_output=True, text=True, timeout=120)
+    command = [str(LINT_IMPORTS), "--no-cache", "--no-logo", "--config", str(root / ".importlinter")]  # import-linter
+    #         2.17 also takes the file as an argument; 2.15 (Python 3.10's) only --config
+    return subprocess.run(command, cwd=root, env=environment, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture

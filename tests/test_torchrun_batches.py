@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,59 @@ def test_two_torchrun_ranks_score_the_pairs_protocol_as_one_process(tiny_checkpo
     stamps = {path: path.stat().st_mtime_ns for path in (tmp_path / "two" / "items").glob("0*.json")}
     run(torchrun(*arguments, "--output", str(tmp_path / "two")), tmp_path)  # resumed: nothing left to evaluate
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps and (tmp_path / "two" / "results.json").exists()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Five items to compare by name: generated frame folders (noise) and reference clips, 3 frames each."""
+    root = tmp_path_factory.mktemp("files")
+    rng = np.random.default_rng(1)
+    for index in range(5):
+        (root / "generated" / f"item{index}").mkdir(parents=True)
+        (root / "reference").mkdir(exist_ok=True)
+        make_test_clip(root / "reference" / f"item{index}.mp4", seconds=0.3, fps=10)
+        for frame in range(3):
+            write_png(root / "generated" / f"item{index}" / f"{frame:03d}.png",
+                      rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    return root
+
+
+def test_two_torchrun_ranks_compare_files_as_one_process(files, tmp_path):
+    """scripts/evaluate.py --generated --reference: the ranks share the items (rank 0 three, rank 1 two) and keep
+    them beside the summary (results.items/); the report is the one process's; a rerun evaluates nothing."""
+    arguments = ["scripts/evaluate.py", "--generated", str(files / "generated"), "--reference",
+                 str(files / "reference"), "--metrics", "l1,psnr,ssim", "--device", "cpu"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    run([sys.executable, *arguments, "--no_progress", "--output", str(one / "results.json"), "--csv",
+         str(one / "per_item.csv")], tmp_path)
+    assert not (one / "results.items").exists()  # one process keeps no items
+    shared = [*arguments, "--output", str(two / "results.json"), "--csv", str(two / "per_item.csv")]
+    stderr = run(torchrun(*shared), tmp_path)
+    assert set(re.findall(r"items: +\d+%\|[^|]*\| \d/(\d)", stderr)) == {"2", "3"}  # rank 0 three, rank 1 two
+    for name in ("results.json", "per_item.csv"):
+        assert (one / name).read_text() == (two / name).read_text()
+    report = json.loads((two / "results.json").read_text())
+    assert report["items"] == 5 and report["metrics"]["l1"]["mean"] > 0
+    stamps = {path: path.stat().st_mtime_ns for path in (two / "results.items").glob("0*.json")}
+    assert len(stamps) == 5
+    (two / "results.json").unlink()
+    run(torchrun(*shared), tmp_path)  # resumed: nothing left to evaluate
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps and (two / "results.json").exists()
+
+
+def test_kept_file_items_belong_to_their_inputs(files, tmp_path):
+    """A folder of kept items is reused while the inputs are unchanged, and refused once an input file changed
+    (rather than mixed with new scores)."""
+    from dagan.eval import Share, build_scorer, evaluate_files
+
+    scorer = build_scorer(["l1"], device="cpu")
+    generated = shutil.copytree(files / "generated", tmp_path / "generated")
+    share = Share(0, 1, tmp_path / "items")
+    first = evaluate_files(scorer, generated, files / "reference", progress=False, share=share)
+    assert len(first.items) == 5 and len(list((tmp_path / "items").glob("0*.json"))) == 5
+    again = evaluate_files(scorer, generated, files / "reference", progress=False, share=share)
+    assert [item.to_json() for item in again.items] == [item.to_json() for item in first.items]
+    os.utime(generated / "item2" / "001.png", ns=(0, 0))
+    with pytest.raises(ValueError, match="other settings or inputs"):
+        evaluate_files(scorer, generated, files / "reference", progress=False, share=share)

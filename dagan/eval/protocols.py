@@ -53,6 +53,71 @@ SAME, CROSS = "same-identity", "cross-identity"
 DEFAULT_FPS = 25.0  # frame rate of saved videos made from frame folders
 
 
+# Sharing the items of a protocol between processes (torchrun), resumably.
+
+@dataclass(frozen=True)
+class Share:
+    """Which items this process evaluates, and where finished items are kept.
+
+    rank / world: this process takes the items i with i % world == rank (``torchrun``'s RANK and WORLD_SIZE; no
+    process group needed). items_dir: one JSON file per finished item (``000012.json``); an item with a file is
+    not evaluated again (a rerun resumes), and a process that finds every item done writes the report (ranks
+    that finish together write the same report, atomically).
+    """
+
+    rank: int = 0
+    world: int = 1
+    items_dir: Optional[Path] = None
+    model: str = ""  # what identifies the model (e.g. its checkpoint's path, size and time): items of another
+    #                  model in items_dir are refused
+
+
+def run_items(count: int, evaluate: Callable[[int], "ItemResult | str"], settings: dict[str, Any],
+              share: Share = Share(), desc: str = "items", progress: bool = True) -> Optional[list["ItemResult | str"]]:
+    """``evaluate(i)`` for this process's items (an :class:`ItemResult`, or a string: why item i was skipped);
+    all ``count`` results in order once every item is done, else None (another process finishes them)."""
+    import json
+
+    from dagan.io.files import atomic_write_text
+
+    mine = range(share.rank, count, share.world)
+    bar = tqdm(mine, desc=desc, unit=desc.rstrip("s"), disable=not progress, dynamic_ncols=True)
+    if share.items_dir is None:
+        if share.world != 1:
+            raise ValueError("items shared between processes need a folder for them (Share.items_dir)")
+        return [evaluate(index) for index in bar]
+    folder = Path(share.items_dir)
+    check_item_settings(folder, {**settings, "model": share.model})
+    for index in bar:
+        path = folder / f"{index:06d}.json"
+        if not path.exists():
+            outcome = evaluate(index)
+            data = {"skipped": outcome} if isinstance(outcome, str) else {"item": outcome.to_json()}
+            atomic_write_text(path, json.dumps(data) + "\n")
+    paths = [folder / f"{index:06d}.json" for index in range(count)]
+    if not all(path.exists() for path in paths):
+        return None
+    loaded = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    return [data["skipped"] if "skipped" in data else ItemResult.from_json(data["item"]) for data in loaded]
+
+
+def check_item_settings(folder: Path, settings: dict[str, Any]) -> None:
+    """The items of ``folder`` belong to an evaluation with these ``settings`` (written on first use): a folder of
+    another evaluation is refused, not mixed in."""
+    import json
+
+    from dagan.io.files import atomic_write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "settings.json"
+    text = json.dumps(settings, sort_keys=True, default=str)
+    if not path.exists():
+        atomic_write_text(path, text + "\n")
+    elif path.read_text(encoding="utf-8").strip() != text:
+        raise ValueError(f"{folder} holds the items of an evaluation with other settings or inputs; give --output "
+                         "another path (or delete that folder to start again)")
+
+
 # Protocol 1: files.
 
 @dataclass(frozen=True)
@@ -148,80 +213,36 @@ def _min_count(first: Any, second: Any) -> Optional[int]:
 
 
 def evaluate_files(scorer: FrameScorer, generated: str | os.PathLike, reference: str | os.PathLike,
-                   source: Optional[str | os.PathLike] = None, progress: bool = True) -> EvaluationReport:
-    """Evaluate generated videos against references (and a source); see :func:`pair_items` for the layouts."""
+                   source: Optional[str | os.PathLike] = None, progress: bool = True,
+                   share: Share = Share()) -> Optional[EvaluationReport]:
+    """Evaluate generated videos against references (and a source); see :func:`pair_items` for the layouts.
+    ``share``: this process's part of the items (:class:`Share`); None when another process writes the report.
+    Kept items belong to these inputs only: a changed file under them (size or time) makes the folder refused."""
     items, notes = pair_items(generated, reference, source)
     report = EvaluationReport("files", scorer.metrics, scorer.backends, notes=notes, settings={
         "generated": os.fspath(generated), "reference": os.fspath(reference),
         "source": None if source is None else os.fspath(source), **scorer.settings()})
-    for item in tqdm(items, desc="items", unit="item", disable=not progress or len(items) < 2, dynamic_ncols=True):
-        report.items.append(evaluate_item(scorer, item, progress))
+    kept = {**report.settings, "inputs": files_fingerprint(items)} if share.items_dir is not None else {}
+    outcomes = run_items(len(items), lambda index: evaluate_item(scorer, items[index], progress), kept, share,
+                         "items", progress and len(items) > 1)
+    if outcomes is None:
+        return None
+    report.items = list(outcomes)
     return report
 
 
-# Sharing the items of a protocol between processes (torchrun), resumably.
+def files_fingerprint(items: Iterable[ItemPaths]) -> str:
+    """SHA-256 of the name, size and modification time of every file the items read (generated, reference and
+    source; each file, or each file in a frame folder)."""
+    import hashlib
 
-@dataclass(frozen=True)
-class Share:
-    """Which items this process evaluates, and where finished items are kept.
-
-    rank / world: this process takes the items i with i % world == rank (``torchrun``'s RANK and WORLD_SIZE; no
-    process group needed). items_dir: one JSON file per finished item (``000012.json``); an item with a file is
-    not evaluated again (a rerun resumes), and a process that finds every item done writes the report (ranks
-    that finish together write the same report, atomically).
-    """
-
-    rank: int = 0
-    world: int = 1
-    items_dir: Optional[Path] = None
-    model: str = ""  # what identifies the model (e.g. its checkpoint's path, size and time): items of another
-    #                  model in items_dir are refused
-
-
-def run_items(count: int, evaluate: Callable[[int], "ItemResult | str"], settings: dict[str, Any],
-              share: Share = Share(), desc: str = "items", progress: bool = True) -> Optional[list["ItemResult | str"]]:
-    """``evaluate(i)`` for this process's items (an :class:`ItemResult`, or a string: why item i was skipped);
-    all ``count`` results in order once every item is done, else None (another process finishes them)."""
-    import json
-
-    from dagan.io.files import atomic_write_text
-
-    mine = range(share.rank, count, share.world)
-    bar = tqdm(mine, desc=desc, unit=desc.rstrip("s"), disable=not progress, dynamic_ncols=True)
-    if share.items_dir is None:
-        if share.world != 1:
-            raise ValueError("items shared between processes need a folder for them (Share.items_dir)")
-        return [evaluate(index) for index in bar]
-    folder = Path(share.items_dir)
-    check_item_settings(folder, {**settings, "model": share.model})
-    for index in bar:
-        path = folder / f"{index:06d}.json"
-        if not path.exists():
-            outcome = evaluate(index)
-            data = {"skipped": outcome} if isinstance(outcome, str) else {"item": outcome.to_json()}
-            atomic_write_text(path, json.dumps(data) + "\n")
-    paths = [folder / f"{index:06d}.json" for index in range(count)]
-    if not all(path.exists() for path in paths):
-        return None
-    loaded = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
-    return [data["skipped"] if "skipped" in data else ItemResult.from_json(data["item"]) for data in loaded]
-
-
-def check_item_settings(folder: Path, settings: dict[str, Any]) -> None:
-    """The items of ``folder`` belong to an evaluation with these ``settings`` (written on first use): a folder of
-    another evaluation is refused, not mixed in."""
-    import json
-
-    from dagan.io.files import atomic_write_text
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "settings.json"
-    text = json.dumps(settings, sort_keys=True, default=str)
-    if not path.exists():
-        atomic_write_text(path, text + "\n")
-    elif path.read_text(encoding="utf-8").strip() != text:
-        raise ValueError(f"{folder} holds the items of an evaluation with other settings; give --output a new folder "
-                         "(or delete it to start again)")
+    digest = hashlib.sha256()
+    for path in sorted({path for item in items for path in (item.generated, item.reference, item.source) if path}):
+        files = sorted(child for child in path.rglob("*") if child.is_file()) if path.is_dir() else [path]
+        for file in files:
+            stat = file.stat()
+            digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 # Protocol 2: reconstruction from a checkpoint.
