@@ -3,15 +3,17 @@
 # (.ci/run). It uses the active virtual environment, else .venv (created when missing). Arguments go to pytest:
 #   bash scripts/test.sh                       # everything (two pytest-xdist workers)
 #   bash scripts/test.sh tests/test_config.py  # one file
-# As root, or with password-less sudo, it installs Debian's chromium (the web app's browser tests) and espeak-ng
-# (the speech-learning tests' synthetic speech) when they are missing; otherwise the [dev] extra's espeakng-loader
-# wheel speaks instead of espeak-ng, and the browser tests skip, saying why. DAGAN_TEST_NO_APT=1 skips apt-get.
+# As root, or with password-less sudo, it installs Debian's chromium (the web app's browser tests), espeak-ng
+# (the speech-learning tests' synthetic speech) and ffmpeg (gradio's streamed video) when they are missing;
+# otherwise the [dev] extra's espeakng-loader wheel speaks instead of espeak-ng, and the browser tests skip, saying
+# why. DAGAN_TEST_NO_APT=1 skips apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)  # gradio's streamed video (the browser's live speech)
 if [ ${#missing[@]} -gt 0 ] && [ -z "${DAGAN_TEST_NO_APT:-}" ] && command -v apt-get >/dev/null 2>&1; then
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then

@@ -16,6 +16,7 @@ import torch
 
 from dagan.checkpoint import CheckpointError, is_our_checkpoint
 from dagan.config import ConfigError
+from dagan.faces.plans import FacePlan
 from dagan.faces.restore import RestoreOptions
 from dagan.inference import DaGANPipeline, InferenceError, exported_pipeline_or_none, resolve_device
 from dagan.io import MediaError, open_video, read_image
@@ -177,3 +178,26 @@ class UploadedImage(gr.Image):
 
     def preprocess(self, payload):
         return None if payload is None else payload.path
+
+
+BROWSER_MAX_SIZE = 1024  # longer side of a pasted-back portrait in the live rooms (each frame goes out live)
+
+
+def portrait_face(animator_app, pipeline, picture: np.ndarray, name: str) -> tuple[np.ndarray, FacePlan]:
+    """The portrait shrunk to BROWSER_MAX_SIZE and its largest face, for paste-back (as ``scripts/live.py``)."""
+    from dagan.faces import MissingFaceBackend, NoFaceFound, get_face_analyzer
+    from dagan.faces.animation import PHOTO_DETECT_MAX_SIDE, FaceOptions, FaceSession, fit_picture
+
+    options = FaceOptions(crop="auto", paste_back=True, max_size=BROWSER_MAX_SIZE)
+    picture = fit_picture(picture, options.max_size)
+    try:
+        if animator_app.face_analyzer is None:
+            animator_app.face_analyzer = get_face_analyzer("auto", detect_max_side=PHOTO_DETECT_MAX_SIDE)
+        face = FaceSession(pipeline, options, analyzer=animator_app.face_analyzer).picture_faces(picture, name)[0]
+    except MissingFaceBackend:
+        raise gr.Error("Paste back needs a face backend to find the face in the portrait: pip install -e "
+                       "'.[faces]' (or untick 'Paste back into the whole portrait').", print_exception=False) from None
+    except NoFaceFound as error:
+        raise gr.Error(str(error).replace("--crop none", "untick 'Paste back into the whole portrait'"),
+                       print_exception=False) from None
+    return picture, face

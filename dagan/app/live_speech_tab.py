@@ -30,7 +30,7 @@ from typing import NamedTuple, Optional
 import gradio as gr
 import numpy as np
 
-from dagan.app.common import KNOWN_ERRORS, find_checkpoints, read_portrait, scrub
+from dagan.app.common import KNOWN_ERRORS, find_checkpoints, portrait_face, read_portrait, scrub
 from dagan.audio.decode import SAMPLE_RATE, Audio, write_wav
 from dagan.audio.streaming import FrameMotion, StreamingMotion
 from dagan.faces.plans import FacePlan
@@ -45,7 +45,6 @@ IDLE_SECONDS = 20.0  # a recording that has sent nothing for this long has ended
 FIRST_CHUNK_SECONDS = 30.0  # how long a recording may wait for its first chunk (the microphone permission prompt)
 RENDER_SHARE = 0.5  # the share of real time rendering may take (the rest: encoding and gradio's muxing)
 MAX_RENDER_EVERY = 5  # when rendering is slower than that, every n-th frame is rendered (at least 5 per second)
-BROWSER_MAX_SIZE = 1024  # longer side of the pasted-back portrait in the browser (each frame is encoded live)
 NEEDS_FFMPEG = ("Speech in the browser needs FFmpeg's ffmpeg and ffprobe on PATH (gradio streams the talking "
                 "portrait through them): apt-get install ffmpeg, brew install ffmpeg, or winget install ffmpeg.")
 
@@ -271,32 +270,14 @@ class SpeechListener:
         return frames
 
 
-class SegmentWriter(VideoWriter):
-    """:class:`~dagan.io.VideoWriter` for a live segment of a known number of frames: its audio cut at the video's
-    end, and x264's ``veryfast`` preset (a third less time than ``medium`` on 2 s of 512-pixel frames; a segment
-    is watched once, as it comes).
-
-    VideoWriter ends the audio with ``apad`` + ``-shortest``, which overshoots by up to the muxer's interleaving
-    (0.98 s of audio on a 0.4 s clip, measured); a streamed segment's audio must end with its video, or the player
-    holds the picture while the extra audio plays. The output is cut at ``frames / fps`` instead (``-t``)."""
-
-    def __init__(self, path, fps: float, frames: int, audio_from=None):
-        super().__init__(path, fps, audio_from=audio_from)
-        self.duration = frames / self.fps
-
-    def _command(self) -> list[str]:
-        command = super()._command()
-        if "-preset" in command:
-            command[command.index("-preset") + 1] = "veryfast"
-        return command[:-1] + ["-t", f"{self.duration:.6f}"] + command[-1:]  # an output option, before the output
-
-
 def write_segment(path: Path, frames: list[SpokenFrame], sample_rate: int, fps: float = FPS) -> str:
     """One streamed segment: the frames as H.264 with their audio as AAC (an MP4 the browser's player takes)."""
     wav = path.with_suffix(".wav")
     write_wav(wav, Audio(np.concatenate([frame.audio for frame in frames]), int(sample_rate)))
     try:
-        with SegmentWriter(path, fps, len(frames), audio_from=wav) as writer:
+        # cut at the frames' length (the audio must end with its video, or the player holds the picture while
+        # the rest plays); veryfast: a segment is watched once, as it comes (a third less time than medium)
+        with VideoWriter(path, fps, audio_from=wav, num_frames=len(frames), preset="veryfast") as writer:
             for frame in frames:
                 writer.write(frame.image)
     finally:
@@ -354,26 +335,6 @@ class SpeechWork(threading.Thread):
 
 
 # The page.
-def portrait_face(animator_app, pipeline, picture: np.ndarray, name: str) -> tuple[np.ndarray, FacePlan]:
-    """The portrait shrunk to BROWSER_MAX_SIZE and its largest face, for paste-back (as ``scripts/live.py``)."""
-    from dagan.faces import MissingFaceBackend, NoFaceFound, get_face_analyzer
-    from dagan.faces.animation import PHOTO_DETECT_MAX_SIDE, FaceOptions, FaceSession, fit_picture
-
-    options = FaceOptions(crop="auto", paste_back=True, max_size=BROWSER_MAX_SIZE)
-    picture = fit_picture(picture, options.max_size)
-    try:
-        if animator_app.face_analyzer is None:
-            animator_app.face_analyzer = get_face_analyzer("auto", detect_max_side=PHOTO_DETECT_MAX_SIDE)
-        face = FaceSession(pipeline, options, analyzer=animator_app.face_analyzer).picture_faces(picture, name)[0]
-    except MissingFaceBackend:
-        raise gr.Error("Paste back needs a face backend to find the face in the portrait: pip install -e "
-                       "'.[faces]' (or untick 'Paste back into the whole portrait').", print_exception=False) from None
-    except NoFaceFound as error:
-        raise gr.Error(str(error).replace("--crop none", "untick 'Paste back into the whole portrait'"),
-                       print_exception=False) from None
-    return picture, face
-
-
 def prepare_voice(animator_app, holder: dict, source_image: Optional[str], checkpoint: Optional[str],
                   audio_checkpoint: Optional[str], device: str, paste_back: bool) -> SpeechVoice:
     """The session's :class:`SpeechVoice` for these settings (kept in ``holder`` until they change)."""

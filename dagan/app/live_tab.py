@@ -15,16 +15,14 @@ from typing import Optional
 import gradio as gr
 import numpy as np
 
-from dagan.app.common import KNOWN_ERRORS, read_portrait, scrub
+from dagan.app.common import KNOWN_ERRORS, portrait_face, read_portrait, scrub
 from dagan.faces.animation import MotionOptions
-from dagan.faces.plans import FacePlan
 from dagan.inference import to_uint8
 from dagan.live.animator import LiveAnimator
 from dagan.live.loop import FACE_LOST, draw_text
 from dagan.live.tracking import FaceTracker, WholeFrameTracker
 
 STREAM_EVERY = 0.04  # seconds between camera frames the browser sends (at most 25 per second)
-BROWSER_MAX_SIZE = 1024  # longer side of the pasted-back portrait in the browser (a PNG per frame)
 
 
 @dataclass
@@ -45,26 +43,6 @@ def driving_tracker():
         return FaceTracker(get_face_analyzer("auto"))
     except (MissingFaceBackend, ImportError):
         return WholeFrameTracker()
-
-
-def portrait_face(animator_app, pipeline, picture: np.ndarray, name: str) -> tuple[np.ndarray, FacePlan]:
-    """The portrait shrunk to BROWSER_MAX_SIZE and its largest face, for paste-back (as ``scripts/live.py``)."""
-    from dagan.faces import MissingFaceBackend, NoFaceFound, get_face_analyzer
-    from dagan.faces.animation import PHOTO_DETECT_MAX_SIDE, FaceOptions, FaceSession, fit_picture
-
-    options = FaceOptions(crop="auto", paste_back=True, max_size=BROWSER_MAX_SIZE)
-    picture = fit_picture(picture, options.max_size)
-    try:
-        if animator_app.face_analyzer is None:
-            animator_app.face_analyzer = get_face_analyzer("auto", detect_max_side=PHOTO_DETECT_MAX_SIDE)
-        face = FaceSession(pipeline, options, analyzer=animator_app.face_analyzer).picture_faces(picture, name)[0]
-    except MissingFaceBackend:
-        raise gr.Error("Paste back needs a face backend to find the face in the portrait: pip install -e "
-                       "'.[faces]' (or untick 'Paste back into the whole portrait').", print_exception=False) from None
-    except NoFaceFound as error:
-        raise gr.Error(str(error).replace("--crop none", "untick 'Paste back into the whole portrait'"),
-                       print_exception=False) from None
-    return picture, face
 
 
 def source_animator(animator_app, source_image: str, checkpoint: str, device: str, paste_back: bool) -> LiveAnimator:

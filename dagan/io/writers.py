@@ -107,6 +107,10 @@ class VideoWriter(_AtomicFrameWriter):
             yuv420p needs even sizes: an odd width/height is padded by one replicated edge pixel.
         crf: x264 constant rate factor (18: visually lossless; 23: x264's default).
         protected_paths: further inputs that must not be overwritten (`audio_from` always is).
+        num_frames: the number of frames that will be written, when known: the output is cut at exactly
+            `num_frames / fps` (`apad` + `-shortest` alone overshoots the audio by up to the muxer's interleaving,
+            0.56 s measured on a 0.4 s clip).
+        preset: x264's speed preset (`medium`; `veryfast` for a clip watched once, as it comes).
     """
 
     def __init__(
@@ -117,8 +121,11 @@ class VideoWriter(_AtomicFrameWriter):
         size: Optional[Size] = None,
         crf: int = 18,
         protected_paths: Iterable[Optional[PathLike]] = (),
+        num_frames: Optional[int] = None,
+        preset: str = "medium",
     ) -> None:
         self.path = Path(path)
+        self.num_frames, self.preset = num_frames, preset
         self.fps = float(fps)
         self.size: Optional[Size] = None if size is None else (int(size[0]), int(size[1]))
         self.crf = int(crf)
@@ -199,10 +206,12 @@ class VideoWriter(_AtomicFrameWriter):
         ]  # fmt: skip
         if self.audio_path is not None:
             command += ["-i", _ffmpeg_url(self.audio_path)]
-        command += ["-map", "0:v:0", "-c:v", "libx264", "-preset", "medium", "-crf", str(self.crf)]
+        command += ["-map", "0:v:0", "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf)]
         command += ["-pix_fmt", "yuv420p"]
         if self.audio_path is not None:  # apad + shortest: the audio lasts exactly as long as the video.
             command += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "128k", "-af", "apad", "-shortest"]
+            if self.num_frames is not None:  # -shortest overshoots: cut at the known length
+                command += ["-t", f"{self.num_frames / self.fps:.6f}"]
         command += ["-movflags", "+faststart", "-f", self._container, _ffmpeg_url(self._temporary)]
         return command
 
