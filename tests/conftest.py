@@ -36,6 +36,17 @@ NEEDS_FACE_ALIGNMENT = ("needs face-alignment: pip install --no-deps face-alignm
                         "'.[face-alignment]' (docs/faces-and-datasets.md)")
 
 
+def has_dlib() -> bool:
+    """Whether the [faces] extra's face tracking can run (OpenCV, dlib and its landmark weights)."""
+    try:
+        import cv2  # noqa: F401
+        import dlib  # noqa: F401
+        import face_recognition_models  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def config_path(name: str) -> str:
     return str(REPO_ROOT / "configs" / name)
 

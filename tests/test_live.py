@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NEEDS_FACES, REPO_ROOT
+from conftest import NEEDS_FACES, REPO_ROOT, has_dlib
 
 from dagan.io import open_video, read_image_uint8, write_png
 from dagan.live import CaptureThread, LiveError, LiveLoop, NewestFrameSlot, open_file_source
@@ -19,15 +19,6 @@ from dagan.live.sinks import CollectSink
 
 SOURCE = str(REPO_ROOT / "data" / "samples" / "source.png")
 DRIVING = str(REPO_ROOT / "data" / "samples" / "driving.mp4")
-
-
-def has_dlib() -> bool:
-    try:
-        import cv2  # noqa: F401
-        import dlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")

@@ -255,6 +255,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_port(port: int, server: str, timeout: float = 20.0) -> None:
+    """Wait until a server started by a test listens on 127.0.0.1:port."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            assert time.time() < deadline, f"{server} did not start"
+            time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def moto_s3(folders: dict[str, Path]):
     """moto's S3 server on 127.0.0.1 (its address in ``AWS_ENDPOINT_URL`` and test credentials in the environment
@@ -270,14 +282,7 @@ def moto_s3(folders: dict[str, Path]):
     saved = {name: os.environ.get(name) for name in environment}
     os.environ.update(environment)
     try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "moto server did not start"
-                time.sleep(0.1)
+        wait_for_port(port, "moto server")
         client = boto3.client("s3")
         for url, folder in folders.items():
             bucket, prefix = url.removeprefix("s3://").split("/", 1)
@@ -325,14 +330,7 @@ def gcs_store(stream_root):
     saved = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "gcp-storage-emulator did not start"
-                time.sleep(0.1)
+        wait_for_port(port, "gcp-storage-emulator")
         bucket = storage.Client(project="test").create_bucket("dagan-gcs")
         for path in stream_root.rglob("*"):
             if path.is_file():
