@@ -396,3 +396,36 @@ def test_full_disk_during_a_checkpoint_save_is_one_line(tmp_path, monkeypatch):
     assert "could not write" in message and "00000002.pt" in message and "the disk is full" in message
     assert "\n" not in message and "enforce fail" not in message
     assert os.listdir(tmp_path) == ["00000002.pt"] and (tmp_path / "00000002.pt").read_bytes() == b"older checkpoint"
+
+
+def test_a_step_abandoned_midway_is_saved_as_it_began_or_not_at_all():
+    """A stop during a step (a stalled store, a rank that stopped) saves the step before it: the forward pass of
+    the abandoned step moved the batch-norm statistics, which are put back; once its optimizers have stepped it
+    cannot be taken back, and nothing is saved."""
+    from dagan.training.run import StepStart, stop_while_waiting_for_data
+
+    class Messages(list):
+        def message(self, text):
+            self.append(text)
+
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    before = {key: value.clone() for key, value in network.state_dict().items()}
+    start = StepStart(network, None)
+    network(torch.randn(2, 3, 8, 8))  # the abandoned step's forward pass
+    assert not torch.equal(network[1].running_mean, before["1.running_mean"])
+    saved, messages = [], Messages()
+
+    def save(step, rng, alone=False):
+        saved.append((step, rng, alone, {key: value.clone() for key, value in network.state_dict().items()}))
+
+    stop_while_waiting_for_data(5, save, start, True, messages)
+    (step, rng, alone, state), = saved
+    assert step == 5 and alone and rng is start.rng
+    for key, value in before.items():
+        assert torch.equal(state[key], value), key
+
+    saved.clear()
+    start = StepStart(network)
+    start.optimizers_stepped = True
+    stop_while_waiting_for_data(5, save, start, True, messages)
+    assert saved == [] and "nothing saved" in messages[-1]

@@ -38,9 +38,10 @@ from dagan.networks.backbones import ResNet
 from dagan.networks.depth import MIN_UNCERTAINTY, NUM_SCALES, PoseNetwork, disparity_to_depth
 from dagan.training import distributed
 from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable
-from dagan.training.run import (CheckpointManager, DataWaitInterrupted, RunLogger, StopRequest, TrainingError, adam,
-                                apply_learning_rates, check_finite, per_rank_batch, reconcile_resumed_config, rng_state,
-                                peers_stopped, seed_everything, set_rng_state, stop_while_waiting_for_data)
+from dagan.training.run import (CheckpointManager, DataWaitInterrupted, RunLogger, StepStart, StopRequest,
+                                TrainingError, adam, apply_learning_rates, check_finite, peers_stopped, per_rank_batch,
+                                reconcile_resumed_config, rng_state, seed_everything, set_rng_state,
+                                stop_while_waiting_for_data)
 from dagan.visualization import disparity_image, to_image
 
 
@@ -261,7 +262,7 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
     with stop:
         try:
             while step < params.num_steps:
-                step_rng = rng_state()  # saved if the step is abandoned for a stalled store
+                step_start = StepStart(model.depth_encoder, model.depth_decoder, pose_network, uncertainty)
                 for micro in range(run.grad_accumulation):
                     batch = stop.next_batch(batches)
                     frames = [batch[name].to(device) for name in ("previous", "target", "next")]
@@ -275,11 +276,12 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
                     for name, value in output.losses.items():
                         total, count = running.get(name, (0.0, 0))
                         running[name] = (total + float(value.detach()), count + 1)
+                step_start.optimizers_stepped = True
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 step += 1
-                step_rng = None  # from here the step is finished: a save takes the current random state
+                step_start = None  # from here the step is finished: a save takes the current state
 
                 # Maintenance.
                 if step % run.log_every == 0 or step == params.num_steps:
@@ -298,10 +300,10 @@ def train_depth(config: Config, log_dir: str, resume: Optional[str] = None) -> d
                     logger.message(f"stopped at step {step}; resume with --resume auto")
                     break
         except DataWaitInterrupted:  # a stop request while the data stalled
-            stop_while_waiting_for_data(step, save, step_rng, context.is_distributed, logger)
+            stop_while_waiting_for_data(step, save, step_start, context.is_distributed, logger)
         except RuntimeError as error:  # a collective call failed: another rank stopped while its data stalled
             if not peers_stopped(error, stop, context.is_distributed):
                 raise
-            stop_while_waiting_for_data(step, save, step_rng, context.is_distributed, logger)
+            stop_while_waiting_for_data(step, save, step_start, context.is_distributed, logger)
     logger.close()
     return {"step": step, "stopped_by": stop.signal_number, **stats}

@@ -28,9 +28,9 @@ from dagan.model import DaGAN, load_official_depth_into
 from dagan.networks.backbones import VGG19, load_vgg19_weights
 from dagan.training import distributed
 from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable
-from dagan.training.run import (CheckpointManager, DataWaitInterrupted, RunLogger, StopRequest, TrainingError, adam,
-                                apply_learning_rates, check_finite, per_rank_batch, reconcile_resumed_config, rng_state,
-                                peers_stopped, seed_everything, set_rng_state, steps_per_epoch,
+from dagan.training.run import (CheckpointManager, DataWaitInterrupted, RunLogger, StepStart, StopRequest,
+                                TrainingError, adam, apply_learning_rates, check_finite, peers_stopped, per_rank_batch,
+                                reconcile_resumed_config, rng_state, seed_everything, set_rng_state, steps_per_epoch,
                                 stop_while_waiting_for_data)
 from dagan.visualization import training_grid
 
@@ -297,7 +297,7 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
     with stop:
         try:
             while step < total_steps:
-                step_rng = rng_state()  # saved if the step is abandoned for a stalled store
+                step_start = StepStart(model.generator, model.kp_detector, model.discriminator)
                 transform = step_transform(params, step)
                 outputs = []
                 set_requires_grad(discriminator_parameters, False)
@@ -314,6 +314,7 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
                         (sum(output.losses.values()) / params.grad_accumulation).backward()
                     outputs.append((driving, output))
                     accumulate(running, output.losses)
+                step_start.optimizers_stepped = True
                 for name in ("generator", "kp_detector"):
                     if name in optimizers:
                         optimizers[name].step()
@@ -333,7 +334,7 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
                 for scheduler in schedulers.values():
                     scheduler.step()
                 step += 1
-                step_rng = None  # from here the step is finished: a save takes the current random state
+                step_start = None  # from here the step is finished: a save takes the current state
 
                 # Maintenance.
                 if step % params.log_every == 0 or step == total_steps:
@@ -357,11 +358,11 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
                     logger.message(f"stopped at step {step}; resume with --resume auto")
                     break
         except DataWaitInterrupted:  # a stop request while the data stalled
-            stop_while_waiting_for_data(step, save, step_rng, context.is_distributed, logger)
+            stop_while_waiting_for_data(step, save, step_start, context.is_distributed, logger)
         except RuntimeError as error:  # a collective call failed: another rank stopped while its data stalled
             if not peers_stopped(error, stop, context.is_distributed):
                 raise
-            stop_while_waiting_for_data(step, save, step_rng, context.is_distributed, logger)
+            stop_while_waiting_for_data(step, save, step_start, context.is_distributed, logger)
     logger.close()
     skipped = getattr(dataset, "skipped", [])
     if skipped and context.is_main:

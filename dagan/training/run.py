@@ -56,16 +56,43 @@ class DataWaitInterrupted(Exception):
     """A stop request arrived while the training loop waited for a batch (see ``StopRequest.next_batch``)."""
 
 
-def stop_while_waiting_for_data(step: int, save: Callable[..., None], rng: Optional[dict], distributed: bool,
-                                logger: "RunLogger") -> None:
-    """A stop request abandoned the wait for a batch (:class:`DataWaitInterrupted`, or :func:`peers_stopped`):
-    save the last finished step with that step's random state, at once.
+class StepStart:
+    """Where the step in progress began, for a stop that abandons it midway (a stalled store, a rank that stopped):
+    the random state, and copies of the buffers of ``modules`` (batch-norm running statistics, which each forward
+    pass in training mode updates before any gradient is all-reduced). ``optimizers_stepped``: set by the loop just
+    before the first optimizer step, after which the step cannot be taken back."""
 
-    Every rank holds that step: a step changes the networks and optimizers only after all of its batches arrived
-    and its gradients were all-reduced, so an abandoned step has changed nothing on any rank. With several ranks,
-    the others may be blocked in a collective call (waiting for this rank) or already gone, so the save makes no
-    collective call (``alone``): rank 0 writes the checkpoint by itself, the other ranks write nothing."""
-    save(step, rng, alone=distributed)
+    def __init__(self, *modules: Optional[torch.nn.Module]):
+        self.rng = rng_state()
+        self.modules = [module for module in modules if module is not None]
+        self.buffers = [buffer.detach().clone() for module in self.modules for buffer in module.buffers()]
+        self.optimizers_stepped = False
+
+    def restore_buffers(self) -> None:
+        """Put the buffers back as they were when the step began."""
+        with torch.no_grad():
+            live = [buffer for module in self.modules for buffer in module.buffers()]
+            for buffer, saved in zip(live, self.buffers):
+                buffer.copy_(saved)
+
+
+def stop_while_waiting_for_data(step: int, save: Callable[..., None], start: Optional[StepStart], distributed: bool,
+                                logger: "RunLogger") -> None:
+    """A stop request abandoned the step in progress (:class:`DataWaitInterrupted`, or :func:`peers_stopped`):
+    save the last finished step at once.
+
+    ``start`` is None when the last step had finished; otherwise the abandoned step is taken back to ``start``
+    (its buffers and random state; its gradients were never applied) and saved as the finished step before it.
+    After its optimizers have stepped it cannot be, so nothing is saved and the run resumes from its last
+    checkpoint. With several ranks, the others may be blocked in a collective call (waiting for this rank) or
+    already gone, so the save makes no collective call (``alone``): rank 0 writes the checkpoint by itself."""
+    if start is not None and start.optimizers_stepped:
+        logger.message(f"stopped during step {step + 1}, after its optimizers had stepped: nothing saved; resume "
+                       "with --resume auto (from the last checkpoint)")
+        return
+    if start is not None:
+        start.restore_buffers()
+    save(step, None if start is None else start.rng, alone=distributed)
     logger.message(f"stopped at step {step} while waiting for data; resume with --resume auto")
 
 
