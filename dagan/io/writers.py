@@ -210,9 +210,10 @@ class VideoWriter(_AtomicFrameWriter):
         command += ["-pix_fmt", "yuv420p"]
         if self.audio_path is not None:  # apad + shortest: the audio lasts exactly as long as the video.
             command += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "128k", "-af", "apad", "-shortest"]
-            if self.num_frames is not None:  # -shortest overshoots: cut at the known length
-                command += ["-t", f"{self.num_frames / self.fps:.6f}"]
-        command += ["-movflags", "+faststart", "-f", self._container, _ffmpeg_url(self._temporary)]
+        command += ["-movflags", "+faststart", "-f", self._container]
+        if self.num_frames is not None:  # -shortest overshoots the audio: cut at the known length
+            command += ["-t", f"{self.num_frames / self.fps:.6f}"]
+        command += [_ffmpeg_url(self._temporary)]
         return command
 
     def _failure_message(self) -> str:
