@@ -61,8 +61,9 @@ class Share:
 
     rank / world: this process takes the items i with i % world == rank (``torchrun``'s RANK and WORLD_SIZE; no
     process group needed). items_dir: one JSON file per finished item (``000012.json``); an item with a file is
-    not evaluated again (a rerun resumes), and a process that finds every item done writes the report (ranks
-    that finish together write the same report, atomically).
+    not evaluated again (a rerun resumes), and a process that finds every item done after evaluating some writes the
+    report (ranks that finish together write the same report, atomically); when every item was done before, rank 0
+    alone writes it.
     """
 
     rank: int = 0
@@ -88,14 +89,18 @@ def run_items(count: int, evaluate: Callable[[int], "ItemResult | str"], setting
         return [evaluate(index) for index in bar]
     folder = Path(share.items_dir)
     check_item_settings(folder, {**settings, "model": share.model})
+    evaluated = False
     for index in bar:
         path = folder / f"{index:06d}.json"
         if not path.exists():
             outcome = evaluate(index)
             data = {"skipped": outcome} if isinstance(outcome, str) else {"item": outcome.to_json()}
             atomic_write_text(path, json.dumps(data) + "\n")
+            evaluated = True
     paths = [folder / f"{index:06d}.json" for index in range(count)]
     if not all(path.exists() for path in paths):
+        return None
+    if not evaluated and share.rank != 0:  # a rerun with every item done: rank 0 alone writes the report
         return None
     loaded = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
     return [data["skipped"] if "skipped" in data else ItemResult.from_json(data["item"]) for data in loaded]
