@@ -18,6 +18,7 @@ import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -544,33 +545,51 @@ class StallingHandler(RangeHandler):
         return super().send_head()
 
 
-@pytest.mark.slow
-def test_sigterm_while_the_store_stalls_saves_and_exits_at_once(stream_root, tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(StallingHandler, directory=str(stream_root)))
-    server.stalled, server.release = threading.Event(), threading.Event()
+class StoppedRun(NamedTuple):
+    returncode: int
+    output: str  # stdout and stderr
+    elapsed: float  # seconds from SIGTERM to the exit
+
+
+def stop_training_on_a_stalled_store(server: ThreadingHTTPServer, ready: threading.Event, launcher: list[str],
+                                     overrides: list[str], log_dir: Path, settle_s: float,
+                                     timeout_s: float) -> StoppedRun:
+    """Serve the stalling ``server`` on a thread, run ``train.py`` (after ``launcher``: [] for one process, torchrun's
+    arguments for several) on the tiny config with ``overrides`` reading from it, and send SIGTERM ``settle_s``
+    after ``ready`` is set. The server's ``release`` is set afterwards, whatever happened."""
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    overrides = ["train_params.vgg19_weights=random", "train_params.num_workers=1", "train_params.stage=depth",
-                 "depth_train_params.num_steps=5", "depth_train_params.batch_size=2", "dataset_params.format=stream",
-                 f"dataset_params.root_dir=http://127.0.0.1:{server.server_address[1]}",
-                 f"dataset_params.stream_cache_dir={tmp_path / 'cache'}"]
-    command = [sys.executable, str(REPO_ROOT / "train.py"), "--config", config_path("tiny.yaml"),
-               "--log_dir", str(tmp_path / "run")] + [item for override in overrides for item in ("--set", override)]
+    overrides = [*overrides, f"dataset_params.root_dir=http://127.0.0.1:{server.server_address[1]}"]
+    command = [sys.executable, *launcher, str(REPO_ROOT / "train.py"), "--config", config_path("tiny.yaml"),
+               "--log_dir", str(log_dir)] + [item for override in overrides for item in ("--set", override)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
     try:
-        assert server.stalled.wait(120), "the run never asked for a chunk"
-        time.sleep(1.0)  # the read is now waiting on the store (which answers after 60 s)
+        assert ready.wait(120), "the run never reached the stalled read"
+        time.sleep(settle_s)
         began = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        output, error = process.communicate(timeout=50)
+        output, error = process.communicate(timeout=timeout_s)
         elapsed = time.monotonic() - began
     finally:
         server.release.set()
         process.kill() if process.poll() is None else None
         server.shutdown()
-    assert process.returncode == 128 + signal.SIGTERM, error[-3000:]
-    assert elapsed < 20, f"took {elapsed:.1f} s to stop"
-    assert "while waiting for data" in output + error
+    return StoppedRun(process.returncode, output + error, elapsed)
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_store_stalls_saves_and_exits_at_once(stream_root, tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(StallingHandler, directory=str(stream_root)))
+    server.stalled, server.release = threading.Event(), threading.Event()
+    overrides = ["train_params.vgg19_weights=random", "train_params.num_workers=1", "train_params.stage=depth",
+                 "depth_train_params.num_steps=5", "depth_train_params.batch_size=2", "dataset_params.format=stream",
+                 f"dataset_params.stream_cache_dir={tmp_path / 'cache'}"]
+    # settle: the read is then waiting on the store (which answers after 60 s)
+    run = stop_training_on_a_stalled_store(server, server.stalled, [], overrides, tmp_path / "run", settle_s=1.0,
+                                           timeout_s=50)
+    assert run.returncode == 128 + signal.SIGTERM, run.output[-3000:]
+    assert run.elapsed < 20, f"took {run.elapsed:.1f} s to stop"
+    assert "while waiting for data" in run.output
     assert (tmp_path / "run" / "checkpoints" / "00000000.pt").exists()
 
 
@@ -638,31 +657,17 @@ def test_sigterm_while_one_of_two_ranks_stalls_saves_the_last_step(stream_root, 
     assert server.stall_frames and server.progress_frames, "the batches share all their frames: change the seed"
     server.progressed, server.release = threading.Event(), threading.Event()
     server.handle_error = lambda *args: None  # the ranks hang up on the stalled reads when they stop
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    overrides = [*base, f"dataset_params.stream_cache_dir={tmp_path / 'cache'}",
-                 f"dataset_params.root_dir=http://127.0.0.1:{server.server_address[1]}"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-               f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_backend=c10d", str(REPO_ROOT / "train.py"),
-               "--config", config_path("tiny.yaml"), "--log_dir", str(tmp_path / "run")]
-    command += [item for override in overrides for item in ("--set", override)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
-    try:
-        assert server.progressed.wait(120), "the run never finished step 0"
-        time.sleep(3.0)  # the other rank reaches the all-reduce of step 1 and waits there
-        began = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        output, error = process.communicate(timeout=60)
-        elapsed = time.monotonic() - began
-    finally:
-        server.release.set()
-        process.kill() if process.poll() is None else None
-        server.shutdown()
-    print(f"stopped {elapsed:.1f} s after SIGTERM")
-    assert elapsed < 25, f"took {elapsed:.1f} s to stop"
-    assert "while waiting for data" in output + error
+    torchrun = ["-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_backend=c10d"]
+    # settle: the other rank reaches the all-reduce of step 1 and waits there
+    run = stop_training_on_a_stalled_store(server, server.progressed, torchrun,
+                                           [*base, f"dataset_params.stream_cache_dir={tmp_path / 'cache'}"],
+                                           tmp_path / "run", settle_s=3.0, timeout_s=60)
+    print(f"stopped {run.elapsed:.1f} s after SIGTERM")
+    assert run.elapsed < 25, f"took {run.elapsed:.1f} s to stop"
+    assert "while waiting for data" in run.output
     checkpoint = tmp_path / "run" / "checkpoints" / "00000001.pt"
-    assert sorted(path.name for path in checkpoint.parent.glob("*.pt")) == [checkpoint.name], error[-3000:]
+    assert sorted(path.name for path in checkpoint.parent.glob("*.pt")) == [checkpoint.name], run.output[-3000:]
     from dagan.training.run import load_training_state
 
     state = load_training_state(str(checkpoint))

@@ -29,9 +29,9 @@ from dagan.networks.backbones import VGG19, load_vgg19_weights
 from dagan.training import distributed
 from dagan.training.finetune import freeze, initialize_from, keep_fixed, trainable
 from dagan.training.run import (CheckpointManager, DataWaitInterrupted, RunLogger, StepStart, StopRequest,
-                                TrainingError, adam, apply_learning_rates, check_finite, peers_stopped, per_rank_batch,
+                                TrainingError, adam, apply_learning_rates, check_finite, per_rank_batch,
                                 reconcile_resumed_config, rng_state, seed_everything, set_rng_state, steps_per_epoch,
-                                stop_while_waiting_for_data)
+                                stop_while_waiting_for_data, stopped_while_waiting)
 from dagan.visualization import training_grid
 
 # Each optimizer's learning rate in the config (a changed rate reaches the optimizer on resume).
@@ -357,10 +357,8 @@ def train_gan(config: Config, log_dir: str, resume: Optional[str] = None) -> dic
                 if stop_now:
                     logger.message(f"stopped at step {step}; resume with --resume auto")
                     break
-        except DataWaitInterrupted:  # a stop request while the data stalled
-            stop_while_waiting_for_data(step, save, step_start, context.is_distributed, logger)
-        except RuntimeError as error:  # a collective call failed: another rank stopped while its data stalled
-            if not peers_stopped(error, stop, context.is_distributed):
+        except (DataWaitInterrupted, RuntimeError) as error:  # the data stalled, on this rank or another
+            if not stopped_while_waiting(error, stop, context.is_distributed):
                 raise
             stop_while_waiting_for_data(step, save, step_start, context.is_distributed, logger)
     logger.close()

@@ -78,7 +78,7 @@ class StepStart:
 
 def stop_while_waiting_for_data(step: int, save: Callable[..., None], start: Optional[StepStart], distributed: bool,
                                 logger: "RunLogger") -> None:
-    """A stop request abandoned the step in progress (:class:`DataWaitInterrupted`, or :func:`peers_stopped`):
+    """A stop request abandoned the step in progress (see :func:`stopped_while_waiting`):
     save the last finished step at once.
 
     ``start`` is None when the last step had finished; otherwise the abandoned step is taken back to ``start``
@@ -96,11 +96,14 @@ def stop_while_waiting_for_data(step: int, save: Callable[..., None], start: Opt
     logger.message(f"stopped at step {step} while waiting for data; resume with --resume auto")
 
 
-def peers_stopped(error: BaseException, stop: "StopRequest", distributed: bool, grace_s: float = 2.0) -> bool:
-    """Whether ``error`` (raised by a collective call: an all-reduce of gradients, a barrier) means that another
-    rank stopped while it waited for data, rather than a fault: this rank was asked to stop as well (torchrun and
+def stopped_while_waiting(error: BaseException, stop: "StopRequest", distributed: bool, grace_s: float = 2.0) -> bool:
+    """Whether ``error`` means that a stop request abandoned the step while the data stalled, rather than a fault:
+    a :class:`DataWaitInterrupted` on this rank, or a failed collective call (an all-reduce of gradients, a barrier)
+    because another rank stopped while it waited for data and this rank was asked to stop as well (torchrun and
     cluster schedulers send SIGTERM to every rank). The signal handler runs once the failed call has returned, so
     the request may be seen up to ``grace_s`` later."""
+    if isinstance(error, DataWaitInterrupted):
+        return True
     if not distributed or not isinstance(error, RuntimeError):
         return False
     deadline = time.monotonic() + grace_s
