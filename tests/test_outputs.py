@@ -275,6 +275,26 @@ def test_guard_lets_this_project_replace_only_its_own_files(tmp_path):
     assert not written_by_this_project(tmp_path / "missing.json")
 
 
+def test_a_replaced_output_is_ours_from_the_moment_it_appears(tmp_path, monkeypatch):
+    """Two torchrun ranks: one replaces the report while the other checks it with guard_output. The file must count
+    as this project's the instant the rename makes it appear, not only once it is recorded afterwards."""
+    import dagan.io.files as files
+
+    report = tmp_path / "per_item.csv"
+    atomic_write_bytes(report, b"first")
+    seen = []
+    rename = os.replace
+
+    def rename_and_check(source, target):
+        rename(source, target)
+        if Path(target) == report:
+            seen.append(written_by_this_project(report))
+
+    monkeypatch.setattr(files.os, "replace", rename_and_check)
+    atomic_write_bytes(report, b"second, as another rank checks it")
+    assert seen == [True] and written_by_this_project(report)
+
+
 def test_ownership_falls_back_to_the_folder_log_without_extended_attributes(tmp_path, monkeypatch):
     def no_attributes(*arguments):
         raise OSError(95, "Operation not supported")

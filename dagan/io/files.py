@@ -108,9 +108,7 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
-        fsync_directory(path.parent)
-        record_written(path)
+        publish(temporary, path)
     except BaseException as error:
         remove_quietly(temporary)
         if isinstance(error, (OSError, RuntimeError)):
@@ -238,6 +236,30 @@ def _identity(path: PathLike) -> Optional[list[int]]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ino] if os.path.isfile(path) else None
 
 
+def publish(temporary: PathLike, path: PathLike) -> None:
+    """Rename the finished ``temporary`` (flushed and synced) to ``path`` and record it as this project's. Where
+    files keep user attributes the record is put on ``temporary`` before the rename (a rename keeps the size, the
+    modification time and the inode), so ``path`` never appears, even for a moment, as a file someone else wrote:
+    another process checking it with :func:`guard_output` meanwhile (a second torchrun rank) is not refused."""
+    marked = _set_written_attribute(Path(temporary))
+    os.replace(temporary, path)
+    fsync_directory(Path(path).parent)
+    if not marked:
+        record_written(path)
+
+
+def _set_written_attribute(path: Path) -> bool:
+    """Put the record on the file itself (:data:`WRITTEN_ATTRIBUTE`); False where that is impossible."""
+    identity = _identity(path)
+    if identity is None:
+        return False
+    try:
+        os.setxattr(path, WRITTEN_ATTRIBUTE, json.dumps(identity).encode())
+        return True
+    except (AttributeError, OSError):  # no os.setxattr here, or the file system keeps no user attributes
+        return False
+
+
 def record_written(path: PathLike) -> None:
     """Note that this project wrote ``path`` as it is now (call it right after the final rename): an extended
     attribute ``user.dagan.written`` on the file (Linux), else one line in the folder's ``.dagan-written`` log
@@ -245,13 +267,8 @@ def record_written(path: PathLike) -> None:
     counts as the user's, which is the safe side."""
     path = Path(path)
     identity = _identity(path)
-    if identity is None:
+    if identity is None or _set_written_attribute(path):
         return
-    try:
-        os.setxattr(path, WRITTEN_ATTRIBUTE, json.dumps(identity).encode())
-        return
-    except (AttributeError, OSError):  # no os.setxattr here, or the file system keeps no user attributes
-        pass
     log = path.parent / WRITTEN_LOG
     try:
         with open(log, "a", encoding="utf-8") as stream:

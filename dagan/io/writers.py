@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from dagan.io.files import (OutputError, check_writable, describe_write_error, disk_is_nearly_full,
-                            fsync_directory, record_written, refuse_foreign_file, refuse_to_overwrite, remove_quietly,
+                            fsync_directory, publish, refuse_foreign_file, refuse_to_overwrite, remove_quietly,
                             remove_stale_temporaries, temporary_sibling)
 from dagan.io.images import MediaError, PathLike, check_frame
 from dagan.io.video import Size, _ffmpeg_url, _read_log, _reason, _stop_process, ffmpeg_executable, has_audio_stream
@@ -171,9 +171,7 @@ class VideoWriter(_AtomicFrameWriter):
             if returncode != 0:
                 raise MediaError(self._failure_message())
             _fsync_file(self._temporary)
-            os.replace(self._temporary, self.path)
-            fsync_directory(self.path.parent)
-            record_written(self.path)
+            publish(self._temporary, self.path)
         except BaseException:
             self.abort()
             raise

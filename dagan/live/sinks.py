@@ -249,7 +249,7 @@ class RecordSink:
         """Mux the video written alone (``self.writer.path``) and the speech, cut or padded to exactly the video's
         length, into a temporary file, then rename it to ``path``."""
         from dagan.io import MediaError, ffmpeg_executable
-        from dagan.io.files import fsync_directory, record_written
+        from dagan.io.files import publish
         from dagan.io.writers import OWN_PROCESS_GROUP, check_video_path
 
         video, path = Path(self.writer.path), Path(self.path)
@@ -269,9 +269,7 @@ class RecordSink:
                 raise MediaError(f"ffmpeg failed to add the speech to '{path}' ({lines[-1]})")
             with open(temporary, "rb") as stream:
                 os.fsync(stream.fileno())
-            os.replace(temporary, path)
-            fsync_directory(path.parent)
-            record_written(path)
+            publish(temporary, path)
         finally:
             for leftover in (temporary, video):
                 remove_quietly(leftover)
