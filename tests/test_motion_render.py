@@ -30,6 +30,8 @@ nothing in a render opens or closes an eye. Mouth openness is tested end to end,
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -41,14 +43,17 @@ from dagan.data.synthetic import heads, talking
 from dagan.geometry import Keypoints
 from dagan.motion import REGIONS, MotionControl, MotionEditor, assign_regions, solve_openness
 from dagan.motion.driver import SourceFace, opened_keypoints
+from dagan.motion.regions import eye_openness
 
 pytestmark = pytest.mark.slow  # the module's fixture trains a model (about a minute on one idle core)
 
 SIZE = 64
-NUM_KP = 10  # talking.LANDMARKS[:10]: 0 lower lip, 1 chin, 2 upper lip, 3-4 mouth corners, 5 nose, 6-7 eyes, 8-9 brows
+NUM_KP = 10  # talking.LANDMARKS[:10]: 0 lower lip, 1 chin, 2 upper lip, 3-4 mouth corners, 5 nose, 6-7 upper lids,
+# 8-9 brows
 KEYPOINT_REGIONS = np.array([REGIONS.index(name)
                              for name in ("mouth",) * 5 + ("rest", "eyes", "eyes", "brows", "brows")])
 RIGID = [5, 6, 7, 8, 9]
+EYE_SIGMA = 0.08  # the eyes' weight in training (keypoint coordinates)
 DRIVER_POSE = np.array([15.0, 8.0, 5.0, 0.03, 0.0])  # yaw, pitch, roll (degrees), x and y shift (scene units)
 SOURCE_JAW, DRIVER_JAW = 0.2, 1.0  # the portrait's lips parted a little; the driver's mouth wide open
 OPENNESS_TARGETS = (0.15, 0.0)  # open, shut (the source, jaw 0.2, is 0.06)
@@ -56,8 +61,13 @@ OPENNESS_TOLERANCE = 0.02  # about 0.07 of the jaw's range
 SCALED_JAW = 0.6  # the driver of the region-scale test: x 1.5 stays within the trained openings (0-1)
 ALPHAS = np.linspace(-0.25, 1.25, 13)  # the measurer's grid: pose along the path source -> driver
 JAWS = np.linspace(0.0, 1.2, 13)
+EYE_CLOSURES = np.linspace(0.0, 1.0, 11)  # the eye measurer's grid
+EYE_TARGETS = (0.2, 0.05)  # half shut, nearly shut (the source, eyes open, is 0.42)
+EYE_TOLERANCE = 0.03  # dagan.motion.openness.TOLERANCE; about 0.07 of the eyes' range
 TRAIN_RENDERS, TRAIN_STEPS, BATCH = 96, 250, 8
+SEED = int(os.environ.get("DAGAN_MOTION_RENDER_SEED", "0"))  # the training seed (see the module docstring)
 SHAPE = heads.HeadShape()
+EYE_DEPTH = talking.LANDMARKS[6][2]  # object z of the eye landmarks
 
 
 # The scene: one head, one camera, one background.
@@ -68,12 +78,13 @@ class Scene:
         self.background = heads.make_background_texture(generator)
         self.face = heads.prepare_face_texture(None, target_height=SIZE)
 
-    def render(self, pose: np.ndarray, jaw: float) -> heads.RenderedFrame:
-        """pose: (yaw, pitch, roll, x, y)."""
+    def render(self, pose: np.ndarray, jaw: float, eyes: float = 0.0) -> heads.RenderedFrame:
+        """pose: (yaw, pitch, roll, x, y); eyes: the eye closure (0 open, 1 shut)."""
         yaw, pitch, roll, x, y = (float(value) for value in pose)
         rotation = heads.rotation_from_angles(torch.tensor([yaw]), torch.tensor([pitch]), torch.tensor([roll]))[0]
         translation = torch.tensor([x, y, heads.HEAD_DISTANCE])
-        return heads.render_frame(rotation, translation, float(jaw), self.intrinsics, SIZE, self.face, self.background)
+        return heads.render_frame(rotation, translation, float(jaw), self.intrinsics, SIZE, self.face, self.background,
+                                  eye_closure=float(eyes))
 
     def project(self, points: np.ndarray, pose: np.ndarray, jaw: float) -> np.ndarray:
         """Object points (N, 3) at rest -> keypoint coordinates (N, 2) in [-1, 1] with the jaw opened and posed."""
@@ -85,12 +96,12 @@ class Scene:
         pixels = (pixels[:2] / pixels[2:]).T.numpy()  # (N, 2) u, v
         return (pixels + 0.5) / SIZE * 2.0 - 1.0
 
-    def keypoints(self, poses: np.ndarray, jaws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Ground-truth keypoints (T, K, 2) and Jacobians (T, K, 2, 2) of the renders."""
+    def keypoints(self, poses: np.ndarray, jaws: np.ndarray, eyes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ground-truth keypoints (T, K, 2) and Jacobians (T, K, 2, 2) of the renders (the eyes' on the upper lids)."""
         poses = np.asarray(poses, np.float32)
         translation = np.stack([poses[:, 3], poses[:, 4], np.full(len(poses), heads.HEAD_DISTANCE)], 1)
         return talking.project_landmarks(poses[:, :3], translation, np.asarray(jaws, np.float32),
-                                         self.intrinsics.numpy(), SIZE, NUM_KP)
+                                         self.intrinsics.numpy(), SIZE, NUM_KP, eye_closure=np.asarray(eyes))
 
 
 def path_pose(alpha: float) -> np.ndarray:
@@ -110,14 +121,23 @@ def jaw_openness(jaw: float) -> float:
     return SHAPE.mouth_gap * SHAPE.jaw_drop * jaw / (2 * SHAPE.mouth_half_width)
 
 
-def landmarks_68(scene: Scene, pose: np.ndarray, jaw: float) -> np.ndarray:
+def landmarks_68(scene: Scene, pose: np.ndarray, jaw: float, eyes: float = 0.0) -> np.ndarray:
     """The head's 68 landmarks in the iBUG layout (keypoint coordinates), placed on its features: what a landmark
-    detector would find if it found these 64 px faces (dlib does not)."""
+    detector would find if it found these 64 px faces (dlib does not). The eyes' are on their openings' ellipses
+    (heads.upper_lid): the corners at its ends, the upper two on the lid's edge and the lower two on the lower arc,
+    half way to the corners, so their eye aspect ratio is (1 - eyes) times the open eye's."""
     points = np.zeros((68, 3))
-    for side, sign in ((slice(36, 42), -1), (slice(42, 48), 1)):  # eyes: corner, two upper, corner, two lower
-        x = sign * 0.105
-        points[side] = [(x - 0.03, -0.02, -0.35), (x - 0.01, -0.03, -0.355), (x + 0.01, -0.03, -0.355),
-                        (x + 0.03, -0.02, -0.35), (x + 0.01, -0.01, -0.355), (x - 0.01, -0.01, -0.355)]
+    along = (-1.0, -0.5, 0.5, 1.0, 0.5, -0.5)  # corner, two upper, corner, two lower (left to right in the image)
+    for first, sign in ((36, -1), (42, 1)):
+        for index, across in enumerate(along):
+            if index in (0, 3):
+                down = 0.0  # the corners
+            elif index in (1, 2):
+                down = heads.upper_lid(across, eyes)
+            else:
+                down = np.sqrt(1 - across ** 2)  # the lower arc
+            x, y = heads.eye_point(sign * across, down, SHAPE)  # (|x|, y): mirrored for the image's left eye
+            points[first + index] = (sign * x, y, EYE_DEPTH)
     points[17:22] = [(x, -0.075, -0.36) for x in np.linspace(-0.15, -0.05, 5)]
     points[22:27] = [(x, -0.075, -0.36) for x in np.linspace(0.05, 0.15, 5)]
     points[27:31] = [(0.0, y, z) for y, z in zip(np.linspace(-0.03, 0.085, 4), np.linspace(-0.355, -0.405, 4))]
@@ -134,7 +154,7 @@ def landmarks_68(scene: Scene, pose: np.ndarray, jaw: float) -> np.ndarray:
 
 
 # The model.
-def train_tiny_model(scene: Scene, seed: int = 0):
+def train_tiny_model(scene: Scene, seed: int = SEED):
     """The tiny DaGAN of the module docstring, trained for TRAIN_STEPS steps (about 50 s on an idle core)."""
     from dagan.model import DaGAN
 
@@ -143,8 +163,10 @@ def train_tiny_model(scene: Scene, seed: int = 0):
     poses = np.stack([rng.uniform(-25, 25, count), rng.uniform(-12, 12, count), rng.uniform(-6, 6, count),
                       rng.uniform(-0.04, 0.04, count), rng.uniform(-0.03, 0.03, count)], 1).repeat(2, 0)
     jaws = np.stack([rng.uniform(0.0, 0.3, count), rng.uniform(0.5, 1.0, count)], 1).reshape(-1)
-    frames = torch.stack([scene.render(pose, jaw).image for pose, jaw in zip(poses, jaws)])  # (N, 3, H, W)
-    value, jacobian = (torch.from_numpy(array) for array in scene.keypoints(poses, jaws))
+    eyes = np.stack([rng.uniform(0.0, 0.3, count), rng.uniform(0.6, 1.0, count)], 1)  # (count, 2): open, shut
+    eyes = np.where(rng.random(count)[:, None] < 0.5, eyes, eyes[:, ::-1]).reshape(-1)  # shut with either mouth
+    frames = torch.stack([scene.render(pose, jaw, eye).image for pose, jaw, eye in zip(poses, jaws, eyes)])
+    value, jacobian = (torch.from_numpy(array) for array in scene.keypoints(poses, jaws, eyes))
     config = load_config(config_path("tiny.yaml"), [f"model_params.common_params.num_kp={NUM_KP}",
                                                     "model_params.kp_detector_params.scale_factor=0.5"])
     torch.manual_seed(seed)
@@ -155,7 +177,6 @@ def train_tiny_model(scene: Scene, seed: int = 0):
     with torch.no_grad():
         disparity = model.eval().depth(frames)  # the (untrained) depth network stays frozen
     model.kp_detector.train(), model.generator.train()
-    rows, columns = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
     for _ in range(TRAIN_STEPS):
         source = rng.integers(0, TRAIN_RENDERS, BATCH)
         driving = np.where(np.arange(BATCH) % 2 == 0, source ^ 1, rng.integers(0, TRAIN_RENDERS, BATCH))
@@ -168,15 +189,26 @@ def train_tiny_model(scene: Scene, seed: int = 0):
                                      Keypoints(value[driving], jacobian[driving]), source_depth=disparity[source],
                                      return_deformed=False).prediction
         target = frames[driving]
-        lips = value[driving][:, :3].mean(1)  # (B, 2): the mouth
-        weight = 1 + 4 * torch.exp(-((columns - lips[:, 0, None, None]) ** 2 + (rows - lips[:, 1, None, None]) ** 2)
-                                   / (2 * 0.15 ** 2))[:, None]  # (B, 1, H, W): the lower face counts 5x
-        loss = ((prediction - target).abs() * weight).mean() + 10 * keypoint_loss
+        loss = ((prediction - target).abs() * feature_weight(value[driving])).mean() + 10 * keypoint_loss
         loss = loss + (F.avg_pool2d(prediction, 2) - F.avg_pool2d(target, 2)).abs().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def feature_weight(keypoints: torch.Tensor) -> torch.Tensor:
+    """The reconstruction loss's weight (B, 1, H, W) for driving keypoints (B, K, 2): 1, plus 4 around the mouth
+    (a Gaussian of 0.15 around the lips' keypoints 0-2) and 4 around each eye (0.08 around keypoints 6 and 7)."""
+    rows, columns = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
+
+    def bump(centre: torch.Tensor, sigma: float) -> torch.Tensor:  # centre (B, 2) -> (B, H, W)
+        return torch.exp(-((columns - centre[:, 0, None, None]) ** 2 + (rows - centre[:, 1, None, None]) ** 2)
+                         / (2 * sigma ** 2))
+
+    weight = 1 + 4 * bump(keypoints[:, :3].mean(1), 0.15)
+    weight = weight + 4 * (bump(keypoints[:, 6], EYE_SIGMA) + bump(keypoints[:, 7], EYE_SIGMA))
+    return weight[:, None]
 
 
 def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -214,11 +246,34 @@ class Measurer:
 
     def __call__(self, image) -> tuple[float, float]:
         """(alpha, jaw) of an image (H, W, 3) uint8 or (3, H, W) float in [0, 1]."""
-        if isinstance(image, np.ndarray):
-            image = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
-        cost = ((self.templates - image).abs() * self.area).sum((2, 3, 4)).numpy()  # (A, J)
+        cost = ((self.templates - as_float(image)).abs() * self.area).sum((2, 3, 4)).numpy()  # (A, J)
         row, column = np.unravel_index(int(cost.argmin()), cost.shape)
         return refine(cost[:, column], row, ALPHAS), refine(cost[row], column, JAWS)
+
+
+class EyeMeasurer:
+    """Eye closure of an image of the head at ``pose`` (analysis by synthesis as :class:`Measurer`, over the eyes'
+    area only: the pixels the shut lids change, widened by 2 px): ground-truth renders at EYE_CLOSURES with the
+    mouth at ``jaw``, blurred by ``sigma``."""
+
+    def __init__(self, scene: Scene, pose: np.ndarray, jaw: float, sigma: float):
+        renders = torch.stack([scene.render(pose, jaw, closure).image for closure in EYE_CLOSURES])  # (C, 3, H, W)
+        shut = ((renders[0] - renders[-1]).abs().amax(0, keepdim=True) > 1e-4).float()  # (1, H, W)
+        self.area = F.max_pool2d(shut[None], 5, 1, 2)[0]
+        self.templates = blur(renders, sigma)
+
+    def __call__(self, image) -> float:
+        """The eye closure of an image (H, W, 3) uint8 or (3, H, W) float in [0, 1]."""
+        cost = ((self.templates - as_float(image)).abs() * self.area).sum((1, 2, 3)).numpy()  # (C,)
+        index = int(cost.argmin())
+        return refine(cost, index, EYE_CLOSURES)
+
+
+def as_float(image) -> torch.Tensor:
+    """(3, H, W) float in [0, 1] of an image (H, W, 3) uint8 or (3, H, W) float."""
+    if isinstance(image, np.ndarray):
+        return torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+    return image
 
 
 def refine(cost: np.ndarray, index: int, values: np.ndarray) -> float:
@@ -252,6 +307,12 @@ class Heads:
         self.itself = self.pipeline.generate(self.state, self.state.keypoints).prediction[0]  # the source as rendered
         self.measure.calibrate(self.itself, self.scene.render(self.source_pose, SOURCE_JAW).image)
         self.pixels_per_alpha = pose_pixels(self.scene)
+        self.measure_eyes = EyeMeasurer(self.scene, self.source_pose, SOURCE_JAW, self.measure.sigma)
+        self.shut = to_uint8(self.scene.render(self.source_pose, SOURCE_JAW, 1.0).image)  # a driver with shut eyes
+
+    def eye_openness(self, closure: float) -> float:
+        """The eye openness (dagan.motion.regions units) of the source's head with the eyes closed by ``closure``."""
+        return eye_openness(landmarks_68(self.scene, self.source_pose, SOURCE_JAW, closure))
 
     def animate(self, control: MotionControl, driver: np.ndarray | None = None, regions=None) -> np.ndarray:
         """The frame (H, W, 3) uint8 of the source driven by ``driver`` (default: the driver head) relative to the
@@ -263,6 +324,7 @@ class Heads:
 
 @pytest.fixture(scope="module")
 def trained() -> Heads:
+    print(f"training seed {SEED}")
     return Heads()
 
 
@@ -283,6 +345,19 @@ def test_the_measurer_recovers_known_pose_and_jaw_and_the_model_reconstructs_the
         # Measured 1.0-2.1 px short of the driver's pose (the tiny model under-moves), of a 9.8 px move.
         assert abs(found_alpha - alpha) * trained.pixels_per_alpha < 3.0
     print("the source as the model renders it:", trained.measure(trained.itself))
+
+
+def test_the_eye_measurer_recovers_known_closures_and_the_model_closes_the_eyes(trained):
+    """Ground-truth renders between the grid's closures give back their closure; the model's reconstruction of a
+    driver with shut eyes at the source's pose (relative motion, no edit) is measured shut."""
+    scene, measure_eyes = trained.scene, trained.measure_eyes
+    for closure in (0.15, 0.45, 0.85):
+        found = measure_eyes(blur(scene.render(trained.source_pose, SOURCE_JAW, closure).image, trained.measure.sigma))
+        print(f"truth eye closure {closure}: measured {found:.3f}")
+        assert abs(found - closure) < 0.05
+    source, shut = measure_eyes(trained.itself), measure_eyes(trained.animate(MotionControl(), trained.shut))
+    print(f"the model's eye closure: the source {source:.3f}, driven by shut eyes {shut:.3f}")
+    assert source < 0.15 and shut > 0.7
 
 
 # Pose and expression apart.
@@ -365,3 +440,37 @@ def test_mouth_openness_targets_are_reached_on_the_rendered_head(trained):
         assert result.reached["mouth"] and abs(result.achieved["mouth"] - target) <= OPENNESS_TOLERANCE
         if abs(result.start["mouth"] - target) > OPENNESS_TOLERANCE:  # the source's own opening was off target
             assert abs(result.amounts["mouth"]) > 0.05
+
+
+def test_eye_openness_targets_are_reached_on_the_rendered_head(trained):
+    """As the mouth's test, for the eyes: the eye keypoints (6 and 7, on the upper lids) are lowered about the lower
+    lids by the solved amount, and the rendered eyes' openness (the eye measurer's closure, in the units of
+    dagan.motion.regions.eye_openness through landmarks_68) reaches each target within EYE_TOLERANCE."""
+    pipeline, state = trained.pipeline, trained.state
+    landmarks = landmarks_68(trained.scene, trained.source_pose, SOURCE_JAW)
+    face = SourceFace(landmarks, assign_regions(state.keypoints.value[0].double().numpy(), landmarks))
+    assert face.regions.tolist() == KEYPOINT_REGIONS.tolist()
+
+    def measure(amounts: dict[str, float]) -> dict[str, float]:
+        frame = pipeline.generate(state, opened_keypoints(state, face, amounts)).prediction[0]
+        return {"eyes": trained.eye_openness(trained.measure_eyes(frame))}
+
+    print(f"eye openness: open {trained.eye_openness(0.0):.3f}, half shut {trained.eye_openness(0.5):.3f}")
+    for target in EYE_TARGETS:
+        result = solve_openness(measure, {"eyes": target}, tolerance={"eyes": EYE_TOLERANCE})
+        print(result.describe(), f"{result.steps} renders")
+        assert result.reached["eyes"] and abs(result.achieved["eyes"] - target) <= EYE_TOLERANCE
+        assert result.amounts["eyes"] < -0.3  # the source's eyes are open: reaching a target lowered the lids
+
+
+def test_eye_region_scale_zero_keeps_the_eyes_open(trained):
+    """A driver that shuts its eyes (at the source's pose): with the eyes' region scale 1 the output's eyes shut,
+    with 0 (``--region_scale eyes=0``, what ``--still eyes`` does) they stay as open as the source's."""
+    measure_eyes = trained.measure_eyes
+    source = measure_eyes(trained.itself)
+    closures = {scale: measure_eyes(trained.animate(MotionControl(region_scales=(("eyes", scale),)), trained.shut,
+                                                     KEYPOINT_REGIONS)) for scale in (0.0, 1.0)}
+    print(f"eye closure with a shut-eyed driver, eyes region scale 0, 1: {closures[0.0]:.3f} {closures[1.0]:.3f} "
+          f"(the source's {source:.3f})")
+    assert abs(closures[0.0] - source) < 0.1
+    assert closures[1.0] - source > 0.5
