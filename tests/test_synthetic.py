@@ -374,6 +374,28 @@ def test_the_open_part_of_the_eyes_shrinks_with_closure():
     assert open_rows(1.0) == [0, 0]
 
 
+def test_eye_landmarks_ride_on_the_upper_lids():
+    """Given eye closures, talking.project_landmarks puts the eye landmarks on the middle of the lids' edges (the
+    opening's top when open, its centre, the eye landmark of LANDMARKS, half shut, its bottom shut) and leaves every
+    other landmark where it was."""
+    from dagan.data.synthetic import talking
+
+    intrinsics = np.array([[1.4 * SIZE, 0.0, (SIZE - 1) / 2], [0.0, 1.4 * SIZE, (SIZE - 1) / 2], [0.0, 0.0, 1.0]])
+    angles, jaws = np.zeros((3, 3), np.float32), np.full(3, 0.3, np.float32)
+    translation = np.tile(np.array([0.0, 0.0, synthetic.HEAD_DISTANCE], np.float32), (3, 1))
+    plain, _ = talking.project_landmarks(angles, translation, jaws, intrinsics, SIZE, 10)
+    lids, _ = talking.project_landmarks(angles, translation, jaws, intrinsics, SIZE, 10,
+                                        eye_closure=np.array([0.0, 0.5, 1.0]))
+    eyes = list(talking.EYE_LANDMARKS)
+    others = [index for index in range(10) if index not in eyes]
+    assert np.array_equal(plain[:, others], lids[:, others])
+    assert np.allclose(lids[1, eyes], plain[1, eyes], atol=1e-6)
+    travel = (lids[2, eyes, 1] - lids[0, eyes, 1]) * SIZE / 2  # px, downwards
+    depth = synthetic.HEAD_DISTANCE + talking.LANDMARKS[eyes[0]][2]
+    expected = 2 * HeadShape().eye_opening_radii[1] * 1.4 * SIZE / depth
+    assert np.allclose(travel, expected, atol=1e-3), (travel, expected)
+
+
 def test_pose_sign_conventions():
     """Positive yaw moves the nose tip right, positive pitch moves it up, positive roll moves the crown right."""
     nose_tip = HeadShape().nose_tip

@@ -2,10 +2,11 @@
 
 A procedural head (a signed-distance function: ellipsoidal skull narrowing to a jaw, nose, brow ridges,
 cheeks, chin, shallow eye sockets, and a jaw that drops to open a dark mouth cavity) is textured with a
-portrait photo, upper eyelids painted over its eyes when they close (``upper_lid``), and ray-cast (sphere tracing, written in torch, CPU) in front of a static textured
-background plane. Every clip follows smooth seeded trajectories for yaw, pitch, roll, translation and mouth
-opening, seen by a pinhole camera with per-clip intrinsics. The clips exist to measure whether a
-self-supervised depth / pose network recovers the right geometry.
+portrait photo, its upper eyelids painted over the eyes as they close (``upper_lid``), and ray-cast (sphere
+tracing, written in torch, CPU) in front of a static textured background plane. Every clip follows smooth
+seeded trajectories for yaw, pitch, roll, translation and mouth opening, seen by a pinhole camera with per-clip
+intrinsics. The clips exist to measure whether a self-supervised depth / pose network recovers the right
+geometry.
 
 Conventions (used everywhere in this file)
 -----------------------------------------
@@ -120,7 +121,7 @@ class HeadShape:
     mouth_cavity_depth: float = 0.06  # z half-axis of the mouth cavity
     eye_opening_radii: tuple[float, float] = (0.05, 0.024)  # x, y half-axes of each eye's opening (see eyelids)
     lid_skin_gap: float = 0.012  # the lid's skin is the texture this far above the eye's opening
-    lash_width: float = 0.012  # the dark line along the lid's edge (0.7 px at 64 px: seen by most pixel centres)
+    lash_width: float = 0.02  # the dark line along the lid's edge (about 1 px at 64 px)
 
 
 @dataclass(frozen=True)
