@@ -121,7 +121,7 @@ class HeadShape:
     mouth_cavity_depth: float = 0.06  # z half-axis of the mouth cavity
     eye_opening_radii: tuple[float, float] = (0.05, 0.024)  # x, y half-axes of each eye's opening (see eyelids)
     lid_skin_gap: float = 0.012  # the lid's skin is the texture this far above the eye's opening
-    lash_width: float = 0.02  # the dark line along the lid's edge (about 1 px at 64 px)
+    lash_width: float = 0.02  # the dark line along the lid's edge (about 1.4 px in a 64 px frame of the head)
 
 
 @dataclass(frozen=True)
