@@ -135,7 +135,7 @@ def test_each_keypoint_gets_the_region_of_its_nearest_landmark(face_template):
 
 
 def test_openness_of_a_real_face_and_opening_a_region(face_template):
-    from dagan.motion.regions import face_down, openness
+    from dagan.motion.regions import MIN_STRETCH, face_down, openness
 
     landmarks = face_template
     measured = openness(landmarks)
@@ -149,6 +149,8 @@ def test_openness_of_a_real_face_and_opening_a_region(face_template):
     assert np.allclose(moved.displacement[4], 0)  # the nose is no region of these targets
     shut = keypoints[3] + moved.displacement[3]  # -1: the upper lid comes down onto the lower lid's line
     assert abs((shut - landmarks[[40, 41]].mean(0)) @ down) < 1e-9
+    # ... while its Jacobian keeps MIN_STRETCH of its vertical extent: DaGAN inverts it (0 gave NaN frames).
+    assert np.allclose(moved.stretch[3] @ down, MIN_STRETCH * down) and abs(np.linalg.det(moved.stretch[3])) > 0.05
 
 
 def test_openness_solver_reaches_targets_and_reports_what_it_cannot():

@@ -1,13 +1,15 @@
-"""Motion you can direct, measured on rendered images: a tiny DaGAN trained for a few seconds on synthetic heads
+"""Motion you can direct, measured on rendered images: a tiny DaGAN trained for about a minute on synthetic heads
 (``dagan.data.synthetic``) animates one head with ``--animate``, region scales and a mouth-openness target, and
 the frames it renders are measured against the renderer's ground truth.
 
-The model: ``configs/tiny.yaml`` with 10 keypoints, trained on 96 renders of one synthetic head and camera at
-random pose (yaw +-25, pitch +-12, roll +-6 degrees, shifts), each pose rendered with a nearly closed (0-0.3) and
-an open (0.5-1) mouth. Its keypoint detector learns the renderer's 10 ground-truth head landmarks
+The model: ``configs/tiny.yaml`` with 10 keypoints, trained for 325 steps on 96 renders of one synthetic head and
+camera at random pose (yaw +-25, pitch +-12, roll +-6 degrees, shifts), each pose rendered with a nearly closed
+(0-0.3) and an open (0.5-1) mouth. Its keypoint detector learns the renderer's 10 ground-truth head landmarks
 (``talking.project_landmarks``: lips, chin, mouth corners, nose, eyes, brows) and its generator reconstructs a
 render from another at those keypoints (L1 at two scales, the mouth's surroundings weighted 5x; half of the pairs
-are one pose with its two mouths, without which the mouth was not learned with every seed).
+are one pose with its two mouths, without which the mouth was not learned with every seed). With 250 steps the
+model rendered the mouth the same at jaw 0.2 and 1.0 at the driver's turned pose, so ``--animate pose`` could not
+be told from ``--animate all`` there; with 325 it opens it (0.67 against 0.22 with seed 0).
 Unsupervised keypoints (the GAN stage, ``train.py``) would not settle on the jaw within a test's time: one GAN step
 of ``configs/synthetic-gan.yaml`` costs about 0.8 s on one core, so 100 steps already take the whole budget.
 
@@ -19,16 +21,32 @@ the true source (the tiny generator renders soft images). One unit of ``alpha`` 
 brows, nose) by :func:`pose_pixels` (9.8 px), so pose errors are stated in pixels. The measurer is checked on
 ground-truth renders first (the first test).
 
-How robust the fixture is: training is deterministic on one machine, but another CPU or torch build trains a
-slightly different model. With training seeds 0 (this file), 1 and 2, every test passed with seeds 0 and 1; with
-seed 2 the generator did not render the mouth open from expression-only keypoints (the edited keypoints were right:
-lower lip 4.1 px and chin 5.7 px down), so the expression-only and region-scale tests failed there.
+How robust the fixture is: the training seed is ``DAGAN_MOTION_RENDER_SEED`` (default 0). Training is
+deterministic on one machine, but another CPU or torch build trains a slightly different model. With seeds 0, 1
+and 2 every test passed with seed 0, and each of the other two failed one: with seed 1 ``mouth=1.5`` opened the
+mouth no further than ``mouth=1`` (0.775 against 0.772, the model rendering the source's jaw 0.2 as 0.47 already);
+with seed 2 pose only closed the mouth that the model's rendering of the wanted head shows open (0.00 against
+0.30; ``--animate all`` 0.90). With 250 steps seeds 0 and 1 passed the tests of that time (pose only then only
+asserted its mouth against the wanted head's) and seed 2 failed two (no mouth from expression-only keypoints); with
+400 steps each of the three seeds failed one (seed 0: ``--mouth_openness 0.15`` reached 0.108 at most).
 
-Eye openness cannot be tested on these heads: they have no eyelids (the eyes are texture in shallow sockets), so
-nothing in a render opens or closes an eye. Mouth openness is tested end to end, in the units of
-:func:`dagan.motion.regions.openness` (the inner-lip gap over the mouth width).
+Eye openness is not tested on frames. The heads have upper eyelids (``heads.upper_lid``, ``render_frame``'s
+``eye_closure``) and ``talking.project_landmarks`` can put the eye keypoints on them, but no recipe tried taught
+the tiny generator to render them. Trained with random eye closures (each pose's two renders one open, 0-0.3, one
+shut, 0.6-1), the eye keypoints on the lids, the eyes' surroundings weighted up to 5x, 250 or 400 steps, a lash
+line 0.4, 0.9 or 1.4 px thick, in eight recipes (one with the face 1.5x larger, one with the generator's
+bottleneck at 32x32 instead of 16x16), the keypoint detector learned the lids (a shut-eyed driver's eye keypoints
+1.3-2.8 px below the source's, of 3.4 px) but the generator rendered the same eyes for open, half-shut and shut
+drivers (the eye closure measured over the eye areas: 0.064, 0.065 and 0.058 with 400 steps and the eyes weighted
+5x); the 3 px tall eye is below the blur (about 1 px) of what its 16x16 bottleneck renders. In six of the eight
+the mouth was not learned either. ``landmarks_68`` puts the eye landmarks on the lids' ellipse, so their
+eye openness (:func:`dagan.motion.regions.eye_openness`) is (1 - closure) times the open eye's (0.42). Mouth
+openness is tested end to end, in the units of :func:`dagan.motion.regions.openness` (the inner-lip gap over the
+mouth width).
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -56,8 +74,11 @@ OPENNESS_TOLERANCE = 0.02  # about 0.07 of the jaw's range
 SCALED_JAW = 0.6  # the driver of the region-scale test: x 1.5 stays within the trained openings (0-1)
 ALPHAS = np.linspace(-0.25, 1.25, 13)  # the measurer's grid: pose along the path source -> driver
 JAWS = np.linspace(0.0, 1.2, 13)
-TRAIN_RENDERS, TRAIN_STEPS, BATCH = 96, 250, 8
+TRAIN_RENDERS, TRAIN_STEPS, BATCH = 96, 325, 8
+MODEL_OVERRIDES = ["model_params.kp_detector_params.scale_factor=0.5"]  # on configs/tiny.yaml
+SEED = int(os.environ.get("DAGAN_MOTION_RENDER_SEED", "0"))  # the training seed (see the module docstring)
 SHAPE = heads.HeadShape()
+EYE_DEPTH = talking.LANDMARKS[6][2]  # object z of the eye landmarks
 
 
 # The scene: one head, one camera, one background.
@@ -68,12 +89,13 @@ class Scene:
         self.background = heads.make_background_texture(generator)
         self.face = heads.prepare_face_texture(None, target_height=SIZE)
 
-    def render(self, pose: np.ndarray, jaw: float) -> heads.RenderedFrame:
-        """pose: (yaw, pitch, roll, x, y)."""
+    def render(self, pose: np.ndarray, jaw: float, eyes: float = 0.0) -> heads.RenderedFrame:
+        """pose: (yaw, pitch, roll, x, y); eyes: the eye closure (0 open, 1 shut)."""
         yaw, pitch, roll, x, y = (float(value) for value in pose)
         rotation = heads.rotation_from_angles(torch.tensor([yaw]), torch.tensor([pitch]), torch.tensor([roll]))[0]
         translation = torch.tensor([x, y, heads.HEAD_DISTANCE])
-        return heads.render_frame(rotation, translation, float(jaw), self.intrinsics, SIZE, self.face, self.background)
+        return heads.render_frame(rotation, translation, float(jaw), self.intrinsics, SIZE, self.face, self.background,
+                                  eye_closure=float(eyes))
 
     def project(self, points: np.ndarray, pose: np.ndarray, jaw: float) -> np.ndarray:
         """Object points (N, 3) at rest -> keypoint coordinates (N, 2) in [-1, 1] with the jaw opened and posed."""
@@ -110,14 +132,23 @@ def jaw_openness(jaw: float) -> float:
     return SHAPE.mouth_gap * SHAPE.jaw_drop * jaw / (2 * SHAPE.mouth_half_width)
 
 
-def landmarks_68(scene: Scene, pose: np.ndarray, jaw: float) -> np.ndarray:
+def landmarks_68(scene: Scene, pose: np.ndarray, jaw: float, eyes: float = 0.0) -> np.ndarray:
     """The head's 68 landmarks in the iBUG layout (keypoint coordinates), placed on its features: what a landmark
-    detector would find if it found these 64 px faces (dlib does not)."""
+    detector would find if it found these 64 px faces (dlib does not). The eyes' are on their openings' ellipses
+    (heads.upper_lid): the corners at its ends, the upper two on the lid's edge and the lower two on the lower arc,
+    half way to the corners, so their eye aspect ratio is (1 - eyes) times the open eye's."""
     points = np.zeros((68, 3))
-    for side, sign in ((slice(36, 42), -1), (slice(42, 48), 1)):  # eyes: corner, two upper, corner, two lower
-        x = sign * 0.105
-        points[side] = [(x - 0.03, -0.02, -0.35), (x - 0.01, -0.03, -0.355), (x + 0.01, -0.03, -0.355),
-                        (x + 0.03, -0.02, -0.35), (x + 0.01, -0.01, -0.355), (x - 0.01, -0.01, -0.355)]
+    along = (-1.0, -0.5, 0.5, 1.0, 0.5, -0.5)  # corner, two upper, corner, two lower (left to right in the image)
+    for first, sign in ((36, -1), (42, 1)):
+        for index, across in enumerate(along):
+            if index in (0, 3):
+                down = 0.0  # the corners
+            elif index in (1, 2):
+                down = heads.upper_lid(across, eyes)
+            else:
+                down = np.sqrt(1 - across ** 2)  # the lower arc
+            x, y = heads.eye_point(sign * across, down, SHAPE)  # (|x|, y): mirrored for the image's left eye
+            points[first + index] = (sign * x, y, EYE_DEPTH)
     points[17:22] = [(x, -0.075, -0.36) for x in np.linspace(-0.15, -0.05, 5)]
     points[22:27] = [(x, -0.075, -0.36) for x in np.linspace(0.05, 0.15, 5)]
     points[27:31] = [(0.0, y, z) for y, z in zip(np.linspace(-0.03, 0.085, 4), np.linspace(-0.355, -0.405, 4))]
@@ -134,7 +165,7 @@ def landmarks_68(scene: Scene, pose: np.ndarray, jaw: float) -> np.ndarray:
 
 
 # The model.
-def train_tiny_model(scene: Scene, seed: int = 0):
+def train_tiny_model(scene: Scene, seed: int = SEED):
     """The tiny DaGAN of the module docstring, trained for TRAIN_STEPS steps (about 50 s on an idle core)."""
     from dagan.model import DaGAN
 
@@ -145,8 +176,7 @@ def train_tiny_model(scene: Scene, seed: int = 0):
     jaws = np.stack([rng.uniform(0.0, 0.3, count), rng.uniform(0.5, 1.0, count)], 1).reshape(-1)
     frames = torch.stack([scene.render(pose, jaw).image for pose, jaw in zip(poses, jaws)])  # (N, 3, H, W)
     value, jacobian = (torch.from_numpy(array) for array in scene.keypoints(poses, jaws))
-    config = load_config(config_path("tiny.yaml"), [f"model_params.common_params.num_kp={NUM_KP}",
-                                                    "model_params.kp_detector_params.scale_factor=0.5"])
+    config = load_config(config_path("tiny.yaml"), [f"model_params.common_params.num_kp={NUM_KP}", *MODEL_OVERRIDES])
     torch.manual_seed(seed)
     model = DaGAN(config)
     model.train()
@@ -214,11 +244,16 @@ class Measurer:
 
     def __call__(self, image) -> tuple[float, float]:
         """(alpha, jaw) of an image (H, W, 3) uint8 or (3, H, W) float in [0, 1]."""
-        if isinstance(image, np.ndarray):
-            image = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
-        cost = ((self.templates - image).abs() * self.area).sum((2, 3, 4)).numpy()  # (A, J)
+        cost = ((self.templates - as_float(image)).abs() * self.area).sum((2, 3, 4)).numpy()  # (A, J)
         row, column = np.unravel_index(int(cost.argmin()), cost.shape)
         return refine(cost[:, column], row, ALPHAS), refine(cost[row], column, JAWS)
+
+
+def as_float(image) -> torch.Tensor:
+    """(3, H, W) float in [0, 1] of an image (H, W, 3) uint8 or (3, H, W) float."""
+    if isinstance(image, np.ndarray):
+        return torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+    return image
 
 
 def refine(cost: np.ndarray, index: int, values: np.ndarray) -> float:
@@ -263,6 +298,7 @@ class Heads:
 
 @pytest.fixture(scope="module")
 def trained() -> Heads:
+    print(f"training seed {SEED} (DAGAN_MOTION_RENDER_SEED)")
     return Heads()
 
 
@@ -288,14 +324,12 @@ def test_the_measurer_recovers_known_pose_and_jaw_and_the_model_reconstructs_the
 # Pose and expression apart.
 def test_pose_only_follows_the_drivers_head_and_keeps_the_mouth(trained):
     """The output sits at the driver's pose (alpha 1) and its mouth is as open as the model's rendering of the
-    wanted head (the source's mouth at the driver's pose: a plain reconstruction of that head).
-
-    What this model cannot show: that --animate all would open the mouth further. At the driver's pose it renders
-    the mouth the same at jaw 0.2 and 1.0 (measured 0.15 and 0.15, 0.34 and 0.34 with two training seeds); it
-    opens the mouth only at the source's pose (test_expression_only_keeps_the_head_and_follows_the_mouth)."""
+    wanted head (the source's mouth at the driver's pose: a plain reconstruction driven by the driver's head with
+    the anchor's mouth, so that the relative motion carries the pose alone), while ``--animate all`` opens it
+    measurably more: pose only does not pass the driver's open mouth through."""
     measure = trained.measure
     alpha, jaw = measure(trained.animate(MotionControl(animate="pose")))
-    wanted = to_uint8(trained.scene.render(trained.driver_pose, SOURCE_JAW).image)
+    wanted = to_uint8(trained.scene.render(trained.driver_pose, 0.0).image)  # the anchor's jaw (0)
     wanted_alpha, wanted_jaw = measure(trained.animate(MotionControl(), wanted))
     _, full_jaw = measure(trained.animate(MotionControl()))
     print(f"pose only: alpha {alpha:.3f} ({abs(alpha - 1) * trained.pixels_per_alpha:.2f} px from the driver's "
@@ -304,6 +338,7 @@ def test_pose_only_follows_the_drivers_head_and_keeps_the_mouth(trained):
     assert abs(alpha - wanted_alpha) * trained.pixels_per_alpha < 1.0
     assert abs(alpha - 1.0) * trained.pixels_per_alpha < 2.0
     assert abs(jaw - wanted_jaw) < 0.1  # 10% of the jaw's range (0 closed, 1 wide open)
+    assert full_jaw - jaw > 0.2  # the driver's mouth (jaw 1.0) against the source's (0.2)
 
 
 def test_expression_only_keeps_the_head_and_follows_the_mouth(trained):
@@ -365,3 +400,4 @@ def test_mouth_openness_targets_are_reached_on_the_rendered_head(trained):
         assert result.reached["mouth"] and abs(result.achieved["mouth"] - target) <= OPENNESS_TOLERANCE
         if abs(result.start["mouth"] - target) > OPENNESS_TOLERANCE:  # the source's own opening was off target
             assert abs(result.amounts["mouth"]) > 0.05
+

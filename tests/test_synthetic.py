@@ -274,13 +274,14 @@ def test_background_is_static(clip):
 
 # Mouth and pose conventions.
 def render_pose(yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0, mouth_opening: float = 0.0,
-                size: int = SIZE) -> synthetic.RenderedFrame:
+                size: int = SIZE, eye_closure: float = 0.0) -> synthetic.RenderedFrame:
     intrinsics = torch.tensor([[1.4 * size, 0.0, (size - 1) / 2], [0.0, 1.4 * size, (size - 1) / 2], [0, 0, 1.0]])
     rotation = synthetic.rotation_from_angles(torch.tensor(yaw), torch.tensor(pitch), torch.tensor(roll))
     translation = torch.tensor([0.0, 0.0, synthetic.HEAD_DISTANCE])
     face_texture = synthetic.prepare_face_texture(None, size)
     background = synthetic.make_background_texture(torch.Generator().manual_seed(0))
-    return synthetic.render_frame(rotation, translation, mouth_opening, intrinsics, size, face_texture, background)
+    return synthetic.render_frame(rotation, translation, mouth_opening, intrinsics, size, face_texture, background,
+                                  eye_closure=eye_closure)
 
 
 def project_object_point(point: tuple[float, float, float], yaw: float = 0.0, pitch: float = 0.0,
@@ -304,6 +305,95 @@ def test_mouth_opening_changes_only_the_lower_face(yaw):
     # The parted lips reveal the dark mouth interior.
     dark = torch.tensor(synthetic.MOUTH_INTERIOR_COLOUR).mean() + 0.05
     assert (opened.image.mean(0) < dark).sum() > (closed.image.mean(0) < dark).sum() + 5
+
+
+# Eyelids.
+def test_open_eyes_draw_no_lids(monkeypatch):
+    """eye_closure 0 renders exactly what the renderer rendered before it had lids: the lid code does not run."""
+    plain = render_pose(yaw=10.0, mouth_opening=0.5)
+
+    def no_lids(*arguments, **keywords):
+        raise AssertionError("eyelids painted at eye_closure 0")
+
+    monkeypatch.setattr(synthetic, "_paint_eyelids", no_lids)
+    opened = render_pose(yaw=10.0, mouth_opening=0.5, eye_closure=0.0)
+    for name in ("image", "depth", "head_mask"):
+        assert torch.equal(getattr(plain, name), getattr(opened, name)), name
+    with pytest.raises(AssertionError, match="eyelids painted"):
+        render_pose(yaw=10.0, eye_closure=0.5)
+
+
+def eye_boxes(yaw: float, size: int, margin: float = 1.0) -> list[tuple[float, float, float, float]]:
+    """Pixel boxes (u_min, u_max, v_min, v_max) around the two eyes' openings, widened by ``margin`` px."""
+    shape = HeadShape()
+    boxes = []
+    for sign in (-1.0, 1.0):
+        corners = [synthetic.eye_point(across, down, shape) for across in (-1.0, 1.0) for down in (-1.0, 1.0)]
+        pixels = torch.stack([project_object_point((sign * x, y, shape.eye_socket_centre[2]), yaw=yaw, size=size)
+                              for x, y in corners])
+        boxes.append((float(pixels[:, 0].min()) - margin, float(pixels[:, 0].max()) + margin,
+                      float(pixels[:, 1].min()) - margin, float(pixels[:, 1].max()) + margin))
+    return boxes
+
+
+@pytest.mark.parametrize("yaw", [0.0, 20.0])
+def test_closing_the_eyes_changes_only_the_eyes(yaw):
+    """Shut lids repaint pixels of both eyes and nothing else; depth and head mask stay as they were."""
+    opened, shut = render_pose(yaw=yaw, eye_closure=0.0), render_pose(yaw=yaw, eye_closure=1.0)
+    assert torch.equal(opened.depth, shut.depth) and torch.equal(opened.head_mask, shut.head_mask)
+    changed = (opened.image - shut.image).abs().amax(0) > 1e-4  # (H, W)
+    rows, columns = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    inside = []
+    for u_min, u_max, v_min, v_max in eye_boxes(yaw, SIZE):
+        inside.append((columns >= u_min) & (columns <= u_max) & (rows >= v_min) & (rows <= v_max))
+        assert (changed & inside[-1]).sum() >= 4, "an eye did not close"
+    assert not (changed & ~(inside[0] | inside[1])).any()
+
+
+def test_the_open_part_of_the_eyes_shrinks_with_closure():
+    """At 128 px, the height of each eye's opening that still shows the open eye (pixels as at closure 0; its
+    tallest column) is (1 - closure) of the open eye's, within 1 px, and nothing is left at closure 1."""
+    size = 128
+    frames = {closure: render_pose(size=size, eye_closure=closure).image for closure in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    opening = (frames[0.0] - frames[1.0]).abs().amax(0) > 1e-4  # (H, W): what the shut lids cover
+
+    def open_rows(closure: float) -> list[int]:
+        unchanged = opening & ((frames[closure] - frames[0.0]).abs().amax(0) <= 1e-6)
+        heights = []
+        for u_min, u_max, v_min, v_max in eye_boxes(0.0, size):
+            box = unchanged[int(v_min):int(v_max) + 1, int(u_min):int(u_max) + 1]
+            heights.append(int(box.sum(0).max()))
+        return heights
+
+    full = open_rows(0.0)
+    print("open heights (px) of the two eyes by closure:", {closure: open_rows(closure) for closure in frames})
+    assert min(full) >= 5
+    for closure in (0.25, 0.5, 0.75):
+        for height, open_height in zip(open_rows(closure), full):
+            assert abs(height - (1 - closure) * open_height) <= 1.0, (closure, height, open_height)
+    assert open_rows(1.0) == [0, 0]
+
+
+def test_eye_landmarks_ride_on_the_upper_lids():
+    """Given eye closures, talking.project_landmarks puts the eye landmarks on the middle of the lids' edges (the
+    opening's top when open, its centre, the eye landmark of LANDMARKS, half shut, its bottom shut) and leaves every
+    other landmark where it was."""
+    from dagan.data.synthetic import talking
+
+    intrinsics = np.array([[1.4 * SIZE, 0.0, (SIZE - 1) / 2], [0.0, 1.4 * SIZE, (SIZE - 1) / 2], [0.0, 0.0, 1.0]])
+    angles, jaws = np.zeros((3, 3), np.float32), np.full(3, 0.3, np.float32)
+    translation = np.tile(np.array([0.0, 0.0, synthetic.HEAD_DISTANCE], np.float32), (3, 1))
+    plain, _ = talking.project_landmarks(angles, translation, jaws, intrinsics, SIZE, 10)
+    lids, _ = talking.project_landmarks(angles, translation, jaws, intrinsics, SIZE, 10,
+                                        eye_closure=np.array([0.0, 0.5, 1.0]))
+    eyes = list(talking.EYE_LANDMARKS)
+    others = [index for index in range(10) if index not in eyes]
+    assert np.array_equal(plain[:, others], lids[:, others])
+    assert np.allclose(lids[1, eyes], plain[1, eyes], atol=1e-6)
+    travel = (lids[2, eyes, 1] - lids[0, eyes, 1]) * SIZE / 2  # px, downwards
+    depth = synthetic.HEAD_DISTANCE + talking.LANDMARKS[eyes[0]][2]
+    expected = 2 * HeadShape().eye_opening_radii[1] * 1.4 * SIZE / depth
+    assert np.allclose(travel, expected, atol=1e-3), (travel, expected)
 
 
 def test_pose_sign_conventions():

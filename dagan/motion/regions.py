@@ -20,7 +20,9 @@ Opening a region (the eye and mouth targets of :mod:`dagan.motion.openness`) str
 face's vertical axis (perpendicular to the eye line) about a hinge: the mouth's keypoints below the upper inner
 lip move down by ``amount`` times their distance below it (the jaw drops), each eye's keypoints above its lower
 lid move up by ``amount`` times their height above it (the lids part). ``amount`` -1 closes the region onto its
-hinge; 0 leaves it as it is. The Jacobians of the moved keypoints are stretched the same way.
+hinge; 0 leaves it as it is. The Jacobians of the moved keypoints are stretched the same way, but by no less than
+``MIN_STRETCH`` along the vertical axis: DaGAN inverts driving Jacobians, and a shut region's (stretched by 0)
+would be singular and turn the frame into NaN.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import numpy as np
 REGIONS = ("eyes", "brows", "mouth", "rest")
 OPENABLE = ("eyes", "mouth")
 MAX_DISTANCE = 0.6  # x the distance between the eye centres
+MIN_STRETCH = 0.1  # the least vertical stretch of an opened region's Jacobians (amount -1 would give 0)
 # Colours of the regions in --visualize (RGB): eyes blue, brows green, mouth red, rest grey.
 REGION_COLORS = {"eyes": (40, 120, 255), "brows": (40, 200, 60), "mouth": (255, 40, 40), "rest": (160, 160, 160)}
 
@@ -167,7 +170,7 @@ def opening(keypoints: np.ndarray, landmarks: np.ndarray, regions: np.ndarray, a
                 height = min(float((keypoints[k] - hinge) @ down), 0.0)  # above the lower lid (negative)
             if height != 0.0:
                 displacement[k] = amount * height * down
-                stretch[k] = np.eye(2) + amount * projector
+                stretch[k] = np.eye(2) + max(amount, MIN_STRETCH - 1.0) * projector
     return Opening(mask, displacement, stretch)
 
 

@@ -2,10 +2,11 @@
 
 A procedural head (a signed-distance function: ellipsoidal skull narrowing to a jaw, nose, brow ridges,
 cheeks, chin, shallow eye sockets, and a jaw that drops to open a dark mouth cavity) is textured with a
-portrait photo and ray-cast (sphere tracing, written in torch, CPU) in front of a static textured
-background plane. Every clip follows smooth seeded trajectories for yaw, pitch, roll, translation and mouth
-opening, seen by a pinhole camera with per-clip intrinsics. The clips exist to measure whether a
-self-supervised depth / pose network recovers the right geometry.
+portrait photo, its upper eyelids painted over the eyes as they close (``upper_lid``), and ray-cast (sphere
+tracing, written in torch, CPU) in front of a static textured background plane. Every clip follows smooth
+seeded trajectories for yaw, pitch, roll, translation and mouth opening, seen by a pinhole camera with per-clip
+intrinsics. The clips exist to measure whether a self-supervised depth / pose network recovers the right
+geometry.
 
 Conventions (used everywhere in this file)
 -----------------------------------------
@@ -69,6 +70,7 @@ MIN_MOUTH_HALF_GAP = 1e-3  # below this the mouth counts as closed (no cavity)
 AMBIENT_LIGHT = 0.6
 LIGHT_DIRECTION = (-0.3, -0.4, -1.0)  # towards the light, object coordinates (upper left front)
 MOUTH_INTERIOR_COLOUR = (0.22, 0.05, 0.06)
+EYELASH_COLOUR = (0.10, 0.06, 0.05)
 # The face texture covers this object-space rectangle (planar projection along z):
 # x in [-half_width, half_width] -> texture columns, y in [-half_height, half_height] -> texture rows.
 TEXTURE_HALF_WIDTH = 0.30
@@ -84,7 +86,8 @@ class HeadShape:
     """Dimensions of the procedural head in object coordinates (scene units).
 
     Centres are (x, y, z) and radii are (x, y, z) half-axes. The face texture is laid out to match the
-    feature heights: eyes at y = -0.02, nose tip at y = 0.09, mouth at ``mouth_height`` = 0.19.
+    feature heights: eyes at y = -0.02, nose tip at y = 0.09, mouth at ``mouth_height`` = 0.19. The eyes' openings
+    (``eye_opening_radii``, centred on the eye sockets) cover the astronaut's eyes; see ``upper_lid``.
     """
 
     skull_radii: tuple[float, float, float] = (0.30, 0.40, 0.36)
@@ -116,6 +119,9 @@ class HeadShape:
     mouth_half_width: float = 0.08
     mouth_cavity_z: float = -0.33  # centre of the mouth cavity, z
     mouth_cavity_depth: float = 0.06  # z half-axis of the mouth cavity
+    eye_opening_radii: tuple[float, float] = (0.05, 0.024)  # x, y half-axes of each eye's opening (see eyelids)
+    lid_skin_gap: float = 0.012  # the lid's skin is the texture this far above the eye's opening
+    lash_width: float = 0.02  # the dark line along the lid's edge (about 1.4 px in a 64 px frame of the head)
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,7 @@ class SyntheticClip:
     face_texture: (1, 3, h, w) and background_texture: (1, 3, R, R), the textures as rendered (for
         ``cast_rays``).
     shape: the head geometry used (needed by ``warp_points`` for the jaw).
+    eye_closure: the upper lids of every frame (0 open, 1 shut; painted, so ``warp_points`` ignores them).
     """
 
     frames: Tensor
@@ -162,6 +169,7 @@ class SyntheticClip:
     face_texture: Tensor
     background_texture: Tensor
     shape: HeadShape = field(default_factory=HeadShape)
+    eye_closure: float = 0.0
 
     @property
     def num_frames(self) -> int:
@@ -320,6 +328,49 @@ def head_distance(deformed: Tensor, mouth_opening: float, shape: HeadShape) -> T
     return distance if cavity is None else torch.maximum(distance, -cavity)
 
 
+# The eyelids: painted on the surface, they change colours only (depth and head mask never depend on them). Each
+# eye's opening is the ellipse ``eye_opening_radii`` around its socket's centre in rest-pose object (x, y); with
+# (u, v) a point's position in that ellipse (u = (|x| - centre_x) / radius_x, v = (y - centre_y) / radius_y), the
+# upper lid covers the points of the ellipse above its edge v = (2 closure - 1) sqrt(1 - u^2): the ellipse's upper
+# arc at closure 0 (open, nothing covered), its long axis at 0.5, its lower arc at 1 (shut). The open height at
+# every u is therefore (1 - closure) times the open eye's.
+def _eye_coordinates(rest: Tensor, shape: HeadShape) -> tuple[Tensor, Tensor]:
+    """(u, v) (N,), (N,) of rest-pose points (3, N) in the nearer eye's opening ellipse (|u|, |v| < 1 inside)."""
+    centre_x, centre_y, _ = shape.eye_socket_centre
+    radius_x, radius_y = shape.eye_opening_radii
+    return (rest[0].abs() - centre_x) / radius_x, (rest[1] - centre_y) / radius_y
+
+
+def upper_lid(across: Union[Tensor, float], eye_closure: float) -> Union[Tensor, float]:
+    """v of the upper lid's edge at u = ``across`` (in the opening's coordinates, |u| <= 1; see above)."""
+    if isinstance(across, Tensor):
+        return (2.0 * eye_closure - 1.0) * (1.0 - across * across).clamp(min=0.0).sqrt()
+    return (2.0 * eye_closure - 1.0) * math.sqrt(max(1.0 - across * across, 0.0))
+
+
+def eye_point(across: float, down: float, shape: HeadShape = HeadShape()) -> tuple[float, float]:
+    """Rest-pose object (|x|, y) of the point (u, v) = (across, down) of an eye's opening (mirror x for the other
+    eye); with ``down = upper_lid(across, closure)`` a point of the lid's edge."""
+    centre_x, centre_y, _ = shape.eye_socket_centre
+    radius_x, radius_y = shape.eye_opening_radii
+    return centre_x + across * radius_x, centre_y + down * radius_y
+
+
+def _paint_eyelids(rest: Tensor, colour: Tensor, eye_closure: float, shape: HeadShape,
+                   face_texture: Tensor) -> Tensor:
+    """Colour (N, 3) with the upper lids drawn over the eyes: the skin just above each opening (the texture at
+    ``lid_skin_gap`` above its top, column by column) and a dark lash line along the edge. rest: (3, N)."""
+    across, down = _eye_coordinates(rest, shape)
+    edge = upper_lid(across, eye_closure)
+    covered = (across.abs() < 1.0) & (down < edge) & (down > -(1.0 - across * across).clamp(min=0.0).sqrt())
+    _, centre_y, _ = shape.eye_socket_centre
+    skin_y = torch.full_like(rest[1], centre_y - shape.eye_opening_radii[1] - shape.lid_skin_gap)
+    skin = _sample(face_texture, rest[0] / TEXTURE_HALF_WIDTH, skin_y / TEXTURE_HALF_HEIGHT, "border")
+    lash = covered & (down > edge - shape.lash_width / shape.eye_opening_radii[1])
+    colour = torch.where(covered[:, None], skin, colour)
+    return torch.where(lash[:, None], torch.tensor(EYELASH_COLOUR), colour)
+
+
 # Rays and tracing.
 def pixel_rays(intrinsics: Tensor, size: int, supersample: int = 1) -> Tensor:
     """Camera-space ray directions with unit z through sub-pixel sample points: (S*S, size*size, 3).
@@ -436,11 +487,15 @@ def _sample(texture: Tensor, normalized_x: Tensor, normalized_y: Tensor, padding
     return colour.view(3, -1).T  # (N, 3)
 
 
-def _shade_head(deformed: Tensor, mouth_opening: float, shape: HeadShape, face_texture: Tensor) -> Tensor:
-    """Colour (N, 3) of head surface points (3, N): planar-projected texture with baked Lambertian light."""
+def _shade_head(deformed: Tensor, mouth_opening: float, shape: HeadShape, face_texture: Tensor,
+                eye_closure: float = 0.0) -> Tensor:
+    """Colour (N, 3) of head surface points (3, N): planar-projected texture, the upper lids lowered by
+    ``eye_closure`` (0 open: none drawn, 1 shut), baked Lambertian light."""
     distance_fn = lambda p: head_distance(p, mouth_opening, shape)  # noqa: E731
     rest = close_jaw(deformed, mouth_opening, shape)
     colour = _sample(face_texture, rest[0] / TEXTURE_HALF_WIDTH, rest[1] / TEXTURE_HALF_HEIGHT, "border")
+    if eye_closure > 0.0:
+        colour = _paint_eyelids(rest, colour, eye_closure, shape, face_texture)
     cavity = _mouth_cavity(deformed, mouth_opening, shape)
     if cavity is not None:
         inside_mouth = -cavity > _face_body(rest, shape) - 1e-3  # the cavity wall is the visible surface
@@ -465,20 +520,22 @@ def _intra_op_threads(num_threads: Optional[int]):
 
 def cast_rays(rays: Tensor, rotation: Tensor, translation: Tensor, mouth_opening: float, face_texture: Tensor,
               background_texture: Tensor, pixel_angle: float, shape: HeadShape = HeadShape(),
-              num_threads: Optional[int] = 1) -> tuple[Tensor, Tensor, Tensor]:
+              num_threads: Optional[int] = 1, eye_closure: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Trace camera rays (N, 3) with unit z: colour (N, 3), camera z-depth (N,) and head hit (N,) bool.
 
     rotation (3, 3), translation (3,): the head pose; pixel_angle: 1 / focal length in pixels (sets the hit
-    tolerance); num_threads: see ``render_clip``. ``render_frame`` casts the rays through pixel centres; any
-    other rays (say through the sub-pixel positions a warp predicts) see exactly the same scene.
+    tolerance); num_threads: see ``render_clip``; eye_closure: 0 open (no lids drawn) to 1 shut (``upper_lid``).
+    ``render_frame`` casts the rays through pixel centres; any other rays (say through the sub-pixel positions a
+    warp predicts) see exactly the same scene.
     """
     with _intra_op_threads(num_threads):
         return _cast_rays(rays, rotation, translation, mouth_opening, face_texture, background_texture,
-                          pixel_angle, shape)
+                          pixel_angle, shape, eye_closure)
 
 
 def _cast_rays(rays: Tensor, rotation: Tensor, translation: Tensor, mouth_opening: float, face_texture: Tensor,
-               background_texture: Tensor, pixel_angle: float, shape: HeadShape) -> tuple[Tensor, Tensor, Tensor]:
+               background_texture: Tensor, pixel_angle: float, shape: HeadShape,
+               eye_closure: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     rays, rotation, translation = rays.float(), rotation.float(), translation.float()
     origin = -rotation.T @ translation  # camera centre in object coordinates
     directions = (rays @ rotation).T.contiguous()  # (3, N) object-space directions rotation.T @ ray
@@ -489,7 +546,7 @@ def _cast_rays(rays: Tensor, rotation: Tensor, translation: Tensor, mouth_openin
     colour = torch.empty(len(rays), 3)
     hit_index = torch.nonzero(hit).squeeze(1)
     point = origin[:, None] + depth[hit_index] * directions[:, hit_index]  # (3, M) object coordinates
-    colour[hit_index] = _shade_head(point, mouth_opening, shape, face_texture)
+    colour[hit_index] = _shade_head(point, mouth_opening, shape, face_texture, eye_closure)
     miss_index = torch.nonzero(~hit).squeeze(1)
     plane = rays[miss_index] * (BACKGROUND_DEPTH / BACKGROUND_HALF_EXTENT)  # (M, 3) normalised plane x, y
     colour[miss_index] = _sample(background_texture, plane[:, 0], plane[:, 1], "reflection")
@@ -507,7 +564,8 @@ def _edge_pixels(depth: Tensor, hit: Tensor) -> Tensor:
 
 def render_frame(rotation: Tensor, translation: Tensor, mouth_opening: float, intrinsics: Tensor, size: int,
                  face_texture: Tensor, background_texture: Tensor, supersample: int = 1,
-                 shape: HeadShape = HeadShape(), num_threads: Optional[int] = 1) -> RenderedFrame:
+                 shape: HeadShape = HeadShape(), num_threads: Optional[int] = 1,
+                 eye_closure: float = 0.0) -> RenderedFrame:
     """Ray-cast one square frame.
 
     rotation: (3, 3) and translation: (3,) object-to-camera; intrinsics: (3, 3) pixels;
@@ -515,19 +573,19 @@ def render_frame(rotation: Tensor, translation: Tensor, mouth_opening: float, in
     ``make_background_texture``). Depth, mask and colour come from the ray through each pixel centre; with
     supersample > 1 the colour of pixels at silhouettes and depth edges becomes the mean of supersample^2
     sub-pixel rays (textures are prefiltered, so smooth regions need no extra rays). num_threads: see
-    ``render_clip``.
+    ``render_clip``; eye_closure: see ``cast_rays``.
     """
     with _intra_op_threads(num_threads):
         return _render_frame(rotation, translation, mouth_opening, intrinsics, size, face_texture,
-                             background_texture, supersample, shape)
+                             background_texture, supersample, shape, eye_closure)
 
 
 def _render_frame(rotation: Tensor, translation: Tensor, mouth_opening: float, intrinsics: Tensor, size: int,
                   face_texture: Tensor, background_texture: Tensor, supersample: int,
-                  shape: HeadShape) -> RenderedFrame:
+                  shape: HeadShape, eye_closure: float = 0.0) -> RenderedFrame:
     cast = functools.partial(_cast_rays, rotation=rotation, translation=translation, mouth_opening=mouth_opening,
                              face_texture=face_texture, background_texture=background_texture,
-                             pixel_angle=1.0 / float(intrinsics[0, 0]), shape=shape)
+                             pixel_angle=1.0 / float(intrinsics[0, 0]), shape=shape, eye_closure=eye_closure)
     colour, depth, hit = cast(pixel_rays(intrinsics, size, 1)[0])  # (size*size, 3), (size*size,) x 2
     if supersample > 1:
         edges = torch.nonzero(_edge_pixels(depth.view(size, size), hit.view(size, size)).flatten()).squeeze(1)
@@ -599,7 +657,8 @@ def sample_motion(num_frames: int, fps: float, generator: torch.Generator,
 def render_clip(num_frames: int, size: int = 64, seed: int = 0,
                 texture: Union[Tensor, np.ndarray, None] = None, fps: float = 25.0,
                 supersample: int = 1, motion: MotionRanges = MotionRanges(),
-                shape: HeadShape = HeadShape(), num_threads: Optional[int] = 1) -> SyntheticClip:
+                shape: HeadShape = HeadShape(), num_threads: Optional[int] = 1,
+                eye_closure: float = 0.0) -> SyntheticClip:
     """Render a seeded clip of ``num_frames`` square ``size`` x ``size`` frames.
 
     texture: (H, W, 3) portrait in [0, 1] cropped like ``default_texture`` (eyes at ~47% of the height and
@@ -608,6 +667,7 @@ def render_clip(num_frames: int, size: int = 64, seed: int = 0,
     num_threads: torch intra-op threads while rendering, restored afterwards (None: leave as is). The
         renderer runs many small ops, and on a busy CPU OpenMP threads waiting for each other can make it
         10-100x slower than one thread.
+    eye_closure: the upper lids of every frame, 0 open (no lids drawn) to 1 shut (``upper_lid``).
     The result is bit-identical for equal arguments; the global torch RNG is never touched.
     """
     if num_frames < 1 or size < 1 or supersample < 1:
@@ -621,14 +681,14 @@ def render_clip(num_frames: int, size: int = 64, seed: int = 0,
     rotation = rotation_from_angles(angles[:, 0], angles[:, 1], angles[:, 2])  # (T, 3, 3)
 
     rendered = [render_frame(rotation[t], translation[t], float(mouth_opening[t]), intrinsics, size,
-                             face_texture, background_texture, supersample, shape, num_threads)
+                             face_texture, background_texture, supersample, shape, num_threads, eye_closure)
                 for t in range(num_frames)]
     return SyntheticClip(frames=torch.stack([frame.image for frame in rendered]),
                          depth=torch.stack([frame.depth for frame in rendered]),
                          head_mask=torch.stack([frame.head_mask for frame in rendered]),
                          rotation=rotation, translation=translation, intrinsics=intrinsics.float(), fps=fps,
                          head_angles=angles, mouth_opening=mouth_opening, face_texture=face_texture,
-                         background_texture=background_texture, shape=shape)
+                         background_texture=background_texture, shape=shape, eye_closure=eye_closure)
 
 
 # Ground-truth motion.

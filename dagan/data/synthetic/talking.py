@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from dagan.audio.decode import SAMPLE_RATE, Audio
-from dagan.data.synthetic.heads import (HEAD_DISTANCE, HeadShape, make_intrinsics, open_jaw, render_frame,
-                                  rotation_from_angles, smooth_trajectory, prepare_face_texture,
-                                  make_background_texture)
+from dagan.data.synthetic.heads import (HEAD_DISTANCE, HeadShape, eye_point, make_intrinsics, open_jaw,
+                                        render_frame, rotation_from_angles, smooth_trajectory, prepare_face_texture,
+                                        make_background_texture, upper_lid)
 
 # Jaw openness (0 closed, 1 wide open) by espeak-ng phoneme mnemonic, matched on the longest prefix.
 OPENNESS = {"_": 0.0, "p": 0.0, "b": 0.0, "m": 0.0, "f": 0.15, "v": 0.15, "w": 0.2, "T": 0.2, "D": 0.2,
@@ -47,6 +47,7 @@ COARTICULATION_SECONDS = 0.04  # std of the Gaussian that smooths the jaw trajec
 LANDMARKS = ((0.0, 0.215, -0.335), (0.0, 0.275, -0.315), (0.0, 0.18, -0.345), (-0.07, 0.19, -0.32),
              (0.07, 0.19, -0.32), (0.0, 0.085, -0.43), (-0.105, -0.02, -0.35), (0.105, -0.02, -0.35),
              (-0.095, -0.075, -0.36), (0.095, -0.075, -0.36), (-0.15, 0.22, -0.24), (0.15, 0.22, -0.24))
+EYE_LANDMARKS = (6, 7)  # the eyes of LANDMARKS (image left, right): on the upper lids when given eye closures
 JACOBIAN_STEP = 1e-3
 JACOBIAN_SCALE = 0.1  # object units per Jacobian column, so Jacobians are O(1)
 
@@ -223,22 +224,23 @@ def head_motion(style: PoseStyle, activity: np.ndarray, fps: float, seed: int) -
 
 # Keypoints.
 def project_landmarks(angles: np.ndarray, translation: np.ndarray, mouth_opening: np.ndarray, intrinsics: np.ndarray,
-                      size: int, num_kp: int, shape: HeadShape = HeadShape()) -> tuple[np.ndarray, np.ndarray]:
+                      size: int, num_kp: int, shape: HeadShape = HeadShape(),
+                      eye_closure: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """Ground-truth keypoints (T, K, 2) in [-1, 1] (x, y; ``grid_sample`` convention) and Jacobians (T, K, 2, 2).
 
     Landmark k (with two neighbours JACOBIAN_STEP along the surface x and y) is opened by the jaw, posed
     (X = R X_object + t) and projected; the Jacobian columns are the projected neighbour offsets per
-    JACOBIAN_SCALE object units.
+    JACOBIAN_SCALE object units. eye_closure: (T,) upper lids of the frames (``heads.upper_lid``); given, the eye
+    landmarks (EYE_LANDMARKS) sit in the middle of the upper lids' edges instead of the eye centres.
     """
     if not 1 <= num_kp <= len(LANDMARKS):
         raise ValueError(f"num_kp must be in [1, {len(LANDMARKS)}] for the synthetic head, got {num_kp}")
-    base = torch.tensor(LANDMARKS[:num_kp], dtype=torch.float32).T  # (3, K)
-    offsets = torch.tensor([[0.0, 0.0, 0.0], [JACOBIAN_STEP, 0.0, 0.0], [0.0, JACOBIAN_STEP, 0.0]]).T  # (3, 3)
-    rest = (base[:, None, :] + offsets[:, :, None]).reshape(3, -1)  # (3, 3K): point, +x, +y for each landmark
     angles_t = torch.from_numpy(np.asarray(angles, dtype=np.float32))
     rotation = rotation_from_angles(angles_t[:, 0], angles_t[:, 1], angles_t[:, 2]).double()  # (T, 3, 3)
+    closures = [None] * len(angles_t) if eye_closure is None else np.asarray(eye_closure, np.float32)
     points = []
     for index, opening in enumerate(np.asarray(mouth_opening, dtype=np.float32)):
+        rest = _landmark_points(num_kp, shape, None if closures[index] is None else float(closures[index]))
         moved = open_jaw(rest, float(opening), shape).double()  # (3, 3K)
         points.append(rotation[index] @ moved + torch.from_numpy(np.asarray(translation[index], np.float64))[:, None])
     camera = torch.stack(points).numpy()  # (T, 3, 3K)
@@ -249,6 +251,19 @@ def project_landmarks(angles: np.ndarray, translation: np.ndarray, mouth_opening
     columns = (normalised[:, :, 1:] - normalised[:, :, :1]) * (JACOBIAN_SCALE / JACOBIAN_STEP)  # (T, 2, 2, K)
     jacobians = columns.transpose(0, 3, 1, 2)  # (T, K, 2 [x, y], 2 [d/dx, d/dy])
     return keypoints.astype(np.float32), jacobians.astype(np.float32)
+
+
+def _landmark_points(num_kp: int, shape: HeadShape, eye_closure: Optional[float]) -> torch.Tensor:
+    """Rest-pose landmarks with their Jacobian neighbours (3, 3K): point, +x, +y for each of the first K; with
+    ``eye_closure``, the eye landmarks on the middle of the upper lids' edges."""
+    landmarks = torch.tensor(LANDMARKS[:num_kp], dtype=torch.float32).T  # (3, K)
+    if eye_closure is not None:
+        x, y = eye_point(0.0, upper_lid(0.0, eye_closure), shape)
+        for index, sign in zip(EYE_LANDMARKS, (-1.0, 1.0)):
+            if index < num_kp:
+                landmarks[0, index], landmarks[1, index] = sign * x, y
+    offsets = torch.tensor([[0.0, 0.0, 0.0], [JACOBIAN_STEP, 0.0, 0.0], [0.0, JACOBIAN_STEP, 0.0]]).T  # (3, 3)
+    return (landmarks[:, None, :] + offsets[:, :, None]).reshape(3, -1)
 
 
 def make_talking_clip(speech: Speech, style: PoseStyle, fps: float = 25.0, num_kp: int = 10, size: int = 64,
