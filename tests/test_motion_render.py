@@ -30,19 +30,14 @@ with seed 2 pose only closed the mouth that the model's rendering of the wanted 
 asserted its mouth against the wanted head's) and seed 2 failed two (no mouth from expression-only keypoints); with
 400 steps each of the three seeds failed one (seed 0: ``--mouth_openness 0.15`` reached 0.108 at most).
 
-Eye openness is not tested on frames. The heads have upper eyelids (``heads.upper_lid``, ``render_frame``'s
-``eye_closure``) and ``talking.project_landmarks`` can put the eye keypoints on them, but no recipe tried taught
-the tiny generator to render them. Trained with random eye closures (each pose's two renders one open, 0-0.3, one
-shut, 0.6-1), the eye keypoints on the lids, the eyes' surroundings weighted up to 5x, 250 or 400 steps, a lash
-line 0.4, 0.9 or 1.4 px thick, in eight recipes (one with the face 1.5x larger, one with the generator's
-bottleneck at 32x32 instead of 16x16), the keypoint detector learned the lids (a shut-eyed driver's eye keypoints
-1.3-2.8 px below the source's, of 3.4 px) but the generator rendered the same eyes for open, half-shut and shut
-drivers (the eye closure measured over the eye areas: 0.064, 0.065 and 0.058 with 400 steps and the eyes weighted
-5x); the 3 px tall eye is below the blur (about 1 px) of what its 16x16 bottleneck renders. In six of the eight
-the mouth was not learned either. ``landmarks_68`` puts the eye landmarks on the lids' ellipse, so their
-eye openness (:func:`dagan.motion.regions.eye_openness`) is (1 - closure) times the open eye's (0.42). Mouth
-openness is tested end to end, in the units of :func:`dagan.motion.regions.openness` (the inner-lip gap over the
-mouth width).
+Eye openness is tested on frames in ``tests/test_eye_render.py``, on close-ups of the eyes. At this framing the
+eye is 3 px tall, and in eight training recipes (random eye closures with the eye keypoints on the lids, the eyes'
+surroundings weighted up to 5x, 250 or 400 steps, lids drawn with a lash line, the face 1.5x larger, the
+generator's bottleneck at 32x32) the keypoint detector learned the lids but the generator rendered the same eyes
+for open, half-shut and shut drivers. ``landmarks_68`` puts the eye landmarks on the lids' ellipse, so their eye
+openness (:func:`dagan.motion.regions.eye_openness`) is (1 - closure) times the open eye's (0.42). Mouth openness
+is tested here end to end, in the units of :func:`dagan.motion.regions.openness` (the inner-lip gap over the mouth
+width).
 """
 from __future__ import annotations
 
@@ -83,9 +78,11 @@ EYE_DEPTH = talking.LANDMARKS[6][2]  # object z of the eye landmarks
 
 # The scene: one head, one camera, one background.
 class Scene:
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, zoom: float = 1.0):
+        """zoom: the camera's focal length times this (tests/test_eye_render.py fills the frame with the eyes)."""
         generator = torch.Generator().manual_seed(seed)
         self.intrinsics = heads.make_intrinsics(SIZE, generator)
+        self.intrinsics[:2, :2] *= zoom
         self.background = heads.make_background_texture(generator)
         self.face = heads.prepare_face_texture(None, target_height=SIZE)
 
@@ -107,12 +104,15 @@ class Scene:
         pixels = (pixels[:2] / pixels[2:]).T.numpy()  # (N, 2) u, v
         return (pixels + 0.5) / SIZE * 2.0 - 1.0
 
-    def keypoints(self, poses: np.ndarray, jaws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Ground-truth keypoints (T, K, 2) and Jacobians (T, K, 2, 2) of the renders."""
+    def keypoints(self, poses: np.ndarray, jaws: np.ndarray,
+                  eyes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Ground-truth keypoints (T, K, 2) and Jacobians (T, K, 2, 2) of the renders; with eye closures (T,), the
+        eye keypoints on the upper lids."""
         poses = np.asarray(poses, np.float32)
         translation = np.stack([poses[:, 3], poses[:, 4], np.full(len(poses), heads.HEAD_DISTANCE)], 1)
         return talking.project_landmarks(poses[:, :3], translation, np.asarray(jaws, np.float32),
-                                         self.intrinsics.numpy(), SIZE, NUM_KP)
+                                         self.intrinsics.numpy(), SIZE, NUM_KP,
+                                         eye_closure=None if eyes is None else np.asarray(eyes, np.float32))
 
 
 def path_pose(alpha: float) -> np.ndarray:

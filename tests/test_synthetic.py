@@ -308,27 +308,29 @@ def test_mouth_opening_changes_only_the_lower_face(yaw):
 
 
 # Eyelids.
-def test_open_eyes_draw_no_lids(monkeypatch):
+def test_open_eyes_leave_the_texture_as_it_is(monkeypatch):
     """eye_closure 0 renders exactly what the renderer rendered before it had lids: the lid code does not run."""
     plain = render_pose(yaw=10.0, mouth_opening=0.5)
 
     def no_lids(*arguments, **keywords):
-        raise AssertionError("eyelids painted at eye_closure 0")
+        raise AssertionError("eyelids closed at eye_closure 0")
 
-    monkeypatch.setattr(synthetic, "_paint_eyelids", no_lids)
+    monkeypatch.setattr(synthetic, "_close_eyelids", no_lids)
     opened = render_pose(yaw=10.0, mouth_opening=0.5, eye_closure=0.0)
     for name in ("image", "depth", "head_mask"):
         assert torch.equal(getattr(plain, name), getattr(opened, name)), name
-    with pytest.raises(AssertionError, match="eyelids painted"):
+    with pytest.raises(AssertionError, match="eyelids closed"):
         render_pose(yaw=10.0, eye_closure=0.5)
 
 
 def eye_boxes(yaw: float, size: int, margin: float = 1.0) -> list[tuple[float, float, float, float]]:
-    """Pixel boxes (u_min, u_max, v_min, v_max) around the two eyes' openings, widened by ``margin`` px."""
+    """Pixel boxes (u_min, u_max, v_min, v_max) around the two eyes' openings and the lids' skin above them,
+    widened by ``margin`` px."""
     shape = HeadShape()
     boxes = []
     for sign in (-1.0, 1.0):
-        corners = [synthetic.eye_point(across, down, shape) for across in (-1.0, 1.0) for down in (-1.0, 1.0)]
+        corners = [synthetic.eye_point(across, down, shape) for across in (-1.0, 1.0)
+                   for down in (-1.0 - shape.lid_height, 1.0)]
         pixels = torch.stack([project_object_point((sign * x, y, shape.eye_socket_centre[2]), yaw=yaw, size=size)
                               for x, y in corners])
         boxes.append((float(pixels[:, 0].min()) - margin, float(pixels[:, 0].max()) + margin,
@@ -338,7 +340,8 @@ def eye_boxes(yaw: float, size: int, margin: float = 1.0) -> list[tuple[float, f
 
 @pytest.mark.parametrize("yaw", [0.0, 20.0])
 def test_closing_the_eyes_changes_only_the_eyes(yaw):
-    """Shut lids repaint pixels of both eyes and nothing else; depth and head mask stay as they were."""
+    """Shut lids change pixels of both eyes (and the lids' skin above them) and nothing else; depth and head mask
+    stay as they were."""
     opened, shut = render_pose(yaw=yaw, eye_closure=0.0), render_pose(yaw=yaw, eye_closure=1.0)
     assert torch.equal(opened.depth, shut.depth) and torch.equal(opened.head_mask, shut.head_mask)
     changed = (opened.image - shut.image).abs().amax(0) > 1e-4  # (H, W)
@@ -350,28 +353,25 @@ def test_closing_the_eyes_changes_only_the_eyes(yaw):
     assert not (changed & ~(inside[0] | inside[1])).any()
 
 
-def test_the_open_part_of_the_eyes_shrinks_with_closure():
-    """At 128 px, the height of each eye's opening that still shows the open eye (pixels as at closure 0; its
-    tallest column) is (1 - closure) of the open eye's, within 1 px, and nothing is left at closure 1."""
-    size = 128
-    frames = {closure: render_pose(size=size, eye_closure=closure).image for closure in (0.0, 0.25, 0.5, 0.75, 1.0)}
-    opening = (frames[0.0] - frames[1.0]).abs().amax(0) > 1e-4  # (H, W): what the shut lids cover
-
-    def open_rows(closure: float) -> list[int]:
-        unchanged = opening & ((frames[closure] - frames[0.0]).abs().amax(0) <= 1e-6)
-        heights = []
-        for u_min, u_max, v_min, v_max in eye_boxes(0.0, size):
-            box = unchanged[int(v_min):int(v_max) + 1, int(u_min):int(u_max) + 1]
-            heights.append(int(box.sum(0).max()))
-        return heights
-
-    full = open_rows(0.0)
-    print("open heights (px) of the two eyes by closure:", {closure: open_rows(closure) for closure in frames})
-    assert min(full) >= 5
-    for closure in (0.25, 0.5, 0.75):
-        for height, open_height in zip(open_rows(closure), full):
-            assert abs(height - (1 - closure) * open_height) <= 1.0, (closure, height, open_height)
-    assert open_rows(1.0) == [0, 0]
+def test_closing_squashes_the_open_eye_towards_the_lower_lid():
+    """Column by column of each opening, the open eye's texture ([-s, s] in the opening's v) is read between the
+    lid's edge and the lower arc: an open height of (1 - closure) times the open eye's, none when shut. Above the
+    lid's skin and below the opening the texture is read where it is."""
+    shape = HeadShape()
+    _, centre_y, depth = shape.eye_socket_centre
+    step = 1e-3
+    across, down = torch.meshgrid(torch.linspace(-0.95, 0.95, 9), torch.arange(-3.0, 1.5, step), indexing="ij")
+    x, y = synthetic.eye_point(across, down, shape)
+    rest = torch.stack([x.flatten(), y.flatten(), torch.full((across.numel(),), depth)])
+    half = (1.0 - across[:, 0] ** 2).sqrt()  # (9,): the opening's half-height in each column
+    for closure in (0.25, 0.5, 0.75, 1.0):
+        read = ((synthetic._close_eyelids(rest, closure, shape)[1] - centre_y) / shape.eye_opening_radii[1])
+        read = read.view(across.shape)
+        shows_eye = (read > -half[:, None]) & (read < half[:, None])
+        height = shows_eye.sum(1) * step
+        assert torch.allclose(height, (1.0 - closure) * 2.0 * half, atol=3 * step), (closure, height)
+        untouched = (down < -half[:, None] - shape.lid_height - step) | (down > half[:, None] + step)
+        assert torch.allclose(read[untouched], down[untouched], atol=1e-5)
 
 
 def test_eye_landmarks_ride_on_the_upper_lids():

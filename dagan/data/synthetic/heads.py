@@ -2,7 +2,7 @@
 
 A procedural head (a signed-distance function: ellipsoidal skull narrowing to a jaw, nose, brow ridges,
 cheeks, chin, shallow eye sockets, and a jaw that drops to open a dark mouth cavity) is textured with a
-portrait photo, its upper eyelids painted over the eyes as they close (``upper_lid``), and ray-cast (sphere
+portrait photo, its eyes closing as their upper lids come down (``upper_lid``), and ray-cast (sphere
 tracing, written in torch, CPU) in front of a static textured background plane. Every clip follows smooth
 seeded trajectories for yaw, pitch, roll, translation and mouth opening, seen by a pinhole camera with per-clip
 intrinsics. The clips exist to measure whether a self-supervised depth / pose network recovers the right
@@ -70,7 +70,6 @@ MIN_MOUTH_HALF_GAP = 1e-3  # below this the mouth counts as closed (no cavity)
 AMBIENT_LIGHT = 0.6
 LIGHT_DIRECTION = (-0.3, -0.4, -1.0)  # towards the light, object coordinates (upper left front)
 MOUTH_INTERIOR_COLOUR = (0.22, 0.05, 0.06)
-EYELASH_COLOUR = (0.10, 0.06, 0.05)
 # The face texture covers this object-space rectangle (planar projection along z):
 # x in [-half_width, half_width] -> texture columns, y in [-half_height, half_height] -> texture rows.
 TEXTURE_HALF_WIDTH = 0.30
@@ -120,8 +119,8 @@ class HeadShape:
     mouth_cavity_z: float = -0.33  # centre of the mouth cavity, z
     mouth_cavity_depth: float = 0.06  # z half-axis of the mouth cavity
     eye_opening_radii: tuple[float, float] = (0.05, 0.024)  # x, y half-axes of each eye's opening (see eyelids)
-    lid_skin_gap: float = 0.012  # the lid's skin is the texture this far above the eye's opening
-    lash_width: float = 0.02  # the dark line along the lid's edge (about 1.4 px in a 64 px frame of the head)
+    lid_height: float = 1.0  # the skin above each opening that a closing lid stretches down over it, in
+    #                          units of the opening's vertical half-axis
 
 
 @dataclass(frozen=True)
@@ -154,7 +153,7 @@ class SyntheticClip:
     face_texture: (1, 3, h, w) and background_texture: (1, 3, R, R), the textures as rendered (for
         ``cast_rays``).
     shape: the head geometry used (needed by ``warp_points`` for the jaw).
-    eye_closure: the upper lids of every frame (0 open, 1 shut; painted, so ``warp_points`` ignores them).
+    eye_closure: the upper lids of every frame (0 open, 1 shut; texture only, so ``warp_points`` ignores them).
     """
 
     frames: Tensor
@@ -328,12 +327,15 @@ def head_distance(deformed: Tensor, mouth_opening: float, shape: HeadShape) -> T
     return distance if cavity is None else torch.maximum(distance, -cavity)
 
 
-# The eyelids: painted on the surface, they change colours only (depth and head mask never depend on them). Each
-# eye's opening is the ellipse ``eye_opening_radii`` around its socket's centre in rest-pose object (x, y); with
-# (u, v) a point's position in that ellipse (u = (|x| - centre_x) / radius_x, v = (y - centre_y) / radius_y), the
-# upper lid covers the points of the ellipse above its edge v = (2 closure - 1) sqrt(1 - u^2): the ellipse's upper
-# arc at closure 0 (open, nothing covered), its long axis at 0.5, its lower arc at 1 (shut). The open height at
-# every u is therefore (1 - closure) times the open eye's.
+# The eyelids: they move the face texture only (depth and head mask never depend on them). Each eye's opening is
+# the ellipse ``eye_opening_radii`` around its socket's centre in rest-pose object (x, y); with (u, v) a point's
+# position in that ellipse (u = (|x| - centre_x) / radius_x, v = (y - centre_y) / radius_y) and s = sqrt(1 - u^2),
+# the upper lid's edge is v = (2 closure - 1) s: the opening's upper arc -s at closure 0 (open), its long axis at
+# 0.5, its lower arc s at 1 (shut). Closing is a warp of the texture along v, column by column: the open eye
+# between the edge and the lower arc is the whole open eye [-s, s] squashed towards the lower lid (by 1 - closure),
+# and the lid's skin [-s - h, -s] (h = ``lid_height``) stretches down to the edge. So the open height at every u is
+# (1 - closure) times the open eye's, nothing is painted that the open face does not show, and a keypoint on the
+# lid's edge with a local vertical squash describes the motion exactly, as DaGAN's warping does.
 def _eye_coordinates(rest: Tensor, shape: HeadShape) -> tuple[Tensor, Tensor]:
     """(u, v) (N,), (N,) of rest-pose points (3, N) in the nearer eye's opening ellipse (|u|, |v| < 1 inside)."""
     centre_x, centre_y, _ = shape.eye_socket_centre
@@ -356,19 +358,21 @@ def eye_point(across: float, down: float, shape: HeadShape = HeadShape()) -> tup
     return centre_x + across * radius_x, centre_y + down * radius_y
 
 
-def _paint_eyelids(rest: Tensor, colour: Tensor, eye_closure: float, shape: HeadShape,
-                   face_texture: Tensor) -> Tensor:
-    """Colour (N, 3) with the upper lids drawn over the eyes: the skin just above each opening (the texture at
-    ``lid_skin_gap`` above its top, column by column) and a dark lash line along the edge. rest: (3, N)."""
+def _close_eyelids(rest: Tensor, eye_closure: float, shape: HeadShape) -> Tensor:
+    """Where the face texture is read (3, N) for rest-pose points (3, N) with the eyes closed by ``eye_closure``
+    (see above): the points of each opening and of the lid's skin above it move along y; all others stay."""
     across, down = _eye_coordinates(rest, shape)
+    half = (1.0 - across * across).clamp(min=0.0).sqrt()  # s: the opening's half-height at u, in v units
     edge = upper_lid(across, eye_closure)
-    covered = (across.abs() < 1.0) & (down < edge) & (down > -(1.0 - across * across).clamp(min=0.0).sqrt())
+    top = -half - shape.lid_height
+    in_column = across.abs() < 1.0
+    eye = in_column & (down >= edge) & (down <= half)
+    lid = in_column & (down >= top) & (down < edge)
+    read = torch.where(eye, half - (half - down) / max(1.0 - eye_closure, 1e-6), down)
+    read = torch.where(lid, top + (down - top) * shape.lid_height / (shape.lid_height + 2.0 * half * eye_closure),
+                       read)
     _, centre_y, _ = shape.eye_socket_centre
-    skin_y = torch.full_like(rest[1], centre_y - shape.eye_opening_radii[1] - shape.lid_skin_gap)
-    skin = _sample(face_texture, rest[0] / TEXTURE_HALF_WIDTH, skin_y / TEXTURE_HALF_HEIGHT, "border")
-    lash = covered & (down > edge - shape.lash_width / shape.eye_opening_radii[1])
-    colour = torch.where(covered[:, None], skin, colour)
-    return torch.where(lash[:, None], torch.tensor(EYELASH_COLOUR), colour)
+    return torch.stack([rest[0], centre_y + read * shape.eye_opening_radii[1], rest[2]])
 
 
 # Rays and tracing.
@@ -489,13 +493,13 @@ def _sample(texture: Tensor, normalized_x: Tensor, normalized_y: Tensor, padding
 
 def _shade_head(deformed: Tensor, mouth_opening: float, shape: HeadShape, face_texture: Tensor,
                 eye_closure: float = 0.0) -> Tensor:
-    """Colour (N, 3) of head surface points (3, N): planar-projected texture, the upper lids lowered by
-    ``eye_closure`` (0 open: none drawn, 1 shut), baked Lambertian light."""
+    """Colour (N, 3) of head surface points (3, N): planar-projected texture, the eyes closed by ``eye_closure``
+    (0 open: the texture as it is, 1 shut), baked Lambertian light."""
     distance_fn = lambda p: head_distance(p, mouth_opening, shape)  # noqa: E731
     rest = close_jaw(deformed, mouth_opening, shape)
-    colour = _sample(face_texture, rest[0] / TEXTURE_HALF_WIDTH, rest[1] / TEXTURE_HALF_HEIGHT, "border")
-    if eye_closure > 0.0:
-        colour = _paint_eyelids(rest, colour, eye_closure, shape, face_texture)
+    texture_point = _close_eyelids(rest, eye_closure, shape) if eye_closure > 0.0 else rest
+    colour = _sample(face_texture, texture_point[0] / TEXTURE_HALF_WIDTH, texture_point[1] / TEXTURE_HALF_HEIGHT,
+                     "border")
     cavity = _mouth_cavity(deformed, mouth_opening, shape)
     if cavity is not None:
         inside_mouth = -cavity > _face_body(rest, shape) - 1e-3  # the cavity wall is the visible surface
@@ -524,7 +528,7 @@ def cast_rays(rays: Tensor, rotation: Tensor, translation: Tensor, mouth_opening
     """Trace camera rays (N, 3) with unit z: colour (N, 3), camera z-depth (N,) and head hit (N,) bool.
 
     rotation (3, 3), translation (3,): the head pose; pixel_angle: 1 / focal length in pixels (sets the hit
-    tolerance); num_threads: see ``render_clip``; eye_closure: 0 open (no lids drawn) to 1 shut (``upper_lid``).
+    tolerance); num_threads: see ``render_clip``; eye_closure: 0 open (the texture as it is) to 1 shut (``upper_lid``).
     ``render_frame`` casts the rays through pixel centres; any other rays (say through the sub-pixel positions a
     warp predicts) see exactly the same scene.
     """
@@ -667,7 +671,7 @@ def render_clip(num_frames: int, size: int = 64, seed: int = 0,
     num_threads: torch intra-op threads while rendering, restored afterwards (None: leave as is). The
         renderer runs many small ops, and on a busy CPU OpenMP threads waiting for each other can make it
         10-100x slower than one thread.
-    eye_closure: the upper lids of every frame, 0 open (no lids drawn) to 1 shut (``upper_lid``).
+    eye_closure: the upper lids of every frame, 0 open (the texture as it is) to 1 shut (``upper_lid``).
     The result is bit-identical for equal arguments; the global torch RNG is never touched.
     """
     if num_frames < 1 or size < 1 or supersample < 1:
