@@ -331,10 +331,18 @@ def decode_stream(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return frames, np.frombuffer(audio, np.float32)
 
 
-def streamed_video(playlist_url: str, path: Path) -> Path:
-    """The whole stream behind an HLS playlist (its segments in order) as one MPEG-TS file."""
-    with urllib.request.urlopen(playlist_url, timeout=10) as response:
-        playlist = response.read().decode()
+def streamed_video(playlist_url: str, path: Path, timeout: float = 30.0) -> Path:
+    """The whole stream behind an HLS playlist (its segments in order) as one MPEG-TS file, once the playlist is
+    complete (``#EXT-X-ENDLIST``): gradio encodes the stream's audio continuously and adds what its encoder still
+    holds as a last segment after the stream ends, so a playlist read before that lacks the last ~0.5 s of sound."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(playlist_url, timeout=10) as response:
+            playlist = response.read().decode()
+        if "#EXT-X-ENDLIST" in playlist:
+            break
+        assert time.monotonic() < deadline, f"the stream's playlist did not end within {timeout:.0f} s:\n{playlist}"
+        time.sleep(0.2)
     base = playlist_url.split("?")[0].rsplit("/", 1)[0]
     with open(path, "wb") as stream:
         for line in playlist.splitlines():
