@@ -30,13 +30,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import config_path
-from dagan.config import load_config
-from dagan.geometry import Keypoints
 from dagan.motion import REGIONS, MotionControl, MotionEditor, assign_regions, solve_openness
 from dagan.motion.driver import SourceFace, opened_keypoints
 from dagan.motion.regions import eye_openness
-from test_motion_render import (MODEL_OVERRIDES, NUM_KP, SEED, SIZE, Scene, as_float, blur, landmarks_68, refine,
+from test_motion_render import (SEED, Scene, as_float, blur, feature_weight, fit_tiny_model, landmarks_68, refine,
                                 to_uint8)
 
 pytestmark = pytest.mark.slow  # the module's fixture trains a model (about a minute on one idle core)
@@ -53,8 +50,6 @@ EYE_SIGMA = 0.1  # the width (keypoint coordinates) of the eyes' extra weight in
 
 def train_eye_model(scene: Scene, seed: int = SEED):
     """The tiny DaGAN of the module docstring, trained for TRAIN_STEPS steps (about 50 s on an idle core)."""
-    from dagan.model import DaGAN
-
     rng = np.random.default_rng(seed)
     poses = np.stack([rng.uniform(-6, 6, TRAIN_RENDERS), rng.uniform(-4, 4, TRAIN_RENDERS),
                       rng.uniform(-3, 3, TRAIN_RENDERS), rng.uniform(-0.02, 0.02, TRAIN_RENDERS),
@@ -63,39 +58,9 @@ def train_eye_model(scene: Scene, seed: int = SEED):
     frames = torch.stack([scene.render(pose, 0.0, eyes).image for pose, eyes in zip(poses, closures)])
     value, jacobian = (torch.from_numpy(array)
                        for array in scene.keypoints(poses, np.zeros(TRAIN_RENDERS), closures))
-    config = load_config(config_path("tiny.yaml"), [f"model_params.common_params.num_kp={NUM_KP}", *MODEL_OVERRIDES])
-    torch.manual_seed(seed)
-    model = DaGAN(config)
-    optimizer = torch.optim.Adam([*model.kp_detector.parameters(), *model.generator.parameters()], lr=2e-3,
-                                 betas=(0.5, 0.999))
-    with torch.no_grad():
-        disparity = model.eval().depth(frames)  # the (untrained) depth network stays frozen
-    model.kp_detector.train(), model.generator.train()
-    for _ in range(TRAIN_STEPS):
-        source, driving = (torch.from_numpy(rng.integers(0, TRAIN_RENDERS, BATCH)) for _ in range(2))
-        both = torch.cat([source, driving])
-        detected = model.kp_detector(torch.cat([frames[both], disparity[both]], 1))
-        keypoint_loss = ((detected.value - value[both]).abs().mean()
-                         + 0.1 * (detected.jacobian - jacobian[both]).abs().mean())
-        prediction = model.generator(frames[source], Keypoints(value[source], jacobian[source]),
-                                     Keypoints(value[driving], jacobian[driving]), source_depth=disparity[source],
-                                     return_deformed=False).prediction
-        target = frames[driving]
-        weight = eye_weight(value[driving][:, EYE_KEYPOINTS])
-        loss = ((prediction - target).abs() * weight).mean() + 10 * keypoint_loss
-        loss = loss + (F.avg_pool2d(prediction, 2) - F.avg_pool2d(target, 2)).abs().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
-def eye_weight(eyes: torch.Tensor) -> torch.Tensor:
-    """The reconstruction loss's weight (B, 1, H, W) for the eye keypoints (B, 2, 2): 1, plus 4 around each eye."""
-    rows, columns = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
-    bumps = torch.exp(-((columns - eyes[..., 0, None, None]) ** 2 + (rows - eyes[..., 1, None, None]) ** 2)
-                      / (2 * EYE_SIGMA ** 2))  # (B, 2, H, W)
-    return 1 + 4 * bumps.sum(1, keepdim=True)
+    return fit_tiny_model(frames, value, jacobian, seed, TRAIN_STEPS,
+                          lambda: (rng.integers(0, TRAIN_RENDERS, BATCH), rng.integers(0, TRAIN_RENDERS, BATCH)),
+                          lambda driving: feature_weight(driving[:, EYE_KEYPOINTS], EYE_SIGMA))
 
 
 class EyeMeasurer:

@@ -167,8 +167,6 @@ def landmarks_68(scene: Scene, pose: np.ndarray, jaw: float, eyes: float = 0.0) 
 # The model.
 def train_tiny_model(scene: Scene, seed: int = SEED):
     """The tiny DaGAN of the module docstring, trained for TRAIN_STEPS steps (about 50 s on an idle core)."""
-    from dagan.model import DaGAN
-
     rng = np.random.default_rng(seed)
     count = TRAIN_RENDERS // 2  # poses, each rendered with a nearly closed and an open mouth
     poses = np.stack([rng.uniform(-25, 25, count), rng.uniform(-12, 12, count), rng.uniform(-6, 6, count),
@@ -176,20 +174,34 @@ def train_tiny_model(scene: Scene, seed: int = SEED):
     jaws = np.stack([rng.uniform(0.0, 0.3, count), rng.uniform(0.5, 1.0, count)], 1).reshape(-1)
     frames = torch.stack([scene.render(pose, jaw).image for pose, jaw in zip(poses, jaws)])  # (N, 3, H, W)
     value, jacobian = (torch.from_numpy(array) for array in scene.keypoints(poses, jaws))
+
+    def pick_pairs() -> tuple[np.ndarray, np.ndarray]:  # half: the same pose, the other jaw
+        source = rng.integers(0, TRAIN_RENDERS, BATCH)
+        return source, np.where(np.arange(BATCH) % 2 == 0, source ^ 1, rng.integers(0, TRAIN_RENDERS, BATCH))
+
+    return fit_tiny_model(frames, value, jacobian, seed, TRAIN_STEPS, pick_pairs,
+                          lambda driving: feature_weight(driving[:, :3].mean(1, keepdim=True), 0.15))
+
+
+def fit_tiny_model(frames: torch.Tensor, value: torch.Tensor, jacobian: torch.Tensor, seed: int, steps: int,
+                   pick_pairs, loss_weight):
+    """A tiny DaGAN (``configs/tiny.yaml`` with NUM_KP keypoints, its depth network untrained and frozen) fitted
+    for ``steps`` steps to renders ``frames`` (N, 3, H, W) and their true keypoints ``value`` (N, K, 2) and
+    Jacobians (N, K, 2, 2): the keypoint detector learns the keypoints, and the generator reconstructs a driving
+    render from a source render at their true keypoints (L1 weighted by ``loss_weight(driving keypoints (B, K, 2))``
+    (B, 1, H, W), plus L1 at half resolution). pick_pairs() gives each step's (source, driving) indices (B,)."""
+    from dagan.model import DaGAN
+
     config = load_config(config_path("tiny.yaml"), [f"model_params.common_params.num_kp={NUM_KP}", *MODEL_OVERRIDES])
     torch.manual_seed(seed)
     model = DaGAN(config)
-    model.train()
     optimizer = torch.optim.Adam([*model.kp_detector.parameters(), *model.generator.parameters()], lr=2e-3,
                                  betas=(0.5, 0.999))
     with torch.no_grad():
-        disparity = model.eval().depth(frames)  # the (untrained) depth network stays frozen
+        disparity = model.eval().depth(frames)
     model.kp_detector.train(), model.generator.train()
-    rows, columns = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
-    for _ in range(TRAIN_STEPS):
-        source = rng.integers(0, TRAIN_RENDERS, BATCH)
-        driving = np.where(np.arange(BATCH) % 2 == 0, source ^ 1, rng.integers(0, TRAIN_RENDERS, BATCH))
-        source, driving = torch.from_numpy(source), torch.from_numpy(driving)  # half: the same pose, the other jaw
+    for _ in range(steps):
+        source, driving = (torch.from_numpy(indices) for indices in pick_pairs())
         both = torch.cat([source, driving])
         detected = model.kp_detector(torch.cat([frames[both], disparity[both]], 1))
         keypoint_loss = ((detected.value - value[both]).abs().mean()
@@ -198,15 +210,21 @@ def train_tiny_model(scene: Scene, seed: int = SEED):
                                      Keypoints(value[driving], jacobian[driving]), source_depth=disparity[source],
                                      return_deformed=False).prediction
         target = frames[driving]
-        lips = value[driving][:, :3].mean(1)  # (B, 2): the mouth
-        weight = 1 + 4 * torch.exp(-((columns - lips[:, 0, None, None]) ** 2 + (rows - lips[:, 1, None, None]) ** 2)
-                                   / (2 * 0.15 ** 2))[:, None]  # (B, 1, H, W): the lower face counts 5x
-        loss = ((prediction - target).abs() * weight).mean() + 10 * keypoint_loss
+        loss = ((prediction - target).abs() * loss_weight(value[driving])).mean() + 10 * keypoint_loss
         loss = loss + (F.avg_pool2d(prediction, 2) - F.avg_pool2d(target, 2)).abs().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def feature_weight(centres: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A reconstruction loss weight (B, 1, H, W): 1, plus 4 in a Gaussian of ``sigma`` (keypoint coordinates)
+    around each of the points ``centres`` (B, P, 2) (the mouth, the eyes)."""
+    rows, columns = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
+    bumps = torch.exp(-((columns - centres[..., 0, None, None]) ** 2 + (rows - centres[..., 1, None, None]) ** 2)
+                      / (2 * sigma ** 2))  # (B, P, H, W)
+    return 1 + 4 * bumps.sum(1, keepdim=True)
 
 
 def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
