@@ -165,7 +165,7 @@ class StreamingMotion:
     def _energy_db(self, times: np.ndarray) -> np.ndarray:
         """:func:`~dagan.audio.features.frame_energy_db` of the whole audio over one frame period, from the
         retained samples: (T,) dB at ``times``."""
-        half = max(1, int(round(1.0 / self.fps * SAMPLE_RATE / 2)))
+        half = self._energy_half_window
         centres = np.round(np.asarray(times) * SAMPLE_RATE).astype(np.int64)
         begin = np.clip(centres - half, 0, self.received) - self.offset
         end = np.clip(centres + half, 0, self.received) - self.offset
@@ -174,12 +174,16 @@ class StreamingMotion:
         mean = (squared[end - origin] - squared[begin - origin]) / (2 * half)
         return 10.0 * np.log10(mean + 1e-12)
 
+    @property
+    def _energy_half_window(self) -> int:
+        """Samples on each side of a frame's time in its silence energy (one frame period in all)."""
+        return max(1, int(round(1.0 / self.fps * SAMPLE_RATE / 2)))
+
     def _forget(self) -> None:
         """Drop the samples no later chunk reads: those before the mel windows of frame ``next_frame - overlap``
         and the energy window of frame ``next_frame``."""
         first_row, _ = self._row_span(np.array([max(0, self.next_frame - self.overlap) / self.fps]))
-        half = max(1, int(round(1.0 / self.fps * SAMPLE_RATE / 2)))
-        energy_start = int(np.round(self.next_frame / self.fps * SAMPLE_RATE)) - half
+        energy_start = int(np.round(self.next_frame / self.fps * SAMPLE_RATE)) - self._energy_half_window
         keep = min(self._window_start(first_row), max(0, energy_start), self.received)
         if keep > self.offset:
             self.samples, self.offset = self.samples[keep - self.offset:], keep

@@ -56,7 +56,6 @@ class SpeechStore:
             self._engine = open_engine(self.split_dir, self.cache_dir, self.max_cache_size)
         return self._read_from(self._engine, number)
 
-
     def read_all(self) -> Iterator[tuple[int, Union[AVItem, MediaError]]]:
         """Every item as ``(number, item or the MediaError of a corrupt one)``, in storage order. From a remote
         store the chunks are fetched whole, one at a time, into a scratch folder under ``cache_dir`` (one GET per

@@ -720,14 +720,10 @@ def is_store_failure(error: BaseException) -> bool:
 
 def read_speech_item(engine, index: int, location: str, label: str):
     """``(AVItem, bytes read)`` of the speech item stored as litdata item ``index``: checked against its digest
-    (MediaError: a damaged chunk) and then against the item schema (ValueError), as a prepared file is."""
-    return speech_item_from_record(read_record(engine, index, location, label), location, label)
-
-
-def speech_item_from_record(record: dict, location: str, label: str):
-    """``(AVItem, bytes)`` of a speech item's litdata record (see :func:`read_speech_item`)."""
+    (MediaError: a damaged chunk) and then against the item schema, as a prepared file is."""
     from dagan.audio.data import AVItem, checked_item
 
+    record = read_record(engine, index, location, label)
     size = sum(np.asarray(record[name]).nbytes for name in SPEECH_ARRAYS) + 16 + DIGEST_BYTES
     if speech_digest(record) != bytes(record["digest"]):
         raise MediaError(f"{label} is corrupt (its digest differs: a damaged chunk of '{location}'); check the "

@@ -94,7 +94,7 @@ def fsync_directory(directory: PathLike) -> None:
 
 
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(stream)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
+    """Call ``write(stream)`` on a temporary file next to ``path``, then :func:`publish` it as ``path``.
 
     The folder is created when missing. If anything fails (the disk fills up, the process is interrupted), the
     temporary file is removed, an existing ``path`` keeps its old content, and the error is an
@@ -106,8 +106,6 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
     try:
         with open(temporary, "wb") as stream:
             write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
         publish(temporary, path)
     except BaseException as error:
         remove_quietly(temporary)
@@ -237,10 +235,13 @@ def _identity(path: PathLike) -> Optional[list[int]]:
 
 
 def publish(temporary: PathLike, path: PathLike) -> None:
-    """Rename the finished ``temporary`` (flushed and synced) to ``path`` and record it as this project's. Where
-    files keep user attributes the record is put on ``temporary`` before the rename (a rename keeps the size, the
-    modification time and the inode), so ``path`` never appears, even for a moment, as a file someone else wrote:
-    another process checking it with :func:`guard_output` meanwhile (a second torchrun rank) is not refused."""
+    """Sync the finished, closed ``temporary`` to disk, rename it to ``path`` and record it as this project's.
+    Where files keep user attributes the record is put on ``temporary`` before the rename (a rename keeps the size,
+    the modification time and the inode), so ``path`` never appears, even for a moment, as a file someone else
+    wrote: another process checking it with :func:`guard_output` meanwhile (a second torchrun rank) is not
+    refused."""
+    with open(temporary, "rb") as stream:
+        os.fsync(stream.fileno())
     marked = _set_written_attribute(Path(temporary))
     os.replace(temporary, path)
     fsync_directory(Path(path).parent)

@@ -170,7 +170,6 @@ class VideoWriter(_AtomicFrameWriter):
             returncode = self._process.wait()
             if returncode != 0:
                 raise MediaError(self._failure_message())
-            _fsync_file(self._temporary)
             publish(self._temporary, self.path)
         except BaseException:
             self.abort()
@@ -412,11 +411,6 @@ def refuse_foreign_directory(directory: Path) -> None:
         shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
         raise MediaError(f"refusing to write PNG frames into '{directory}': it already holds {len(entries)} "
                          f"file(s) this program did not write ({shown}); give a new or empty folder")
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as stream:
-        os.fsync(stream.fileno())
 
 
 def open_writer(

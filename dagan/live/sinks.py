@@ -267,8 +267,6 @@ class RecordSink:
             if result.returncode != 0:
                 lines = result.stderr.strip().splitlines() or [f"ffmpeg exit status {result.returncode}"]
                 raise MediaError(f"ffmpeg failed to add the speech to '{path}' ({lines[-1]})")
-            with open(temporary, "rb") as stream:
-                os.fsync(stream.fileno())
             publish(temporary, path)
         finally:
             for leftover in (temporary, video):
